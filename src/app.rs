@@ -1,0 +1,229 @@
+//! Wiring: validated config → logging → (daemon) → runtime → S3 store → caches → filesystem →
+//! FUSE mount → serve until unmounted or signalled.
+//!
+//! Backgrounding forks before any thread exists; the child reports "mounted" or the reason it
+//! failed through a pipe, so the parent's exit status tells whether the mount is live.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use tracing::{error, info};
+
+use crate::cli::{Cli, Command, MountArgs};
+use crate::config::MountConfig;
+use crate::fs::{Fs, FsSettings};
+use crate::fuse::{FuseAdapter, KERNEL_INDEFINITE, MountOptions};
+use crate::meta::Namespace;
+use crate::read::BlockReader;
+use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
+use crate::store::{ListRequest, ObjectStore, StoreError};
+
+mod logging;
+mod mountpoint;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Mount(args) => mount(&args),
+    }
+}
+
+fn mount(args: &MountArgs) -> anyhow::Result<()> {
+    let cfg = args.resolve().map_err(|e| anyhow!(e))?;
+    mountpoint::check(&cfg.mountpoint)?;
+    let ready = if cfg.foreground { None } else { Some(daemonize()?) };
+    logging::init(&cfg.log, cfg.foreground)?;
+    match serve(&cfg, ready) {
+        Ok(()) => Ok(()),
+        Err((e, Some(ready))) => {
+            error!("{e:#}");
+            report(ready, &format!("{e:#}"));
+            // The parent prints the reason; exit quietly with failure.
+            std::process::exit(1);
+        }
+        Err((e, None)) => Err(e),
+    }
+}
+
+/// Forks; the parent waits for the child's report and exits. Returns the write end of the
+/// report pipe in the child.
+fn daemonize() -> anyhow::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        bail!("cannot create pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet (no runtime, no logging threads), so fork is sound.
+    match unsafe { libc::fork() } {
+        -1 => bail!("cannot fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(r);
+            // SAFETY: setsid has no memory-safety preconditions.
+            unsafe { libc::setsid() };
+            Ok(w)
+        }
+        _ => {
+            drop(w);
+            let mut msg = String::new();
+            let _ = std::fs::File::from(r).read_to_string(&mut msg);
+            match msg.strip_prefix("ok") {
+                Some(_) => std::process::exit(0),
+                None if msg.is_empty() => {
+                    eprintln!("s3cachefs: error: the daemon exited before the mount was ready (see its log)");
+                    std::process::exit(1)
+                }
+                None => {
+                    eprintln!("s3cachefs: error: {msg}");
+                    std::process::exit(1)
+                }
+            }
+        }
+    }
+}
+
+fn report(ready: OwnedFd, msg: &str) {
+    let _ = std::fs::File::from(ready).write_all(msg.as_bytes());
+}
+
+/// Detaches the daemon's standard streams from the terminal of whoever started it.
+fn detach_stdio() {
+    // SAFETY: plain syscalls on descriptors we own; /dev/null always exists on Linux.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}
+
+type ServeError = (anyhow::Error, Option<OwnedFd>);
+
+fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
+    macro_rules! tryr {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err((anyhow::Error::from(e), ready)),
+            }
+        };
+    }
+    let rt = tryr!(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("s3cachefs-rt")
+            .build()
+    );
+    let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&s3_settings(cfg))));
+    tryr!(rt.block_on(check_bucket(store.as_ref(), cfg)));
+
+    let ns = Arc::new(Namespace::new(
+        store.clone(),
+        cfg.metadata_ttl,
+        cfg.negative_metadata_ttl,
+    ));
+    let reader = Arc::new(BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes));
+    let settings = FsSettings {
+        uid: cfg.uid,
+        gid: cfg.gid,
+        file_mode: cfg.file_mode,
+        dir_mode: cfg.dir_mode,
+    };
+    let fs = Arc::new(Fs::new(ns, reader, &cfg.source.prefix, settings));
+    let kernel_ttl = |t: crate::config::Ttl| t.duration().unwrap_or(KERNEL_INDEFINITE);
+    let adapter = FuseAdapter::new(
+        fs,
+        rt.handle().clone(),
+        kernel_ttl(cfg.metadata_ttl),
+        kernel_ttl(cfg.negative_metadata_ttl),
+    );
+    let opts = MountOptions {
+        fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
+            .trim_end_matches('/')
+            .to_string(),
+        allow_other: cfg.allow_other,
+        allow_root: cfg.allow_root,
+        threads: cfg.fuse_threads,
+    };
+    let mut mounted = tryr!(
+        crate::fuse::mount(adapter, &cfg.mountpoint, &opts)
+            .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))
+    );
+    info!(
+        bucket = %cfg.source.bucket,
+        prefix = %cfg.source.prefix,
+        mountpoint = %cfg.mountpoint.display(),
+        "mounted"
+    );
+    if let Some(ready) = ready {
+        report(ready, "ok");
+        detach_stdio();
+    }
+
+    let unmounter = mounted.unmounter();
+    rt.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            error!("cannot install signal handlers");
+            return;
+        };
+        let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+        info!(signal = name, "unmounting");
+        if let Err(e) = unmounter.unmount() {
+            error!("unmount failed: {e}");
+        }
+    });
+
+    let result = mounted.run();
+    info!(mountpoint = %cfg.mountpoint.display(), "unmounted");
+    // Do not wait for in-flight S3 requests of a filesystem that no longer exists.
+    rt.shutdown_background();
+    result.map_err(|e| (anyhow!("FUSE session failed: {e}"), None))
+}
+
+fn s3_settings(cfg: &MountConfig) -> S3Settings {
+    S3Settings {
+        bucket: cfg.source.bucket.clone(),
+        region: cfg.s3.region.clone(),
+        endpoint_url: cfg.s3.endpoint_url.clone(),
+        force_path_style: cfg.s3.force_path_style,
+        profile: cfg.s3.profile.clone(),
+        no_sign_request: cfg.s3.no_sign_request,
+        retry: RetryPolicy {
+            max_attempts: cfg.s3.max_attempts,
+            attempt_timeout: cfg.s3.request_timeout,
+            ..RetryPolicy::default()
+        },
+    }
+}
+
+/// Lists one key under the prefix: proves the bucket exists, is reachable and may be listed,
+/// before anything is mounted.
+async fn check_bucket(store: &dyn ObjectStore, cfg: &MountConfig) -> anyhow::Result<()> {
+    let bucket = &cfg.source.bucket;
+    let req = ListRequest {
+        prefix: &cfg.source.prefix,
+        delimited: true,
+        continuation: None,
+        max_keys: Some(1),
+    };
+    match store.list(req).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::NoSuchBucket) => bail!("bucket {bucket:?} does not exist"),
+        Err(StoreError::AccessDenied(m)) => {
+            bail!("access denied listing bucket {bucket:?} (s3:ListBucket is required): {m}")
+        }
+        Err(e @ (StoreError::Network(_) | StoreError::Timeout)) => {
+            let endpoint = cfg.s3.endpoint_url.as_deref().unwrap_or("the default S3 endpoint");
+            bail!("cannot reach {endpoint} for bucket {bucket:?}: {e}")
+        }
+        Err(e) => bail!("cannot list bucket {bucket:?}: {e}"),
+    }
+}

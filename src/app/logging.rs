@@ -1,0 +1,53 @@
+//! Logging setup: stderr in the foreground, `--log-file` when given, syslog for a background
+//! daemon. The SDK's and HTTP stack's own logs are held at `warn` unless RUST_LOG says
+//! otherwise, so request signing details never reach the log at our debug or trace levels.
+
+use std::io::{self, Write};
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
+
+pub fn init(cfg: &LogConfig, foreground: bool) -> anyhow::Result<()> {
+    let level = cfg.filter.as_deref().unwrap_or("info");
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,s3cachefs={level},fuser=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if let Some(path) = &cfg.file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open log file {}", path.display()))?;
+        builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+    } else if foreground {
+        builder.with_writer(io::stderr).init();
+    } else {
+        // SAFETY: the identifier is a static C string, as openlog requires.
+        unsafe { libc::openlog(c"s3cachefs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+        builder.with_ansi(false).without_time().with_writer(|| Syslog).init();
+    }
+    Ok(())
+}
+
+/// One `write` per event (tracing-subscriber formats the whole line first) → one syslog record.
+struct Syslog;
+
+impl Write for Syslog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        let line = line.trim_end();
+        if !line.is_empty()
+            && let Ok(c) = std::ffi::CString::new(line.replace('\0', " "))
+        {
+            // SAFETY: "%s" with one valid C string argument.
+            unsafe { libc::syslog(libc::LOG_INFO, c"%s".as_ptr(), c.as_ptr()) };
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! Validated, resolved settings. `cli.rs` only parses strings; everything here has been
+//! checked, so the layers below never see a malformed bucket, TTL, size or mode.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A metadata time-to-live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    /// Entries expire this long after they were fetched from S3 (zero: never cached).
+    Finite(Duration),
+    /// Entries never expire: the right choice for immutable prefixes such as JARs.
+    Indefinite,
+}
+
+/// `--metadata-ttl minimal`: long enough to absorb the burst of lookups one `ls -l` or one
+/// `open` makes, short enough that changes in S3 show up almost at once.
+pub const MINIMAL_TTL: Duration = Duration::from_secs(1);
+
+impl Ttl {
+    /// The duration to hand to a cache or the kernel; `None` means "never expires".
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            Ttl::Finite(d) => Some(d),
+            Ttl::Indefinite => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Ttl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "indefinite" => Ok(Ttl::Indefinite),
+            "minimal" => Ok(Ttl::Finite(MINIMAL_TTL)),
+            t => t
+                .parse::<u64>()
+                .map(|secs| Ttl::Finite(Duration::from_secs(secs)))
+                .map_err(|_| format!("invalid TTL {s:?}: expected a number of seconds, \"indefinite\" or \"minimal\"")),
+        }
+    }
+}
+
+/// A bucket and the key prefix the mount shows as its root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub bucket: String,
+    /// Empty, or a prefix ending in `/`.
+    pub prefix: String,
+}
+
+impl Source {
+    /// Parses `BUCKET`, `BUCKET/PREFIX`, `s3://BUCKET` or `s3://BUCKET/PREFIX`; `extra_prefix`
+    /// (from `--prefix`) is appended to any prefix in the source.
+    pub fn parse(source: &str, extra_prefix: Option<&str>) -> Result<Source, String> {
+        let rest = source.strip_prefix("s3://").unwrap_or(source);
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        validate_bucket(bucket)?;
+        let mut full = String::new();
+        for part in [prefix, extra_prefix.unwrap_or("")] {
+            let part = part.trim_matches('/');
+            if !part.is_empty() {
+                full.push_str(part);
+                full.push('/');
+            }
+        }
+        for segment in full.split('/').filter(|s| !s.is_empty()) {
+            if segment == "." || segment == ".." || segment.contains('\0') {
+                return Err(format!(
+                    "invalid prefix {full:?}: segments may not be \".\", \"..\" or contain NUL"
+                ));
+            }
+        }
+        if full.contains("//") {
+            return Err(format!("invalid prefix {full:?}: empty path segment"));
+        }
+        Ok(Source {
+            bucket: bucket.to_string(),
+            prefix: full,
+        })
+    }
+}
+
+/// S3 bucket naming rules (general purpose buckets): 3-63 characters of lowercase letters,
+/// digits, dots and hyphens, starting and ending with a letter or digit, no `..`, not an IP.
+pub fn validate_bucket(bucket: &str) -> Result<(), String> {
+    let err = |why: &str| Err(format!("invalid bucket name {bucket:?}: {why}"));
+    if bucket.is_empty() {
+        return err("empty");
+    }
+    if !(3..=63).contains(&bucket.len()) {
+        return err("must be 3 to 63 characters long");
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return err("only lowercase letters, digits, '.' and '-' are allowed");
+    }
+    let first_last_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !first_last_ok(bucket.as_bytes()[0]) || !first_last_ok(bucket.as_bytes()[bucket.len() - 1]) {
+        return err("must start and end with a letter or digit");
+    }
+    if bucket.contains("..") {
+        return err("must not contain \"..\"");
+    }
+    if bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return err("must not be formatted as an IP address");
+    }
+    Ok(())
+}
+
+/// Parses a size such as `1048576`, `8MiB`, `500MB`, `200GiB`, `1.5G` (K/M/G/T are binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1_000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        "t" | "tib" => 1 << 40,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            ));
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected a number with an optional unit"))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("invalid size {s:?}: out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses an octal permission mode such as `0644` or `755`.
+pub fn parse_mode(s: &str) -> Result<u16, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    match u16::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!(
+            "invalid mode {s:?}: expected octal permission bits such as 0644"
+        )),
+    }
+}
+
+/// Settings of one mount, validated.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    pub source: Source,
+    pub mountpoint: PathBuf,
+    pub s3: S3Config,
+    pub metadata_ttl: Ttl,
+    pub negative_metadata_ttl: Ttl,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    /// Bytes fetched per ranged GET and unit of caching.
+    pub block_size: u64,
+    /// Bound of the in-memory block cache.
+    pub memory_cache_bytes: u64,
+    pub fuse_threads: usize,
+    pub foreground: bool,
+    pub log: LogConfig,
+}
+
+/// How to reach S3, without naming the SDK.
+#[derive(Clone, Debug, Default)]
+pub struct S3Config {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    pub no_sign_request: bool,
+    pub max_attempts: u32,
+    pub request_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LogConfig {
+    /// A tracing filter directive (e.g. `info`, `s3cachefs=debug`).
+    pub filter: Option<String>,
+    pub file: Option<PathBuf>,
+}
+
+/// Default block size: large enough that a GET's ~20 ms first-byte latency is amortized over
+/// a meaningful transfer, small enough that a random 4 KiB read does not fetch much extra.
+pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+
+pub fn validate_block_size(size: u64) -> Result<u64, String> {
+    if !(64 << 10..=64 << 20).contains(&size) || !size.is_power_of_two() {
+        return Err(format!(
+            "invalid block size {size}: must be a power of two between 64KiB and 64MiB"
+        ));
+    }
+    Ok(size)
+}
+
+/// Whether `endpoint` names a host that cannot serve virtual-hosted-style requests
+/// (an IP literal or localhost), so path-style addressing must be used.
+pub fn endpoint_needs_path_style(endpoint: &str) -> bool {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = if authority.starts_with('[') {
+        return true; // IPv6 literal
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(
+            Source::parse("my-bucket", None).unwrap(),
+            Source {
+                bucket: "my-bucket".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(Source::parse("s3://my-bucket/jars/", None).unwrap().prefix, "jars/");
+        assert_eq!(Source::parse("my-bucket/a/b", Some("c/")).unwrap().prefix, "a/b/c/");
+        assert_eq!(Source::parse("s3://my-bucket", Some("/x")).unwrap().prefix, "x/");
+        assert!(Source::parse("My_Bucket", None).is_err());
+        assert!(Source::parse("b/../x", None).is_err());
+        assert!(Source::parse("bucket/a//b", None).is_err());
+    }
+
+    #[test]
+    fn bucket_names() {
+        for ok in ["abc", "my-bucket.1", "a1b", &"a".repeat(63)] {
+            assert!(validate_bucket(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ab",
+            "-abc",
+            "abc-",
+            "ABC",
+            "a..b",
+            "a_b",
+            "192.168.1.1",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_bucket(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ttls() {
+        assert_eq!("indefinite".parse::<Ttl>(), Ok(Ttl::Indefinite));
+        assert_eq!("minimal".parse::<Ttl>(), Ok(Ttl::Finite(MINIMAL_TTL)));
+        assert_eq!("30".parse::<Ttl>(), Ok(Ttl::Finite(Duration::from_secs(30))));
+        assert!("-1".parse::<Ttl>().is_err());
+        assert!("1h".parse::<Ttl>().is_err());
+    }
+
+    #[test]
+    fn sizes_and_modes() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("200GiB"), Ok(200 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("rwx").is_err());
+        assert!(validate_block_size(1 << 20).is_ok());
+        assert!(validate_block_size(1000).is_err());
+    }
+
+    #[test]
+    fn path_style_detection() {
+        assert!(endpoint_needs_path_style("http://127.0.0.1:9000"));
+        assert!(endpoint_needs_path_style("http://localhost:9000/"));
+        assert!(endpoint_needs_path_style("http://[::1]:9000"));
+        assert!(!endpoint_needs_path_style("https://s3.us-east-1.amazonaws.com"));
+    }
+}

@@ -1,0 +1,284 @@
+//! The filesystem core: inodes, handles and the operations the FUSE adapter calls, as plain
+//! async functions returning our own types. No `fuser` here, so it is tested without a kernel.
+//!
+//! Invariants:
+//! - An inode number names one (parent, name, kind) for the life of the mount and is never
+//!   reused; attributes are always answered from the namespace cache, so they follow its TTL.
+//! - A file handle pins the object version (ETag) seen at open; every byte it returns belongs
+//!   to that version.
+
+mod error;
+mod inode;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tracing::warn;
+
+pub use error::FsError;
+use inode::{InodeTable, Node};
+
+use crate::meta::{DirListing, Entry, Namespace};
+use crate::object::ObjectMeta;
+use crate::read::{BlockReader, ReadError};
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    File,
+    Dir,
+}
+
+/// Attributes of an inode, in our own terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub blksize: u32,
+}
+
+/// Ownership and modes shown for every file and directory.
+#[derive(Clone, Debug)]
+pub struct FsSettings {
+    pub uid: u32,
+    pub gid: u32,
+    pub file_mode: u16,
+    pub dir_mode: u16,
+}
+
+/// The result of `open`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The kernel may keep its page cache of this file: the ETag is the one of the last open.
+    pub keep_cache: bool,
+}
+
+/// One entry of a directory stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileKind,
+    pub name: Arc<str>,
+    /// Cookie of the entry after this one.
+    pub next_offset: u64,
+}
+
+struct FileHandle {
+    meta: ObjectMeta,
+    node: Arc<Node>,
+}
+
+struct DirHandle {
+    ino: u64,
+    parent: u64,
+    listing: Arc<DirListing>,
+}
+
+pub struct Fs {
+    ns: Arc<Namespace>,
+    reader: Arc<BlockReader>,
+    settings: FsSettings,
+    inodes: InodeTable,
+    files: Mutex<HashMap<u64, Arc<FileHandle>>>,
+    dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
+    next_fh: AtomicU64,
+    mounted_at: SystemTime,
+}
+
+impl Fs {
+    /// A filesystem whose root is the directory `root_prefix` (empty or ending in `/`).
+    pub fn new(ns: Arc<Namespace>, reader: Arc<BlockReader>, root_prefix: &str, settings: FsSettings) -> Fs {
+        Fs {
+            ns,
+            reader,
+            settings,
+            inodes: InodeTable::new(root_prefix),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    fn dir_attr(&self, ino: u64) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::Dir,
+            size: 0,
+            mtime: self.mounted_at,
+            perm: self.settings.dir_mode,
+            uid: self.settings.uid,
+            gid: self.settings.gid,
+            nlink: 2,
+            blksize: self.reader.block_size() as u32,
+        }
+    }
+
+    fn file_attr(&self, ino: u64, meta: &ObjectMeta) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::File,
+            size: meta.size,
+            mtime: meta.last_modified,
+            perm: self.settings.file_mode,
+            uid: self.settings.uid,
+            gid: self.settings.gid,
+            nlink: 1,
+            blksize: self.reader.block_size() as u32,
+        }
+    }
+
+    fn dir_node(&self, ino: u64) -> Result<Arc<Node>, FsError> {
+        let node = self.inodes.get(ino).ok_or(FsError::NoSuchInode(ino))?;
+        if node.kind != FileKind::Dir {
+            return Err(FsError::NotADirectory);
+        }
+        Ok(node)
+    }
+
+    /// Resolves `name` in directory `parent`: `Ok(None)` when there is no such name.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<Attr>, FsError> {
+        let dir = self.dir_node(parent)?;
+        let Some(name) = name.to_str() else { return Ok(None) }; // S3 keys are UTF-8
+        Ok(match self.ns.lookup(&dir.key, name).await? {
+            None => None,
+            Some(Entry::Dir) => Some(self.dir_attr(self.inodes.child(&dir, name, FileKind::Dir).ino)),
+            Some(Entry::File(meta)) => Some(self.file_attr(self.inodes.child(&dir, name, FileKind::File).ino, &meta)),
+        })
+    }
+
+    /// Current metadata of a file inode, from the namespace cache (refetched after the TTL).
+    async fn current_meta(&self, node: &Node) -> Result<ObjectMeta, FsError> {
+        let parent = self.inodes.get(node.parent).ok_or(FsError::NoSuchInode(node.parent))?;
+        match self.ns.lookup(&parent.key, &node.name).await? {
+            Some(Entry::File(meta)) => Ok(meta),
+            // The name is gone or became a directory: this inode is stale.
+            _ => Err(FsError::Stale),
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
+        let node = self.inodes.get(ino).ok_or(FsError::NoSuchInode(ino))?;
+        match node.kind {
+            FileKind::Dir => Ok(self.dir_attr(ino)),
+            FileKind::File => Ok(self.file_attr(ino, &self.current_meta(&node).await?)),
+        }
+    }
+
+    /// Opens a file for reading; `write` is true when the open asks for write access.
+    pub async fn open(&self, ino: u64, write: bool) -> Result<Opened, FsError> {
+        let node = self.inodes.get(ino).ok_or(FsError::NoSuchInode(ino))?;
+        if node.kind == FileKind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let mut meta = self.current_meta(&node).await?;
+        if meta.etag.is_empty() {
+            // A listing without ETags (some S3-compatible servers): reads need one to pin the version.
+            meta = self.ns.store().head(&meta.key).await?;
+        }
+        let keep_cache = node.swap_open_etag(meta.etag.clone());
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(FileHandle { meta, node }));
+        Ok(Opened { fh, keep_cache })
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+        let handle = self.files.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        match self.reader.read(&handle.meta, offset, size).await {
+            Ok(b) => Ok(b),
+            Err(e @ (ReadError::Changed | ReadError::Gone)) => {
+                warn!(key = %handle.meta.key, etag = %handle.meta.etag, "{e}; failing the read (reopen the file to read the current version)");
+                // Make the next lookup/open see the new state instead of the cached one.
+                if let Some(parent) = self.inodes.get(handle.node.parent) {
+                    self.ns.invalidate(&parent.key, &handle.node.name).await;
+                }
+                handle.node.forget_open_etag();
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.lock().unwrap().remove(&fh);
+    }
+
+    /// Opens a directory stream: a snapshot of the listing, so offsets stay consistent.
+    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let dir = self.dir_node(ino)?;
+        let listing = self.ns.list_dir(&dir.key).await?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(
+            fh,
+            Arc::new(DirHandle {
+                ino,
+                parent: dir.parent,
+                listing,
+            }),
+        );
+        Ok(fh)
+    }
+
+    /// Entries of an open directory stream from `offset` on ("." and ".." first). The caller
+    /// stops when its buffer is full and asks again from the last entry's `next_offset`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<impl Iterator<Item = DirEntry> + '_, FsError> {
+        let handle = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        let dir = self.dir_node(handle.ino)?;
+        let dots = [(handle.ino, "."), (handle.parent, "..")]
+            .into_iter()
+            .map(|(ino, name)| (ino, FileKind::Dir, Arc::<str>::from(name)));
+        let entries = (0..handle.listing.entries.len()).map(move |i| {
+            let (name, entry) = &handle.listing.entries[i];
+            let kind = if matches!(entry, Entry::Dir) {
+                FileKind::Dir
+            } else {
+                FileKind::File
+            };
+            (self.inodes.child(&dir, name, kind).ino, kind, name.clone())
+        });
+        Ok(dots
+            .chain(entries)
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (ino, kind, name))| DirEntry {
+                ino,
+                kind,
+                name,
+                next_offset: i as u64 + 1,
+            }))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// Number of inodes known; reported by statfs.
+    pub fn inode_count(&self) -> u64 {
+        self.inodes.len()
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.reader.block_size()
+    }
+}
+
+#[cfg(test)]
+mod tests;

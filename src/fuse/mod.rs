@@ -1,0 +1,370 @@
+//! The FUSE adapter: the only user of `fuser`. Each kernel request is handed to the async core
+//! (`fs::Fs`) on the tokio runtime and answered when it completes, so a slow S3 request never
+//! blocks the session threads or other files. Errors become errnos through `FsError::errno`.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request,
+};
+use tracing::{debug, warn};
+
+use crate::fs::{Attr, FileKind, Fs, FsError};
+
+mod session;
+pub use session::{MountOptions, Mounted, Unmounter, lazy_unmount, mount};
+
+/// The kernel's stand-in for "indefinite": ten years. Far larger values overflow the
+/// kernel's signed time conversion.
+pub const KERNEL_INDEFINITE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+pub struct FuseAdapter {
+    fs: Arc<Fs>,
+    rt: tokio::runtime::Handle,
+    /// How long the kernel may cache entries and attributes (the metadata TTL).
+    ttl: Duration,
+    /// How long the kernel may cache "no such name" (the negative metadata TTL).
+    negative_ttl: Duration,
+    /// Largest read the kernel may send, and its read-ahead, in bytes.
+    max_read: u32,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, ttl: Duration, negative_ttl: Duration) -> FuseAdapter {
+        // Reads as large as a block let one request cover one cached block.
+        let max_read = fs.block_size().min(1 << 20) as u32;
+        FuseAdapter {
+            fs,
+            rt,
+            ttl,
+            negative_ttl,
+            max_read,
+        }
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.rt.spawn(f);
+    }
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+    }
+}
+
+fn errno(op: &str, e: &FsError) -> Errno {
+    let code = e.errno();
+    if code == libc::EIO || code == libc::ETIMEDOUT || code == libc::EACCES {
+        warn!(op, error = %e, "request failed");
+    } else {
+        debug!(op, error = %e, "request failed");
+    }
+    Errno::from_i32(code)
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Read-ahead as large as one block: the kernel asks for whole blocks when streaming.
+        if let Err(nearest) = config.set_max_readahead(self.max_read) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        // Independent lookups and readdirs of one directory may run in parallel.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
+        // Up to this many background requests (read-ahead, async reads) in flight at once.
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let (fs, name, ttl, negative_ttl) = (self.fs.clone(), name.to_owned(), self.ttl, self.negative_ttl);
+        self.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(Some(attr)) => reply.entry(&ttl, &to_fuse(&attr), Generation(0)),
+                // Inode 0 with a timeout is a negative entry the kernel may cache.
+                Ok(None) if !negative_ttl.is_zero() => {
+                    let mut attr = to_fuse(&Attr {
+                        ino: 0,
+                        kind: FileKind::File,
+                        size: 0,
+                        mtime: SystemTime::UNIX_EPOCH,
+                        perm: 0,
+                        uid: 0,
+                        gid: 0,
+                        nlink: 0,
+                        blksize: 0,
+                    });
+                    attr.ino = INodeNo(0);
+                    reply.entry(&negative_ttl, &attr, Generation(0))
+                }
+                Ok(None) => reply.error(Errno::ENOENT),
+                Err(e) => reply.error(errno("lookup", &e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (fs, ttl) = (self.fs.clone(), self.ttl);
+        self.spawn(async move {
+            match fs.getattr(ino.0).await {
+                Ok(attr) => reply.attr(&ttl, &to_fuse(&attr)),
+                Err(e) => reply.error(errno("getattr", &e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        self.spawn(async move {
+            match fs.open(ino.0, write).await {
+                Ok(o) => {
+                    let flags = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), flags)
+                }
+                Err(e) => reply.error(errno("open", &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno("read", &e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = self.fs.clone();
+        self.spawn(async move {
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno("opendir", &e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for e in entries {
+                    if reply.add(INodeNo(e.ino), e.next_offset, kind(e.kind), &*e.name) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno("readdir", &e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // A read-only view of a bucket: no capacity and nothing free to write into; the inode
+        // count is the names seen so far. 255 is the longest name we show.
+        let bsize = self.fs.block_size() as u32;
+        reply.statfs(0, 0, 0, self.fs.inode_count(), 0, bsize, 255, bsize);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 { reply.size(0) } else { reply.data(&[]) }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are enforced by the kernel (default_permissions); only refuse writes.
+        if mask.contains(fuser::AccessFlags::W_OK) {
+            reply.error(Errno::EROFS)
+        } else {
+            reply.ok()
+        }
+    }
+
+    // Every modification is refused: the mount is read-only.
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _np: INodeNo,
+        _nn: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _flags: i32,
+        _pos: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _off: u64,
+        _len: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

@@ -1,0 +1,101 @@
+//! Mounting and unmounting: builds the fuser session with our options.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use tracing::warn;
+
+use super::FuseAdapter;
+
+/// How the mount is presented to the system.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Shown as the source in /proc/mounts (e.g. the bucket).
+    pub fsname: String,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    /// Threads reading requests from /dev/fuse (each with its own cloned fd).
+    pub threads: usize,
+}
+
+pub struct Mounted {
+    session: Session<FuseAdapter>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts `adapter` at `mountpoint`. When this returns the mount is live (the kernel's INIT
+/// has been answered).
+pub fn mount(adapter: FuseAdapter, mountpoint: &Path, opts: &MountOptions) -> io::Result<Mounted> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("s3cachefs".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+        // The kernel enforces the modes we report (--file-mode/--dir-mode, --uid/--gid).
+        MountOption::DefaultPermissions,
+    ];
+    config.acl = match (opts.allow_other, opts.allow_root) {
+        (true, _) => SessionACL::All,
+        (false, true) => SessionACL::RootAndOwner,
+        (false, false) => SessionACL::Owner,
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session = Session::new(adapter, mountpoint, &config)?;
+    Ok(Mounted {
+        session,
+        mountpoint: mountpoint.to_path_buf(),
+    })
+}
+
+impl Mounted {
+    /// A handle that unmounts from another thread (signal handling).
+    pub fn unmounter(&mut self) -> Unmounter {
+        Unmounter {
+            inner: Arc::new(Mutex::new(self.session.unmount_callable())),
+            mountpoint: self.mountpoint.clone(),
+        }
+    }
+
+    /// Serves requests until the filesystem is unmounted.
+    pub fn run(self) -> io::Result<()> {
+        self.session.run()
+    }
+}
+
+#[derive(Clone)]
+pub struct Unmounter {
+    inner: Arc<Mutex<SessionUnmounter>>,
+    mountpoint: PathBuf,
+}
+
+impl Unmounter {
+    /// Unmounts; if the mount is busy (a process has it as its working directory or holds a
+    /// file open), detaches it lazily so the daemon can still exit.
+    pub fn unmount(&self) -> io::Result<()> {
+        match self.inner.lock().unwrap().unmount() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                warn!(mountpoint = %self.mountpoint.display(), "mount is busy; detaching it lazily");
+                lazy_unmount(&self.mountpoint)
+            }
+            r => r,
+        }
+    }
+}
+
+/// `umount -l`: detach now, clean up when no longer busy.
+pub fn lazy_unmount(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,98 @@
+//! The `ObjectStore` trait: the only way any layer talks to S3.
+//!
+//! Three implementations: [`s3::S3Store`] (aws-sdk-s3 over HTTP, the only user of the SDK),
+//! [`memory::MemoryStore`] (an in-memory fake for unit tests) and [`fault::FaultStore`] (a
+//! wrapper that adds latency and injected failures). A store is bound to one bucket; keys are
+//! full S3 keys.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::object::{ByteRange, ObjectMeta};
+
+pub mod fault;
+pub mod memory;
+pub mod s3;
+
+/// One page of a ListObjectsV2 answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Objects directly under the prefix (with a delimiter) or all of them (without).
+    pub objects: Vec<ObjectMeta>,
+    /// Common prefixes (each ends with the delimiter), only when listing with a delimiter.
+    pub prefixes: Vec<String>,
+    /// Token to fetch the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Parameters of one ListObjectsV2 call.
+#[derive(Clone, Debug, Default)]
+pub struct ListRequest<'a> {
+    pub prefix: &'a str,
+    /// Roll keys up at `/` into common prefixes (a directory listing) when true.
+    pub delimited: bool,
+    pub continuation: Option<String>,
+    /// At most this many entries (S3 caps a page at 1,000).
+    pub max_keys: Option<i32>,
+}
+
+/// What can go wrong talking to the object store, already classified for callers.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no such key")]
+    NotFound,
+    #[error("bucket does not exist")]
+    NoSuchBucket,
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    #[error("object changed since it was opened (ETag no longer matches)")]
+    PreconditionFailed,
+    #[error("requested range is not satisfiable")]
+    InvalidRange,
+    #[error("throttled by S3 (SlowDown) after retries")]
+    Throttled,
+    #[error("request timed out")]
+    Timeout,
+    #[error("cannot reach S3: {0}")]
+    Network(String),
+    #[error("S3 answered {status} {code}: {message}")]
+    Service { status: u16, code: String, message: String },
+    #[error("bad response from S3: {0}")]
+    BadResponse(String),
+}
+
+impl StoreError {
+    /// Whether trying the same request again may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Throttled | StoreError::Timeout | StoreError::Network(_) | StoreError::BadResponse(_) => true,
+            StoreError::Service { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// Access to one bucket.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// One page of ListObjectsV2.
+    async fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError>;
+
+    /// HeadObject.
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// GetObject of `range` (which must be non-empty), failing with `PreconditionFailed` if
+    /// the object's ETag is no longer `etag`. Returns exactly `range.len()` bytes or an error.
+    async fn get_range(&self, key: &str, range: ByteRange, etag: &str) -> Result<Bytes, StoreError>;
+
+    /// A short description for logs, e.g. `s3://bucket`.
+    fn describe(&self) -> String;
+}
+
+impl fmt::Debug for dyn ObjectStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}

@@ -1,0 +1,282 @@
+//! [`ObjectStore`] on aws-sdk-s3: the only module that names the SDK.
+//!
+//! Credentials come from the standard AWS chain (environment, shared profile, web identity /
+//! IRSA, ECS container and EC2 instance metadata) unless `no_sign_request` is set. Retries are
+//! ours, not the SDK's, so one policy covers both the request and the streaming of the body
+//! (which the SDK never retries): bounded attempts, exponential backoff with full jitter, a
+//! longer pause after `SlowDown`, and a timeout on every attempt including its body.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::Region;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use bytes::Bytes;
+use tracing::{debug, warn};
+
+use super::{ListPage, ListRequest, ObjectStore, StoreError};
+use crate::object::{ByteRange, ObjectMeta};
+
+/// Region used when neither `--region` nor the AWS configuration chain names one.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// How to reach the bucket.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    pub no_sign_request: bool,
+    pub retry: RetryPolicy,
+}
+
+/// Bounded retries with backoff; the worst case of one call is about
+/// `max_attempts * attempt_timeout + backoff`, which bounds how long a read can wait.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    /// Time allowed to connect to the endpoint.
+    pub connect_timeout: Duration,
+    /// Time allowed for one attempt, including reading the whole body.
+    pub attempt_timeout: Duration,
+    /// First backoff; doubles with each attempt, capped at `max_backoff`.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            // Five attempts ride out a burst of 5xx/SlowDown; more only delays the error.
+            max_attempts: 5,
+            connect_timeout: Duration::from_secs(5),
+            // Generous for one block (1-8 MiB) even on a slow link; a stalled server is cut off.
+            attempt_timeout: Duration::from_secs(30),
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    retry: RetryPolicy,
+}
+
+impl S3Store {
+    pub async fn new(settings: &S3Settings) -> S3Store {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.retry.connect_timeout)
+                    .read_timeout(settings.retry.attempt_timeout)
+                    .build(),
+            );
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if settings.no_sign_request {
+            loader = loader.no_credentials();
+        }
+        let sdk = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style);
+        if sdk.region().is_none() {
+            conf = conf.region(Region::new(DEFAULT_REGION));
+        }
+        S3Store {
+            client: Client::from_conf(conf.build()),
+            bucket: settings.bucket.clone(),
+            retry: settings.retry,
+        }
+    }
+
+    /// Runs `attempt` under the retry policy.
+    async fn retrying<T, F, Fut>(&self, what: &str, key: &str, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut n = 0;
+        loop {
+            n += 1;
+            let result = match tokio::time::timeout(self.retry.attempt_timeout, attempt()).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout),
+            };
+            match result {
+                Err(e) if e.is_transient() && n < self.retry.max_attempts => {
+                    let pause = backoff(&self.retry, n, matches!(e, StoreError::Throttled));
+                    debug!(op = what, key, attempt = n, error = %e, ?pause, "retrying S3 request");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(e) => {
+                    if e.is_transient() {
+                        warn!(op = what, key, attempts = n, error = %e, "S3 request failed after retries");
+                    }
+                    return Err(e);
+                }
+                Ok(v) => return Ok(v),
+            }
+        }
+    }
+}
+
+/// Full-jitter exponential backoff; `SlowDown` starts from a longer base, as S3 asks.
+fn backoff(p: &RetryPolicy, attempt: u32, throttled: bool) -> Duration {
+    let base = if throttled { p.base_backoff * 4 } else { p.base_backoff };
+    let cap = base.saturating_mul(1 << attempt.min(16)).min(p.max_backoff);
+    // A random u64 without a dependency: std seeds every RandomState from the OS.
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    cap.mul_f64((r % 10_000) as f64 / 10_000.0)
+}
+
+fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::TimeoutError(_) => StoreError::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => StoreError::Timeout,
+        SdkError::DispatchFailure(_) => StoreError::Network(DisplayErrorContext(&err).to_string()),
+        SdkError::ResponseError(_) => StoreError::BadResponse(DisplayErrorContext(&err).to_string()),
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or("").to_string();
+            let message = se.err().message().unwrap_or("").to_string();
+            match (status, code.as_str()) {
+                (_, "NoSuchBucket") => StoreError::NoSuchBucket,
+                (404, _) => StoreError::NotFound,
+                (403, _) => StoreError::AccessDenied(if message.is_empty() { code } else { message }),
+                (412, _) => StoreError::PreconditionFailed,
+                (416, _) => StoreError::InvalidRange,
+                (503, _) | (_, "SlowDown") => StoreError::Throttled,
+                _ => StoreError::Service { status, code, message },
+            }
+        }
+        _ => StoreError::BadResponse(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError> {
+        self.retrying("ListObjectsV2", req.prefix, || async {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(req.prefix)
+                .set_delimiter(req.delimited.then(|| "/".to_string()))
+                .set_continuation_token(req.continuation.clone())
+                .set_max_keys(req.max_keys)
+                .send()
+                .await
+                .map_err(classify)?;
+            let objects = out
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    Some(ObjectMeta {
+                        key: o.key()?.into(),
+                        size: o.size().unwrap_or(0).max(0) as u64,
+                        etag: o.e_tag().unwrap_or("").into(),
+                        last_modified: to_system_time(o.last_modified()),
+                    })
+                })
+                .collect();
+            let prefixes = out
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string))
+                .collect();
+            let next = if out.is_truncated() == Some(true) {
+                out.next_continuation_token().map(str::to_string)
+            } else {
+                None
+            };
+            Ok(ListPage {
+                objects,
+                prefixes,
+                next,
+            })
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.retrying("HeadObject", key, || async {
+            let out = self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
+            Ok(ObjectMeta {
+                key: key.into(),
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                etag: out.e_tag().unwrap_or("").into(),
+                last_modified: to_system_time(out.last_modified()),
+            })
+        })
+        .await
+    }
+
+    async fn get_range(&self, key: &str, range: ByteRange, etag: &str) -> Result<Bytes, StoreError> {
+        assert!(!range.is_empty(), "empty ranged GET");
+        self.retrying("GetObject", key, || async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .range(format!("bytes={}-{}", range.start, range.end - 1))
+                .if_match(etag)
+                .send()
+                .await
+                .map_err(classify)?;
+            let body = out
+                .body
+                .collect()
+                .await
+                .map_err(|e| StoreError::BadResponse(format!("body of {key} cut short: {e}")))?
+                .into_bytes();
+            if body.len() as u64 != range.len() {
+                return Err(StoreError::BadResponse(format!(
+                    "expected {} bytes of {key} at {}, got {}",
+                    range.len(),
+                    range.start,
+                    body.len()
+                )));
+            }
+            Ok(body)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("s3://{}", self.bucket)
+    }
+}
