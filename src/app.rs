@@ -14,7 +14,7 @@ use tracing::{error, info};
 use crate::cli::{Cli, Command, MountArgs};
 use crate::config::MountConfig;
 use crate::fs::{Fs, FsSettings};
-use crate::fuse::{FuseAdapter, KERNEL_INDEFINITE, MountOptions};
+use crate::fuse::{FuseAdapter, KERNEL_INDEFINITE, MountOptions, Unmounted};
 use crate::meta::Namespace;
 use crate::read::BlockReader;
 use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
@@ -176,8 +176,15 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
         };
         let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
         info!(signal = name, "unmounting");
-        if let Err(e) = unmounter.unmount() {
-            error!("unmount failed: {e}");
+        match unmounter.unmount() {
+            Ok(Unmounted::Clean) => {}
+            Ok(Unmounted::Detached) => {
+                // Exiting closes /dev/fuse, which ends the connection: files still open on the
+                // detached mount fail with ENOTCONN instead of keeping the daemon alive.
+                info!("exiting; files still open on the detached mount can no longer be read");
+                std::process::exit(0);
+            }
+            Err(e) => error!("unmount failed: {e}"),
         }
     });
 

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 use crate::fs::{Attr, FileKind, Fs, FsError};
 
 mod session;
-pub use session::{MountOptions, Mounted, Unmounter, lazy_unmount, mount};
+pub use session::{MountOptions, Mounted, Unmounted, Unmounter, lazy_unmount, mount};
 
 /// The kernel's stand-in for "indefinite": ten years. Far larger values overflow the
 /// kernel's signed time conversion.

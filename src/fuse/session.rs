@@ -68,6 +68,13 @@ impl Mounted {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    Clean,
+    /// Lazily detached while busy: files still open on it keep the connection alive.
+    Detached,
+}
+
 #[derive(Clone)]
 pub struct Unmounter {
     inner: Arc<Mutex<SessionUnmounter>>,
@@ -76,14 +83,15 @@ pub struct Unmounter {
 
 impl Unmounter {
     /// Unmounts; if the mount is busy (a process has it as its working directory or holds a
-    /// file open), detaches it lazily so the daemon can still exit.
-    pub fn unmount(&self) -> io::Result<()> {
+    /// file open), detaches it lazily instead and returns `Unmounted::Detached`: the session
+    /// then only ends when the daemon closes /dev/fuse, i.e. exits.
+    pub fn unmount(&self) -> io::Result<Unmounted> {
         match self.inner.lock().unwrap().unmount() {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 warn!(mountpoint = %self.mountpoint.display(), "mount is busy; detaching it lazily");
-                lazy_unmount(&self.mountpoint)
+                lazy_unmount(&self.mountpoint).map(|()| Unmounted::Detached)
             }
-            r => r,
+            r => r.map(|()| Unmounted::Clean),
         }
     }
 }

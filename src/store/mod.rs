@@ -55,7 +55,7 @@ pub enum StoreError {
     Throttled,
     #[error("request timed out")]
     Timeout,
-    #[error("cannot reach S3: {0}")]
+    #[error("network error: {0}")]
     Network(String),
     #[error("S3 answered {status} {code}: {message}")]
     Service { status: u16, code: String, message: String },

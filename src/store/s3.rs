@@ -16,7 +16,6 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use tracing::{debug, warn};
 
@@ -146,6 +145,20 @@ fn backoff(p: &RetryPolicy, attempt: u32, throttled: bool) -> Duration {
     cap.mul_f64((r % 10_000) as f64 / 10_000.0)
 }
 
+/// "outer: inner: innermost" from an error's source chain, skipping repeated messages.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(*t).ok())
         .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -158,8 +171,8 @@ where
     match &err {
         SdkError::TimeoutError(_) => StoreError::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => StoreError::Timeout,
-        SdkError::DispatchFailure(_) => StoreError::Network(DisplayErrorContext(&err).to_string()),
-        SdkError::ResponseError(_) => StoreError::BadResponse(DisplayErrorContext(&err).to_string()),
+        SdkError::DispatchFailure(_) => StoreError::Network(error_chain(&err)),
+        SdkError::ResponseError(_) => StoreError::BadResponse(error_chain(&err)),
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or("").to_string();
@@ -174,7 +187,7 @@ where
                 _ => StoreError::Service { status, code, message },
             }
         }
-        _ => StoreError::BadResponse(DisplayErrorContext(&err).to_string()),
+        _ => StoreError::BadResponse(error_chain(&err)),
     }
 }
 

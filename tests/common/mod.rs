@@ -1,0 +1,232 @@
+//! Integration-test harness: a real S3-compatible server on 127.0.0.1 and the real
+//! `s3cachefs` binary mounted through /dev/fuse on a temporary directory. A `Mount` unmounts
+//! on drop (SIGTERM, then a lazy unmount if anything is left), also when a test panics.
+
+#![allow(dead_code, unused_imports)]
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use s3cachefs_testserver::{Counts, TestServer};
+
+pub const BUCKET: &str = "test-bucket";
+
+/// A server with the test bucket created.
+pub fn server() -> TestServer {
+    let s = TestServer::start();
+    s.create_bucket(BUCKET);
+    s
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_s3cachefs")
+}
+
+/// A `s3cachefs` command with hermetic AWS settings: fixed test credentials, no profile
+/// files, no instance metadata (which would reach outside this machine).
+pub fn command() -> Command {
+    let mut c = Command::new(bin());
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "AKIDTESTKEY")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .stdin(Stdio::null());
+    c
+}
+
+/// The arguments that point a mount at `server`.
+pub fn endpoint_args(server: &TestServer) -> Vec<String> {
+    vec![
+        "--endpoint-url".into(),
+        server.endpoint(),
+        "--region".into(),
+        "us-east-1".into(),
+    ]
+}
+
+/// Deterministic pseudo-random bytes (a different stream per seed).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+pub struct Mount {
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `source` (e.g. "test-bucket" or "test-bucket/jars/") in the foreground and
+    /// waits until the mount is live. Panics with the daemon's log if it fails.
+    pub fn new(server: &TestServer, source: &str, extra: &[&str]) -> Mount {
+        Mount::try_new(server, source, extra).unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    pub fn try_new(server: &TestServer, source: &str, extra: &[&str]) -> Result<Mount, String> {
+        let dir = tempfile::Builder::new().prefix("s3cachefs-test").tempdir().unwrap();
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let log = dir.path().join("daemon.log");
+        let child = command()
+            .arg("mount")
+            .arg(source)
+            .arg(&path)
+            .args(endpoint_args(server))
+            .arg("--foreground")
+            .args(extra)
+            .env("RUST_LOG", "s3cachefs=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mount {
+            child: Some(child),
+            _dir: dir,
+            path,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if is_mounted(&m.path) {
+                return Ok(m);
+            }
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                m.child = None;
+                return Err(format!("daemon exited with {status} before mounting:\n{}", m.log()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("mount not live after 30 s:\n{}", m.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` to the daemon and waits (bounded) for it to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already gone");
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        wait_timeout(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("daemon did not exit within 20 s of signal {signal}:\n{}", self.log())
+        })
+    }
+
+    /// Waits (bounded) for the daemon to exit on its own, e.g. after an external umount.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already gone");
+        wait_timeout(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("daemon did not exit within 20 s:\n{}", self.log())
+        })
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            if wait_timeout(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if is_mounted(&self.path) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- daemon log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs `s3cachefs` to completion with a time limit; returns its output.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let status = wait_timeout(&mut child, limit).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("command did not finish within {limit:?}")
+    });
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+    Output { status, stdout, stderr }
+}
+
+pub fn exit_code(status: &ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Every file under `root` (relative paths, sorted), walking with `read_dir`.
+pub fn walk(root: &Path) -> Vec<(String, std::fs::Metadata)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                stack.push(e.path());
+                out.push((format!("{rel}/"), meta));
+            } else {
+                out.push((rel, meta));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
