@@ -14,7 +14,7 @@ use tracing::{error, info};
 use crate::cli::{Cli, Command, MountArgs};
 use crate::config::MountConfig;
 use crate::fs::{Fs, FsSettings};
-use crate::fuse::{FuseAdapter, KERNEL_INDEFINITE, MountOptions, Unmounted};
+use crate::fuse::{FuseAdapter, KERNEL_INDEFINITE, MountOptions, Unmounted, Unmounter};
 use crate::meta::Namespace;
 use crate::read::BlockReader;
 use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
@@ -106,62 +106,117 @@ fn detach_stdio() {
 
 type ServeError = (anyhow::Error, Option<OwnedFd>);
 
-fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
-    macro_rules! tryr {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(e) => return Err((anyhow::Error::from(e), ready)),
-            }
-        };
-    }
-    let rt = tryr!(
-        tokio::runtime::Builder::new_multi_thread()
+/// A live mount and the runtime that serves it.
+pub struct Daemon {
+    rt: tokio::runtime::Runtime,
+    mounted: crate::fuse::Mounted,
+}
+
+impl Daemon {
+    /// Connects to S3, checks the bucket, builds the caches and mounts. On return the mount
+    /// is live.
+    pub fn start(cfg: &MountConfig) -> anyhow::Result<Daemon> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("s3cachefs-rt")
-            .build()
-    );
-    let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&s3_settings(cfg))));
-    tryr!(rt.block_on(check_bucket(store.as_ref(), cfg)));
+            .build()?;
+        let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&s3_settings(cfg))));
+        rt.block_on(check_bucket(store.as_ref(), cfg))?;
 
-    let ns = Arc::new(Namespace::new(
-        store.clone(),
-        cfg.metadata_ttl,
-        cfg.negative_metadata_ttl,
-    ));
-    let reader = Arc::new(BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes));
-    let settings = FsSettings {
-        uid: cfg.uid,
-        gid: cfg.gid,
-        file_mode: cfg.file_mode,
-        dir_mode: cfg.dir_mode,
+        let ns = Arc::new(Namespace::new(
+            store.clone(),
+            cfg.metadata_ttl,
+            cfg.negative_metadata_ttl,
+        ));
+        let reader = Arc::new(BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes));
+        let settings = FsSettings {
+            uid: cfg.uid,
+            gid: cfg.gid,
+            file_mode: cfg.file_mode,
+            dir_mode: cfg.dir_mode,
+        };
+        let fs = Arc::new(Fs::new(ns, reader, &cfg.source.prefix, settings));
+        let kernel_ttl = |t: crate::config::Ttl| t.duration().unwrap_or(KERNEL_INDEFINITE);
+        let adapter = FuseAdapter::new(
+            fs,
+            rt.handle().clone(),
+            kernel_ttl(cfg.metadata_ttl),
+            kernel_ttl(cfg.negative_metadata_ttl),
+        );
+        let opts = MountOptions {
+            fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
+                .trim_end_matches('/')
+                .to_string(),
+            allow_other: cfg.allow_other,
+            allow_root: cfg.allow_root,
+            threads: cfg.fuse_threads,
+        };
+        let mounted = crate::fuse::mount(adapter, &cfg.mountpoint, &opts)
+            .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))?;
+        info!(
+            bucket = %cfg.source.bucket,
+            prefix = %cfg.source.prefix,
+            mountpoint = %cfg.mountpoint.display(),
+            "mounted"
+        );
+        Ok(Daemon { rt, mounted })
+    }
+
+    /// Serves the mount on a background thread (for examples, benchmarks and embedding).
+    pub fn spawn(mut self) -> BackgroundMount {
+        let unmounter = self.mounted.unmounter();
+        let thread = std::thread::Builder::new()
+            .name("s3cachefs-session".into())
+            .spawn(move || {
+                let r = self.mounted.run();
+                self.rt.shutdown_background();
+                r
+            })
+            .expect("spawn session thread");
+        BackgroundMount {
+            unmounter,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A mount served on a background thread; unmounted when dropped.
+pub struct BackgroundMount {
+    unmounter: Unmounter,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl BackgroundMount {
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> anyhow::Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        if self.unmounter.unmount()? == Unmounted::Detached {
+            bail!("mount was busy and has been detached lazily");
+        }
+        thread.join().map_err(|_| anyhow!("FUSE session thread panicked"))??;
+        Ok(())
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            error!("unmount failed: {e:#}");
+        }
+    }
+}
+
+fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
+    let Daemon { rt, mut mounted } = match Daemon::start(cfg) {
+        Ok(d) => d,
+        Err(e) => return Err((e, ready)),
     };
-    let fs = Arc::new(Fs::new(ns, reader, &cfg.source.prefix, settings));
-    let kernel_ttl = |t: crate::config::Ttl| t.duration().unwrap_or(KERNEL_INDEFINITE);
-    let adapter = FuseAdapter::new(
-        fs,
-        rt.handle().clone(),
-        kernel_ttl(cfg.metadata_ttl),
-        kernel_ttl(cfg.negative_metadata_ttl),
-    );
-    let opts = MountOptions {
-        fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
-            .trim_end_matches('/')
-            .to_string(),
-        allow_other: cfg.allow_other,
-        allow_root: cfg.allow_root,
-        threads: cfg.fuse_threads,
-    };
-    let mut mounted = tryr!(
-        crate::fuse::mount(adapter, &cfg.mountpoint, &opts)
-            .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))
-    );
-    info!(
-        bucket = %cfg.source.bucket,
-        prefix = %cfg.source.prefix,
-        mountpoint = %cfg.mountpoint.display(),
-        "mounted"
-    );
     if let Some(ready) = ready {
         report(ready, "ok");
         detach_stdio();

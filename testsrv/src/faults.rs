@@ -108,7 +108,7 @@ pub enum FaultKind {
     ShortBody,
     /// Sleep this long (after the configured latency) before processing and responding.
     Stall(Duration),
-    /// Stream the response body at this rate (overrides the bandwidth setting).
+    /// Stream the response body at this rate (overrides the bandwidth setting). No effect on bodiless responses.
     Trickle { bytes_per_sec: u64 },
 }
 
