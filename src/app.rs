@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use tracing::{error, info};
 
+use crate::cache::{CacheConfig, DiskCache};
 use crate::cli::{Cli, Command, MountArgs};
 use crate::config::MountConfig;
 use crate::fs::{Fs, FsSettings};
@@ -128,7 +129,22 @@ impl Daemon {
             cfg.metadata_ttl,
             cfg.negative_metadata_ttl,
         ));
-        let reader = Arc::new(BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes));
+        let disk = match &cfg.cache {
+            Some(c) => Some(DiskCache::open(CacheConfig {
+                dir: c.dir.clone(),
+                max_size: c.max_size,
+                min_free_percent: c.min_free_percent,
+                block_size: cfg.block_size,
+                store_id: store_id(cfg),
+            })?),
+            None => None,
+        };
+        let reader = Arc::new(BlockReader::new(
+            store.clone(),
+            cfg.block_size,
+            cfg.memory_cache_bytes,
+            disk.clone(),
+        ));
         let settings = FsSettings {
             uid: cfg.uid,
             gid: cfg.gid,
@@ -159,6 +175,9 @@ impl Daemon {
             mountpoint = %cfg.mountpoint.display(),
             "mounted"
         );
+        if let Some(disk) = disk {
+            disk.start_background();
+        }
         Ok(Daemon { rt, mounted })
     }
 
@@ -248,6 +267,16 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
     // Do not wait for in-flight S3 requests of a filesystem that no longer exists.
     rt.shutdown_background();
     result.map_err(|e| (anyhow!("FUSE session failed: {e}"), None))
+}
+
+/// Names the object store in the disk cache, so blocks of two stores never mix.
+fn store_id(cfg: &MountConfig) -> String {
+    let endpoint = cfg
+        .s3
+        .endpoint_url
+        .as_deref()
+        .map_or("aws", |e| e.trim_end_matches('/'));
+    format!("{endpoint}|{}", cfg.source.bucket)
 }
 
 fn s3_settings(cfg: &MountConfig) -> S3Settings {

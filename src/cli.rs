@@ -79,6 +79,19 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", default_value = "256MiB", help_heading = "Caching")]
     pub memory_cache_size: String,
 
+    /// Keep object data in this directory on local disk (NVMe): persistent across restarts and
+    /// shared by every s3cachefs process that uses the same directory.
+    #[arg(long, value_name = "DIR", help_heading = "Caching")]
+    pub cache: Option<PathBuf>,
+
+    /// Bound of the disk cache, everything on disk included (e.g. 200GiB, 500MB) [default: no bound but --cache-min-free].
+    #[arg(long, value_name = "SIZE", requires = "cache", help_heading = "Caching")]
+    pub max_cache_size: Option<String>,
+
+    /// Keep at least this share of the cache's filesystem free.
+    #[arg(long, value_name = "PERCENT", default_value = "5%", help_heading = "Caching")]
+    pub cache_min_free: String,
+
     /// Let users other than the one who mounted access the mount.
     #[arg(long, help_heading = "Mount options")]
     pub allow_other: bool,
@@ -159,6 +172,19 @@ impl MountArgs {
         {
             return Err(format!("--endpoint-url: {e:?} must start with http:// or https://"));
         }
+        let cache = match &self.cache {
+            None => None,
+            Some(dir) if dir.as_os_str().is_empty() => return Err("--cache: empty path".into()),
+            Some(dir) => Some(config::CacheSettings {
+                dir: dir.clone(),
+                max_size: match &self.max_cache_size {
+                    Some(s) => Some(config::parse_size(s).map_err(|e| format!("--max-cache-size: {e}"))?),
+                    None => None,
+                },
+                min_free_percent: config::parse_percent(&self.cache_min_free)
+                    .map_err(|e| format!("--cache-min-free: {e}"))?,
+            }),
+        };
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MountConfig {
@@ -185,6 +211,7 @@ impl MountArgs {
             block_size,
             memory_cache_bytes,
             fuse_threads: self.fuse_threads.into(),
+            cache,
             foreground: self.foreground,
             log: LogConfig {
                 filter: self.log_level.clone(),

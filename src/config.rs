@@ -171,8 +171,33 @@ pub struct MountConfig {
     /// Bound of the in-memory block cache.
     pub memory_cache_bytes: u64,
     pub fuse_threads: usize,
+    /// The disk cache, when `--cache` is given.
+    pub cache: Option<CacheSettings>,
     pub foreground: bool,
     pub log: LogConfig,
+}
+
+/// The disk cache's settings.
+#[derive(Clone, Debug)]
+pub struct CacheSettings {
+    pub dir: PathBuf,
+    pub max_size: Option<u64>,
+    /// Share (0-100) of the cache's filesystem to keep free.
+    pub min_free_percent: f64,
+}
+
+/// Parses a percentage such as `5`, `5%` or `2.5%`.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid percentage {s:?}"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("invalid percentage {s:?}: must be between 0 and 100"));
+    }
+    Ok(v)
 }
 
 /// How to reach S3, without naming the SDK.
@@ -285,6 +310,10 @@ mod tests {
         assert!(parse_mode("rwx").is_err());
         assert!(validate_block_size(1 << 20).is_ok());
         assert!(validate_block_size(1000).is_err());
+        assert_eq!(parse_percent("5%"), Ok(5.0));
+        assert_eq!(parse_percent("2.5"), Ok(2.5));
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("lots").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use moka::future::Cache;
 
+use crate::cache::DiskCache;
 use crate::object::{ObjectId, ObjectMeta, block_range};
 use crate::store::{ObjectStore, StoreError};
 
@@ -44,11 +45,22 @@ pub struct BlockReader {
     store: Arc<dyn ObjectStore>,
     block_size: u64,
     blocks: Cache<BlockKey, Bytes>,
+    disk: Option<Arc<DiskCache>>,
 }
 
 impl BlockReader {
-    /// `memory_bytes` bounds the in-memory block cache (weighted by block length).
-    pub fn new(store: Arc<dyn ObjectStore>, block_size: u64, memory_bytes: u64) -> BlockReader {
+    /// `memory_bytes` bounds the in-memory block cache (weighted by block length); `disk`, when
+    /// given, is consulted after memory and before S3 (its block size must be `block_size`).
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        block_size: u64,
+        memory_bytes: u64,
+        disk: Option<Arc<DiskCache>>,
+    ) -> BlockReader {
+        assert!(
+            disk.as_ref().is_none_or(|d| d.block_size() == block_size),
+            "disk cache block size differs"
+        );
         let blocks = Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|_: &BlockKey, b: &Bytes| b.len().try_into().unwrap_or(u32::MAX))
@@ -57,6 +69,7 @@ impl BlockReader {
             store,
             block_size,
             blocks,
+            disk,
         }
     }
 
@@ -94,16 +107,22 @@ impl BlockReader {
         let range = block_range(index, self.block_size, obj.size);
         self.blocks
             .try_get_with(key, async {
-                let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
-                if bytes.len() as u64 != range.len() {
-                    return Err(ReadError::Store(StoreError::BadResponse(format!(
-                        "block {index} of {}: expected {} bytes, got {}",
-                        obj.key,
-                        range.len(),
-                        bytes.len()
-                    ))));
+                let fetch = async {
+                    let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
+                    if bytes.len() as u64 != range.len() {
+                        return Err(ReadError::Store(StoreError::BadResponse(format!(
+                            "block {index} of {}: expected {} bytes, got {}",
+                            obj.key,
+                            range.len(),
+                            bytes.len()
+                        ))));
+                    }
+                    Ok(bytes)
+                };
+                match &self.disk {
+                    Some(disk) => disk.get_or_fetch(obj, index, range, fetch).await,
+                    None => fetch.await,
                 }
-                Ok(bytes)
             })
             .await
             .map_err(|e| (*e).clone())
@@ -133,7 +152,7 @@ mod tests {
     #[tokio::test]
     async fn reads_are_byte_exact_at_every_boundary() {
         let (s, meta, d) = setup(10_000).await;
-        let r = BlockReader::new(s.clone(), 1024, 1 << 20);
+        let r = BlockReader::new(s.clone(), 1024, 1 << 20, None);
         for (off, len) in [
             (0, 1),
             (0, 1024),
@@ -156,7 +175,7 @@ mod tests {
     async fn concurrent_reads_of_one_block_make_one_get() {
         let (s, meta, _) = setup(4096).await;
         s.set_latency(Duration::from_millis(30));
-        let r = Arc::new(BlockReader::new(s.clone(), 4096, 1 << 20));
+        let r = Arc::new(BlockReader::new(s.clone(), 4096, 1 << 20, None));
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let (r, meta) = (r.clone(), meta.clone());
@@ -172,7 +191,7 @@ mod tests {
     #[tokio::test]
     async fn changed_object_fails_instead_of_mixing() {
         let (s, meta, _) = setup(4096).await;
-        let r = BlockReader::new(s.clone(), 1024, 1 << 20);
+        let r = BlockReader::new(s.clone(), 1024, 1 << 20, None);
         r.read(&meta, 0, 10).await.unwrap();
         s.inner().put("obj", vec![0u8; 4096]);
         assert_eq!(r.read(&meta, 2048, 10).await, Err(ReadError::Changed));
@@ -183,7 +202,7 @@ mod tests {
     #[tokio::test]
     async fn failed_fetches_are_not_cached() {
         let (s, meta, d) = setup(100).await;
-        let r = BlockReader::new(s.clone(), 1024, 1 << 20);
+        let r = BlockReader::new(s.clone(), 1024, 1 << 20, None);
         s.fail_next(1, StoreError::Timeout);
         assert!(r.read(&meta, 0, 10).await.is_err());
         assert_eq!(&r.read(&meta, 0, 10).await.unwrap()[..], &d[..10]);

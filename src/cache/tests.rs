@@ -1,0 +1,313 @@
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+use crate::object::block_range;
+
+const BS: u64 = 64 << 10;
+
+fn cfg(dir: &Path, max: Option<u64>) -> CacheConfig {
+    CacheConfig {
+        dir: dir.to_path_buf(),
+        max_size: max,
+        min_free_percent: 0.0,
+        block_size: BS,
+        store_id: "test|bucket".into(),
+    }
+}
+
+fn obj(key: &str, etag: &str, size: u64) -> ObjectMeta {
+    ObjectMeta {
+        key: key.into(),
+        size,
+        etag: etag.into(),
+        last_modified: SystemTime::UNIX_EPOCH,
+    }
+}
+
+fn content(o: &ObjectMeta, index: u64) -> Bytes {
+    let r = block_range(index, BS, o.size);
+    Bytes::from(
+        (r.start..r.end)
+            .map(|i| (i as u8) ^ o.etag.len() as u8 ^ o.key.len() as u8)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Reads a block through the cache; counts fetches.
+async fn get(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, fetches: &AtomicUsize) -> Bytes {
+    let r = block_range(index, BS, o.size);
+    c.get_or_fetch(o, index, r, async {
+        fetches.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, ()>(content(o, index))
+    })
+    .await
+    .unwrap()
+}
+
+/// Bytes on disk under the cache directory, as `du` counts them.
+fn du(p: &Path) -> u64 {
+    let m = fs::symlink_metadata(p).unwrap();
+    let mut total = m.blocks() * 512;
+    if m.is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            total += du(&e.unwrap().path());
+        }
+    }
+    total
+}
+
+fn block_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for shard in fs::read_dir(root.join("v1/blocks")).unwrap() {
+        for f in fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn miss_then_hit_then_persisted_across_instances() {
+    let d = tempfile::tempdir().unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("jars/a.jar", "\"e1\"", 3 * BS + 10);
+    {
+        let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+        for i in 0..4 {
+            assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 4);
+        for i in 0..4 {
+            assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 4);
+        assert_eq!(c.stats().hits.load(Ordering::Relaxed), 4);
+    }
+    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    for i in 0..4 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        4,
+        "a new instance (a restarted daemon) reads what was stored"
+    );
+    // A new ETag never matches old blocks.
+    let o2 = obj("jars/a.jar", "\"e2\"", 3 * BS + 10);
+    assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
+    assert_eq!(fetches.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test]
+async fn files_and_dirs_are_private() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("cache");
+    let c = DiskCache::open(cfg(&dir, None)).unwrap();
+    get(&c, &obj("k", "\"e\"", 10), 0, &AtomicUsize::new(0)).await;
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    for f in block_files(&dir) {
+        assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(f.parent().unwrap()).unwrap().mode() & 0o777, 0o700);
+    }
+}
+
+#[tokio::test]
+async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("data/x", "\"e\"", 2 * BS);
+    get(&c, &o, 0, &fetches).await;
+    get(&c, &o, 1, &fetches).await;
+    let files = block_files(d.path());
+    assert_eq!(files.len(), 2);
+    // Flip one data byte of one block, truncate the other.
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let n = bytes.len();
+    bytes[n - 100] ^= 0x40;
+    fs::write(&files[0], bytes).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&files[1]).unwrap();
+    f.set_len(1000).unwrap();
+    for i in 0..2 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+    assert_eq!(c.stats().corrupt.load(Ordering::Relaxed), 2);
+    // Replaced and valid again.
+    for i in 0..2 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+    // A block file swapped with another block's file fails the header check.
+    let files = block_files(d.path());
+    fs::copy(&files[0], &files[1]).unwrap();
+    for i in 0..2 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(c.stats().corrupt.load(Ordering::Relaxed), 3);
+    // Junk in the cache tree is removed by the scan and counted.
+    let shard = files[0].parent().unwrap();
+    fs::write(shard.join("junk.txt"), b"junk").unwrap();
+    fs::create_dir(d.path().join("v1/blocks/zzz")).unwrap();
+    let _g = shared::try_exclusive(&c.root.join("evict.lock")).unwrap().unwrap();
+    c.scan_and_evict(u64::MAX);
+    assert!(!shard.join("junk.txt").exists());
+    assert!(!d.path().join("v1/blocks/zzz").exists());
+    assert_eq!(c.stats().corrupt.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn symlink_in_place_of_a_block_is_never_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open(cfg(&d.path().join("c"), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("k", "\"e\"", 100);
+    get(&c, &o, 0, &fetches).await;
+    let file = block_files(&d.path().join("c")).pop().unwrap();
+    let outside = d.path().join("outside");
+    fs::copy(&file, &outside).unwrap();
+    fs::remove_file(&file).unwrap();
+    std::os::unix::fs::symlink(&outside, &file).unwrap();
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2, "the symlinked block was not trusted");
+    assert!(outside.exists(), "the symlink target is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_across_instances_fetch_once() {
+    let d = tempfile::tempdir().unwrap();
+    // Two instances on one directory behave like two processes (separate descriptors).
+    let caches = [
+        DiskCache::open(cfg(d.path(), None)).unwrap(),
+        DiskCache::open(cfg(d.path(), None)).unwrap(),
+    ];
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let o = obj("hot.jar", "\"e\"", 4 * BS);
+    let mut tasks = vec![];
+    for t in 0..16 {
+        let (c, f, o) = (caches[t % 2].clone(), fetches.clone(), o.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..4 {
+                let r = block_range(i, BS, o.size);
+                let got = c
+                    .get_or_fetch(&o, i, r, async {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                        Ok::<_, ()>(content(&o, i))
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(got, content(&o, i));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 4, "one fetch per distinct block");
+}
+
+#[tokio::test]
+async fn size_bound_holds_and_recent_blocks_survive() {
+    let d = tempfile::tempdir().unwrap();
+    let max = 2 << 20; // 2 MiB: about 30 blocks of 64 KiB
+    let c = DiskCache::open(cfg(d.path(), Some(max))).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("big", "\"e\"", 200 * BS);
+    for i in 0..200 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+        assert!(
+            du(d.path()) <= max,
+            "on disk {} > bound {max} after block {i}",
+            du(d.path())
+        );
+        // The block just written is present.
+        let before = fetches.load(Ordering::SeqCst);
+        get(&c, &o, i, &fetches).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), before);
+    }
+    assert!(c.stats().evictions.load(Ordering::Relaxed) > 0);
+    // Least recently used went first: the last blocks are cached, the first ones are not.
+    let before = fetches.load(Ordering::SeqCst);
+    get(&c, &o, 199, &fetches).await;
+    get(&c, &o, 198, &fetches).await;
+    assert_eq!(fetches.load(Ordering::SeqCst), before);
+    get(&c, &o, 0, &fetches).await;
+    assert_eq!(fetches.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test]
+async fn block_larger_than_the_bound_is_served_uncached() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open(cfg(d.path(), Some(40_000))).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("k", "\"e\"", BS);
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert!(c.stats().skipped_full.load(Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
+async fn unwritable_cache_still_serves_reads() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    // Break the temp directory: writes fail, reads go on.
+    fs::remove_dir(d.path().join("v1/tmp")).unwrap();
+    fs::write(d.path().join("v1/tmp"), b"not a dir").unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("k", "\"e\"", 1000);
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    assert_eq!(c.stats().write_failures.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn cache_owned_by_another_user_is_refused() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // needs root to chown; CI runs as root
+    }
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("c");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(12345), None).unwrap();
+    let err = DiskCache::open(cfg(&dir, None)).err().unwrap();
+    assert!(matches!(err, CacheError::WrongOwner { owner: 12345, .. }), "{err}");
+}
+
+#[test]
+fn key_to_path_mapping_is_stable_distinct_and_confined() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    let mut seen = HashSet::new();
+    let keys = [
+        "a",
+        "a/",
+        "../../etc/passwd",
+        "a/b\0c",
+        "ü/𝄞",
+        "",
+        "x".repeat(1024).leak(),
+    ];
+    for key in keys {
+        for etag in ["\"1\"", "\"2\""] {
+            for index in [0, 1, 4095, u64::MAX] {
+                let loc = c.locate(&obj(key, etag, 10), index, ByteRange::new(0, 10));
+                assert!(loc.path.starts_with(d.path().join("v1/blocks")));
+                let rel = loc.path.strip_prefix(d.path().join("v1/blocks")).unwrap();
+                assert_eq!(rel.components().count(), 2);
+                assert!(is_shard_name(rel.parent().unwrap().as_os_str()));
+                assert!(is_block_name(loc.path.file_name().unwrap()));
+                assert!(seen.insert(loc.path.clone()), "collision for {key:?} {etag} {index}");
+                // Stable: the same inputs give the same path.
+                assert_eq!(
+                    c.locate(&obj(key, etag, 10), index, ByteRange::new(0, 10)).path,
+                    loc.path
+                );
+            }
+        }
+    }
+}
