@@ -1,0 +1,349 @@
+//! The disk cache through real mounts: persistence across remounts, sharing and coalescing
+//! across processes, the size bound, corruption, crashes and a full disk.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// Bytes on disk under `p`, as `du` counts them.
+fn du(p: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(p) else { return 0 };
+    let mut total = m.blocks() * 512;
+    if m.is_dir()
+        && let Ok(entries) = fs::read_dir(p)
+    {
+        for e in entries.flatten() {
+            total += du(&e.path());
+        }
+    }
+    total
+}
+
+fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for shard in fs::read_dir(cache.join("v1/blocks")).unwrap() {
+        for f in fs::read_dir(shard.unwrap().path()).unwrap() {
+            out.push(f.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn seed_jars(s: &TestServer, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let key = format!("jars/lib{i}.jar");
+            let body = data(100_000 + i * 350_000, i as u64 + 100);
+            s.put(BUCKET, &key, body.clone());
+            (key, body)
+        })
+        .collect()
+}
+
+fn read_all(m: &Mount, objects: &[(String, Vec<u8>)]) {
+    for (key, body) in objects {
+        assert!(fs::read(m.join(key)).unwrap() == *body, "bytes of {key} differ");
+    }
+}
+
+fn cache_arg(dir: &Path) -> String {
+    dir.to_str().unwrap().to_string()
+}
+
+#[test]
+fn remount_with_the_same_cache_makes_no_gets() {
+    let s = server();
+    let objects = seed_jars(&s, 8);
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache_arg(cache.path());
+    {
+        let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+        read_all(&m, &objects);
+    }
+    let first = s.counts();
+    let blocks: u64 = objects.iter().map(|(_, b)| b.len().div_ceil(MIB) as u64).sum();
+    assert_eq!(first.get, blocks, "cold pass: one GET per block");
+    s.reset_counts();
+    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    read_all(&m, &objects);
+    assert_eq!(
+        s.counts().get,
+        0,
+        "after remount every block comes from disk: {:?}",
+        s.counts()
+    );
+    assert_eq!(block_files(cache.path()).len() as u64, blocks);
+    // Private to the daemon's user.
+    assert_eq!(fs::metadata(cache.path()).unwrap().mode() & 0o777, 0o700);
+    for f in block_files(cache.path()) {
+        assert_eq!(fs::metadata(f).unwrap().mode() & 0o777, 0o600);
+    }
+}
+
+#[test]
+fn four_processes_share_one_cache_and_coalesce_cold_reads() {
+    let s = server();
+    let objects = seed_jars(&s, 6);
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache_arg(cache.path());
+    let mounts: Vec<Mount> = (0..4).map(|_| Mount::new(&s, BUCKET, &["--cache", &c])).collect();
+    // Metadata first (each daemon has its own), so the race below is on data only.
+    for m in &mounts {
+        for (key, _) in &objects {
+            fs::metadata(m.join(key)).unwrap();
+        }
+    }
+    s.set_latency(Duration::from_millis(20));
+    s.reset_counts();
+    let barrier = Arc::new(Barrier::new(4));
+    std::thread::scope(|scope| {
+        for m in &mounts {
+            let (barrier, objects) = (barrier.clone(), &objects);
+            scope.spawn(move || {
+                barrier.wait();
+                read_all(m, objects);
+            });
+        }
+    });
+    let blocks: u64 = objects.iter().map(|(_, b)| b.len().div_ceil(MIB) as u64).sum();
+    assert_eq!(
+        s.counts().get,
+        blocks,
+        "one GET per distinct block across 4 processes: {:?}",
+        s.counts()
+    );
+    assert_eq!(
+        s.counts().get_bytes,
+        objects.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+    );
+}
+
+#[test]
+fn sixteen_threads_in_one_process_coalesce() {
+    let s = server();
+    let objects = seed_jars(&s, 4);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, BUCKET, &["--cache", &cache_arg(cache.path())]);
+    for (key, _) in &objects {
+        fs::metadata(m.join(key)).unwrap();
+    }
+    s.set_latency(Duration::from_millis(20));
+    s.reset_counts();
+    let barrier = Arc::new(Barrier::new(16));
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            let (barrier, objects, m) = (barrier.clone(), &objects, &m);
+            scope.spawn(move || {
+                barrier.wait();
+                read_all(m, objects);
+            });
+        }
+    });
+    let blocks: u64 = objects.iter().map(|(_, b)| b.len().div_ceil(MIB) as u64).sum();
+    assert_eq!(s.counts().get, blocks, "{:?}", s.counts());
+}
+
+#[test]
+fn size_bound_holds_under_a_workload_three_times_larger() {
+    let s = server();
+    let max = 12 * MIB as u64;
+    let objects: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let key = format!("data/part-{i:03}");
+            let body = data(3 * MIB, 500 + i);
+            s.put(BUCKET, &key, body.clone());
+            (key, body)
+        })
+        .collect();
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            &cache_arg(cache.path()),
+            "--max-cache-size",
+            "12MiB",
+            "--memory-cache-size",
+            "1MiB",
+        ],
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let peak = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(du(cache.path()));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak.max(du(cache.path()))
+        });
+        for _ in 0..2 {
+            read_all(&m, &objects);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().unwrap()
+    });
+    assert!(peak <= max, "cache used {peak} bytes on disk, bound {max}");
+    assert!(peak > max / 2, "the cache was used ({peak} bytes)");
+    assert!(!m.log().contains("discarding"), "nothing was corrupt");
+}
+
+#[test]
+fn corrupt_truncated_and_junk_files_are_detected_and_refetched() {
+    let s = server();
+    let objects = seed_jars(&s, 3);
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache_arg(cache.path());
+    {
+        let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+        read_all(&m, &objects);
+    }
+    let files = block_files(cache.path());
+    assert!(files.len() >= 3);
+    // Flip a byte in one block, truncate another, put junk in place of a third.
+    let mut b = fs::read(&files[0]).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 0xff;
+    fs::write(&files[0], b).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&files[1])
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    fs::write(&files[2], b"this is not a block").unwrap();
+    fs::write(files[2].parent().unwrap().join("junk"), b"junk").unwrap();
+    s.reset_counts();
+    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    read_all(&m, &objects);
+    assert_eq!(s.counts().get, 3, "exactly the three bad blocks were fetched again");
+    let log = m.log();
+    assert_eq!(log.matches("discarding invalid disk cache block").count(), 4, "{log}");
+    // Replaced with good blocks: the next mount reads everything from disk.
+    drop(m);
+    s.reset_counts();
+    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    read_all(&m, &objects);
+    assert_eq!(s.counts().get, 0);
+}
+
+#[test]
+fn kill_dash_nine_while_filling_then_remount_reads_correctly() {
+    let s = server();
+    let objects = seed_jars(&s, 6);
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache_arg(cache.path());
+    for round in 0..3 {
+        let mut m = Mount::new(&s, BUCKET, &["--cache", &c]);
+        s.set_latency(Duration::from_millis(15));
+        let path = m.join(&objects[5].0);
+        let reader = std::thread::spawn(move || fs::read(path));
+        std::thread::sleep(Duration::from_millis(60 + round * 40));
+        let status = m.signal_and_wait(libc::SIGKILL);
+        assert_eq!(status.code(), None, "killed by a signal");
+        let _ = reader.join();
+        s.set_latency(Duration::ZERO);
+        drop(m); // clears the dead mount
+    }
+    s.reset_counts();
+    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    read_all(&m, &objects);
+    read_all(&m, &objects);
+}
+
+/// A tmpfs of `size` mounted on a temporary directory; unmounted on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let d = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        Tmpfs(d)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn full_cache_disk_never_fails_a_read() {
+    let s = server();
+    let objects = seed_jars(&s, 8); // ~10 MiB
+    let tmpfs = Tmpfs::new("3m");
+    let c = tmpfs.0.path().join("cache");
+    // No --cache-min-free headroom: writes hit ENOSPC for real.
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            c.to_str().unwrap(),
+            "--cache-min-free",
+            "0",
+            "--memory-cache-size",
+            "1MiB",
+        ],
+    );
+    for _ in 0..2 {
+        read_all(&m, &objects);
+    }
+    drop(m);
+    // With the default 5% headroom the cache evicts instead of filling the disk.
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &["--cache", c.to_str().unwrap(), "--memory-cache-size", "1MiB"],
+    );
+    read_all(&m, &objects);
+}
+
+#[test]
+fn cache_directory_problems_are_clear_errors() {
+    let s = server();
+    let d = tempfile::tempdir().unwrap();
+    let foreign = d.path().join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(4242), Some(4242)).unwrap();
+    let e = Mount::try_new(&s, BUCKET, &["--cache", foreign.to_str().unwrap()])
+        .err()
+        .unwrap();
+    assert!(e.contains("owned by uid 4242"), "{e}");
+    let file = d.path().join("file");
+    fs::write(&file, b"x").unwrap();
+    let e = Mount::try_new(&s, BUCKET, &["--cache", file.to_str().unwrap()])
+        .err()
+        .unwrap();
+    assert!(e.contains("cache directory"), "{e}");
+    let (_m, mnt) = (tempfile::tempdir().unwrap(), d.path().join("mnt"));
+    fs::create_dir(&mnt).unwrap();
+    let mut cmd = command();
+    cmd.args(["mount", BUCKET])
+        .arg(&mnt)
+        .args(endpoint_args(&s))
+        .args(["--max-cache-size", "1GiB"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_ne!(exit_code(&out.status), 0);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--cache"),
+        "--max-cache-size needs --cache"
+    );
+}
