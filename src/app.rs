@@ -15,8 +15,9 @@ use crate::cache::{CacheConfig, DiskCache};
 use crate::cli::{Cli, Command, MountArgs};
 use crate::config::MountConfig;
 use crate::fs::{Fs, FsSettings};
-use crate::fuse::{FuseAdapter, KERNEL_INDEFINITE, MountOptions, Unmounted, Unmounter};
+use crate::fuse::{FuseAdapter, MountOptions, Unmounted, Unmounter};
 use crate::meta::Namespace;
+use crate::metrics::Metrics;
 use crate::read::BlockReader;
 use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -31,8 +32,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn mount(args: &MountArgs) -> anyhow::Result<()> {
-    let cfg = args.resolve().map_err(|e| anyhow!(e))?;
+    let mut cfg = args.resolve().map_err(|e| anyhow!(e))?;
     mountpoint::check(&cfg.mountpoint)?;
+    // The daemon leaves its working directory: every path must be absolute from here on.
+    cfg.mountpoint = std::path::absolute(&cfg.mountpoint)?;
+    if let Some(c) = &mut cfg.cache {
+        c.dir = std::path::absolute(&c.dir)?;
+    }
+    if let Some(f) = &mut cfg.log.file {
+        *f = std::path::absolute(&*f)?;
+    }
+    if let Some(path) = &cfg.log.file {
+        logging::open_log_file(path)?;
+    }
     let ready = if cfg.foreground { None } else { Some(daemonize()?) };
     logging::init(&cfg.log, cfg.foreground)?;
     match serve(&cfg, ready) {
@@ -62,8 +74,12 @@ fn daemonize() -> anyhow::Result<OwnedFd> {
         -1 => bail!("cannot fork: {}", std::io::Error::last_os_error()),
         0 => {
             drop(r);
-            // SAFETY: setsid has no memory-safety preconditions.
-            unsafe { libc::setsid() };
+            // SAFETY: setsid and chdir have no memory-safety preconditions. Leaving the
+            // starting directory keeps the daemon from holding it busy.
+            unsafe {
+                libc::setsid();
+                libc::chdir(c"/".as_ptr());
+            }
             Ok(w)
         }
         _ => {
@@ -121,7 +137,8 @@ impl Daemon {
             .enable_all()
             .thread_name("s3cachefs-rt")
             .build()?;
-        let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&s3_settings(cfg))));
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&s3_settings(cfg), metrics.clone())));
         rt.block_on(check_bucket(store.as_ref(), cfg))?;
 
         let ns = Arc::new(Namespace::new(
@@ -130,13 +147,16 @@ impl Daemon {
             cfg.negative_metadata_ttl,
         ));
         let disk = match &cfg.cache {
-            Some(c) => Some(DiskCache::open(CacheConfig {
-                dir: c.dir.clone(),
-                max_size: c.max_size,
-                min_free_percent: c.min_free_percent,
-                block_size: cfg.block_size,
-                store_id: store_id(cfg),
-            })?),
+            Some(c) => Some(DiskCache::open(
+                CacheConfig {
+                    dir: c.dir.clone(),
+                    max_size: c.max_size,
+                    min_free_percent: c.min_free_percent,
+                    block_size: cfg.block_size,
+                    store_id: store_id(cfg),
+                },
+                &metrics,
+            )?),
             None => None,
         };
         let reader = Arc::new(BlockReader::new(
@@ -152,13 +172,11 @@ impl Daemon {
             dir_mode: cfg.dir_mode,
         };
         let fs = Arc::new(Fs::new(ns, reader, &cfg.source.prefix, settings));
-        let kernel_ttl = |t: crate::config::Ttl| t.duration().unwrap_or(KERNEL_INDEFINITE);
-        let adapter = FuseAdapter::new(
-            fs,
-            rt.handle().clone(),
-            kernel_ttl(cfg.metadata_ttl),
-            kernel_ttl(cfg.negative_metadata_ttl),
-        );
+        if let Some(d) = &disk {
+            let d = d.clone();
+            metrics.set_cache_size_source(move || d.usage());
+        }
+        let adapter = FuseAdapter::new(fs, rt.handle().clone(), metrics.clone());
         let opts = MountOptions {
             fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
                 .trim_end_matches('/')

@@ -88,9 +88,9 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", requires = "cache", help_heading = "Caching")]
     pub max_cache_size: Option<String>,
 
-    /// Keep at least this share of the cache's filesystem free.
-    #[arg(long, value_name = "PERCENT", default_value = "5%", help_heading = "Caching")]
-    pub cache_min_free: String,
+    /// Keep at least this share of the cache's filesystem free [default: 5%].
+    #[arg(long, value_name = "PERCENT", requires = "cache", help_heading = "Caching")]
+    pub cache_min_free: Option<String>,
 
     /// Let users other than the one who mounted access the mount.
     #[arg(long, help_heading = "Mount options")]
@@ -181,7 +181,7 @@ impl MountArgs {
                     Some(s) => Some(config::parse_size(s).map_err(|e| format!("--max-cache-size: {e}"))?),
                     None => None,
                 },
-                min_free_percent: config::parse_percent(&self.cache_min_free)
+                min_free_percent: config::parse_percent(self.cache_min_free.as_deref().unwrap_or("5%"))
                     .map_err(|e| format!("--cache-min-free: {e}"))?,
             }),
         };

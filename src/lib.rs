@@ -11,6 +11,7 @@ pub mod config;
 pub mod fs;
 pub mod fuse;
 pub mod meta;
+pub mod metrics;
 pub mod object;
 pub mod read;
 pub mod store;

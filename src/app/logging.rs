@@ -9,20 +9,29 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
 
+/// Opens (creating) the log file, so a bad path is reported before the daemon starts.
+pub fn open_log_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open log file {}", path.display()))
+}
+
 pub fn init(cfg: &LogConfig, foreground: bool) -> anyhow::Result<()> {
     let level = cfg.filter.as_deref().unwrap_or("info");
     let filter = EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,s3cachefs={level},fuser=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,s3cachefs={level},fuser=error")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if let Some(path) = &cfg.file {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open log file {}", path.display()))?;
+        let file = open_log_file(path)?;
         builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
     } else if foreground {
-        builder.with_writer(io::stderr).init();
+        use std::io::IsTerminal;
+        builder
+            .with_ansi(io::stderr().is_terminal())
+            .with_writer(io::stderr)
+            .init();
     } else {
         // SAFETY: the identifier is a static C string, as openlog requires.
         unsafe { libc::openlog(c"s3cachefs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };

@@ -38,6 +38,7 @@ use tracing::{debug, info, warn};
 pub use format::{BlockId, FORMAT_VERSION, FormatError};
 use shared::{StripeLocks, Usage};
 
+use crate::metrics::{CacheMetrics, Metrics};
 use crate::object::{ByteRange, ObjectMeta};
 
 /// Settings of the disk cache.
@@ -63,27 +64,6 @@ pub enum CacheError {
     WrongOwner { path: PathBuf, owner: u32, me: u32 },
 }
 
-/// Counters, read by the metrics exporter.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub hit_bytes: AtomicU64,
-    pub written_bytes: AtomicU64,
-    pub evictions: AtomicU64,
-    pub evicted_bytes: AtomicU64,
-    pub corrupt: AtomicU64,
-    pub write_failures: AtomicU64,
-    /// Blocks not cached because the size bound could not be met.
-    pub skipped_full: AtomicU64,
-}
-
-impl CacheStats {
-    fn inc(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// Temp files older than this belong to a writer that died.
 const STALE_TMP: Duration = Duration::from_secs(600);
 /// Space a directory takes (one filesystem block).
@@ -98,7 +78,7 @@ pub struct DiskCache {
     cfg: CacheConfig,
     locks: StripeLocks,
     usage: Usage,
-    stats: CacheStats,
+    stats: CacheMetrics,
     tmp_seq: AtomicU64,
     last_warn: Mutex<Option<Instant>>,
 }
@@ -127,7 +107,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 impl DiskCache {
     /// Opens (creating) the cache directory. Cheap: nothing is scanned here, so mount time does
     /// not depend on the size of the cache.
-    pub fn open(cfg: CacheConfig) -> Result<Arc<DiskCache>, CacheError> {
+    pub fn open(cfg: CacheConfig, metrics: &Metrics) -> Result<Arc<DiskCache>, CacheError> {
         let dir = &cfg.dir;
         fs::DirBuilder::new()
             .recursive(true)
@@ -171,7 +151,7 @@ impl DiskCache {
             cfg,
             locks,
             usage,
-            stats: CacheStats::default(),
+            stats: metrics.cache.clone(),
             tmp_seq: AtomicU64::new(0),
             last_warn: Mutex::new(None),
         }))
@@ -197,7 +177,7 @@ impl DiskCache {
             .ok();
     }
 
-    pub fn stats(&self) -> &CacheStats {
+    pub fn stats(&self) -> &CacheMetrics {
         &self.stats
     }
 
@@ -279,7 +259,7 @@ impl DiskCache {
         {
             return Ok(b);
         }
-        CacheStats::inc(&self.stats.misses, 1);
+        self.stats.misses.inc();
         let bytes = fetch.await?;
         let data = bytes.clone();
         self.blocking(&loc, move |c, l| c.write_block(l, &data)).await;
@@ -328,8 +308,8 @@ impl DiskCache {
                 // The file's mtime is its last access, for LRU eviction.
                 // SAFETY: valid descriptor; a null times pointer means "now".
                 unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
-                CacheStats::inc(&self.stats.hits, 1);
-                CacheStats::inc(&self.stats.hit_bytes, data.len() as u64);
+                self.stats.hits.inc();
+                self.stats.hit_bytes.inc_by(data.len() as u64);
                 Some(data)
             }
             Err(e) => {
@@ -341,7 +321,7 @@ impl DiskCache {
 
     /// Counts, logs and removes a file that must not be trusted.
     fn reject(&self, path: &Path, meta: Option<&fs::Metadata>, why: &str) {
-        CacheStats::inc(&self.stats.corrupt, 1);
+        self.stats.corrupt.inc();
         warn!(path = %path.display(), reason = why, "discarding invalid disk cache block; fetching it from S3");
         if fs::remove_file(path).is_ok()
             && let Some(m) = meta
@@ -362,7 +342,7 @@ impl DiskCache {
         };
         let size = alloc_size((header.len() + data.len()) as u64);
         if !self.reserve(size) {
-            CacheStats::inc(&self.stats.skipped_full, 1);
+            self.stats.skipped_full.inc();
             self.warn(format_args!(
                 "disk cache is full (bound or free space); serving without caching"
             ));
@@ -397,11 +377,13 @@ impl DiskCache {
             Ok(())
         })();
         match result {
-            Ok(()) => CacheStats::inc(&self.stats.written_bytes, data.len() as u64),
+            Ok(()) => {
+                self.stats.written_bytes.inc_by(data.len() as u64);
+            }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
                 self.usage.sub(size);
-                CacheStats::inc(&self.stats.write_failures, 1);
+                self.stats.write_failures.inc();
                 self.warn(format_args!(
                     "cannot write to the disk cache ({e}); serving from S3 without caching"
                 ));
@@ -507,8 +489,8 @@ impl DiskCache {
                 }
                 if fs::remove_file(&path).is_ok() {
                     total -= size;
-                    CacheStats::inc(&self.stats.evictions, 1);
-                    CacheStats::inc(&self.stats.evicted_bytes, size);
+                    self.stats.evictions.inc();
+                    self.stats.evicted_bytes.inc_by(size);
                 }
             }
         }

@@ -7,6 +7,12 @@ use crate::object::block_range;
 
 const BS: u64 = 64 << 10;
 
+impl DiskCache {
+    fn open_for_test(cfg: CacheConfig) -> Result<Arc<DiskCache>, CacheError> {
+        DiskCache::open(cfg, &Metrics::new())
+    }
+}
+
 fn cfg(dir: &Path, max: Option<u64>) -> CacheConfig {
     CacheConfig {
         dir: dir.to_path_buf(),
@@ -74,7 +80,7 @@ async fn miss_then_hit_then_persisted_across_instances() {
     let fetches = AtomicUsize::new(0);
     let o = obj("jars/a.jar", "\"e1\"", 3 * BS + 10);
     {
-        let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+        let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
         for i in 0..4 {
             assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
         }
@@ -83,9 +89,9 @@ async fn miss_then_hit_then_persisted_across_instances() {
             assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
         }
         assert_eq!(fetches.load(Ordering::SeqCst), 4);
-        assert_eq!(c.stats().hits.load(Ordering::Relaxed), 4);
+        assert_eq!(c.stats().hits.get(), 4);
     }
-    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
     for i in 0..4 {
         assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
     }
@@ -104,7 +110,7 @@ async fn miss_then_hit_then_persisted_across_instances() {
 async fn files_and_dirs_are_private() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("cache");
-    let c = DiskCache::open(cfg(&dir, None)).unwrap();
+    let c = DiskCache::open_for_test(cfg(&dir, None)).unwrap();
     get(&c, &obj("k", "\"e\"", 10), 0, &AtomicUsize::new(0)).await;
     assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     for f in block_files(&dir) {
@@ -116,7 +122,7 @@ async fn files_and_dirs_are_private() {
 #[tokio::test]
 async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
     let d = tempfile::tempdir().unwrap();
-    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
     let fetches = AtomicUsize::new(0);
     let o = obj("data/x", "\"e\"", 2 * BS);
     get(&c, &o, 0, &fetches).await;
@@ -134,7 +140,7 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
         assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
     }
     assert_eq!(fetches.load(Ordering::SeqCst), 4);
-    assert_eq!(c.stats().corrupt.load(Ordering::Relaxed), 2);
+    assert_eq!(c.stats().corrupt.get(), 2);
     // Replaced and valid again.
     for i in 0..2 {
         assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
@@ -146,7 +152,7 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
     for i in 0..2 {
         assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
     }
-    assert_eq!(c.stats().corrupt.load(Ordering::Relaxed), 3);
+    assert_eq!(c.stats().corrupt.get(), 3);
     // Junk in the cache tree is removed by the scan and counted.
     let shard = files[0].parent().unwrap();
     fs::write(shard.join("junk.txt"), b"junk").unwrap();
@@ -155,13 +161,13 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
     c.scan_and_evict(u64::MAX);
     assert!(!shard.join("junk.txt").exists());
     assert!(!d.path().join("v1/blocks/zzz").exists());
-    assert_eq!(c.stats().corrupt.load(Ordering::Relaxed), 5);
+    assert_eq!(c.stats().corrupt.get(), 5);
 }
 
 #[tokio::test]
 async fn symlink_in_place_of_a_block_is_never_followed() {
     let d = tempfile::tempdir().unwrap();
-    let c = DiskCache::open(cfg(&d.path().join("c"), None)).unwrap();
+    let c = DiskCache::open_for_test(cfg(&d.path().join("c"), None)).unwrap();
     let fetches = AtomicUsize::new(0);
     let o = obj("k", "\"e\"", 100);
     get(&c, &o, 0, &fetches).await;
@@ -180,8 +186,8 @@ async fn concurrent_misses_across_instances_fetch_once() {
     let d = tempfile::tempdir().unwrap();
     // Two instances on one directory behave like two processes (separate descriptors).
     let caches = [
-        DiskCache::open(cfg(d.path(), None)).unwrap(),
-        DiskCache::open(cfg(d.path(), None)).unwrap(),
+        DiskCache::open_for_test(cfg(d.path(), None)).unwrap(),
+        DiskCache::open_for_test(cfg(d.path(), None)).unwrap(),
     ];
     let fetches = Arc::new(AtomicUsize::new(0));
     let o = obj("hot.jar", "\"e\"", 4 * BS);
@@ -213,7 +219,7 @@ async fn concurrent_misses_across_instances_fetch_once() {
 async fn size_bound_holds_and_recent_blocks_survive() {
     let d = tempfile::tempdir().unwrap();
     let max = 2 << 20; // 2 MiB: about 30 blocks of 64 KiB
-    let c = DiskCache::open(cfg(d.path(), Some(max))).unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), Some(max))).unwrap();
     let fetches = AtomicUsize::new(0);
     let o = obj("big", "\"e\"", 200 * BS);
     for i in 0..200 {
@@ -228,7 +234,7 @@ async fn size_bound_holds_and_recent_blocks_survive() {
         get(&c, &o, i, &fetches).await;
         assert_eq!(fetches.load(Ordering::SeqCst), before);
     }
-    assert!(c.stats().evictions.load(Ordering::Relaxed) > 0);
+    assert!(c.stats().evictions.get() > 0);
     // Least recently used went first: the last blocks are cached, the first ones are not.
     let before = fetches.load(Ordering::SeqCst);
     get(&c, &o, 199, &fetches).await;
@@ -241,19 +247,19 @@ async fn size_bound_holds_and_recent_blocks_survive() {
 #[tokio::test]
 async fn block_larger_than_the_bound_is_served_uncached() {
     let d = tempfile::tempdir().unwrap();
-    let c = DiskCache::open(cfg(d.path(), Some(40_000))).unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), Some(40_000))).unwrap();
     let fetches = AtomicUsize::new(0);
     let o = obj("k", "\"e\"", BS);
     assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
     assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
     assert_eq!(fetches.load(Ordering::SeqCst), 2);
-    assert!(c.stats().skipped_full.load(Ordering::Relaxed) >= 1);
+    assert!(c.stats().skipped_full.get() >= 1);
 }
 
 #[tokio::test]
 async fn unwritable_cache_still_serves_reads() {
     let d = tempfile::tempdir().unwrap();
-    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
     // Break the temp directory: writes fail, reads go on.
     fs::remove_dir(d.path().join("v1/tmp")).unwrap();
     fs::write(d.path().join("v1/tmp"), b"not a dir").unwrap();
@@ -261,7 +267,7 @@ async fn unwritable_cache_still_serves_reads() {
     let o = obj("k", "\"e\"", 1000);
     assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
     assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
-    assert_eq!(c.stats().write_failures.load(Ordering::Relaxed), 2);
+    assert_eq!(c.stats().write_failures.get(), 2);
 }
 
 #[test]
@@ -274,14 +280,14 @@ fn cache_owned_by_another_user_is_refused() {
     let dir = d.path().join("c");
     fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(12345), None).unwrap();
-    let err = DiskCache::open(cfg(&dir, None)).err().unwrap();
+    let err = DiskCache::open_for_test(cfg(&dir, None)).err().unwrap();
     assert!(matches!(err, CacheError::WrongOwner { owner: 12345, .. }), "{err}");
 }
 
 #[test]
 fn key_to_path_mapping_is_stable_distinct_and_confined() {
     let d = tempfile::tempdir().unwrap();
-    let c = DiskCache::open(cfg(d.path(), None)).unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
     let mut seen = HashSet::new();
     let keys = [
         "a",

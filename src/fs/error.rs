@@ -24,6 +24,12 @@ pub enum FsError {
 }
 
 impl FsError {
+    /// The object changed or vanished in S3 under an open handle: attributes and pages the
+    /// kernel holds for it are stale.
+    pub fn object_changed(&self) -> bool {
+        matches!(self, FsError::Read(ReadError::Changed | ReadError::Gone))
+    }
+
     /// The errno the kernel should see.
     pub fn errno(&self) -> i32 {
         match self {
@@ -34,7 +40,7 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Store(e) | FsError::Read(ReadError::Store(e)) => match e {
                 StoreError::NotFound => libc::ENOENT,
-                StoreError::AccessDenied(_) => libc::EACCES,
+                StoreError::AccessDenied(_) | StoreError::Credentials(_) => libc::EACCES,
                 StoreError::Timeout => libc::ETIMEDOUT,
                 StoreError::NoSuchBucket
                 | StoreError::PreconditionFailed

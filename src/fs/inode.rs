@@ -21,16 +21,22 @@ pub struct Node {
 }
 
 impl Node {
-    /// Records the ETag of an open; true when it equals the previous open's.
-    pub fn swap_open_etag(&self, etag: Arc<str>) -> bool {
+    /// Records the ETag of an open. Returns (same as the previous open's, different from a
+    /// version the kernel may have seen before).
+    pub fn swap_open_etag(&self, etag: Arc<str>) -> (bool, bool) {
         let mut last = self.open_etag.lock().unwrap();
-        let same = last.as_deref() == Some(&*etag);
+        let result = match last.as_deref() {
+            Some(prev) if prev == &*etag => (true, false),
+            Some(_) => (false, true),
+            None => (false, false),
+        };
         *last = Some(etag);
-        same
+        result
     }
 
-    pub fn forget_open_etag(&self) {
-        *self.open_etag.lock().unwrap() = None;
+    /// After a read found the object changed: the next open must not trust the page cache.
+    pub fn mark_changed(&self) {
+        *self.open_etag.lock().unwrap() = Some("".into());
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tracing::warn;
@@ -46,6 +46,18 @@ pub struct Attr {
     pub gid: u32,
     pub nlink: u32,
     pub blksize: u32,
+    /// How long the kernel may cache these attributes (`None`: indefinitely).
+    pub valid_for: Option<Duration>,
+}
+
+/// The answer to a lookup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Looked {
+    Found(Attr),
+    /// No such name; the kernel may remember that for `valid_for` (`None`: indefinitely).
+    Missing {
+        valid_for: Option<Duration>,
+    },
 }
 
 /// Ownership and modes shown for every file and directory.
@@ -63,6 +75,9 @@ pub struct Opened {
     pub fh: u64,
     /// The kernel may keep its page cache of this file: the ETag is the one of the last open.
     pub keep_cache: bool,
+    /// The object changed since the previous open: attributes the kernel cached (the size)
+    /// belong to the old version and must be dropped.
+    pub changed: bool,
 }
 
 /// One entry of a directory stream.
@@ -112,7 +127,7 @@ impl Fs {
         }
     }
 
-    fn dir_attr(&self, ino: u64) -> Attr {
+    fn dir_attr(&self, ino: u64, valid_for: Option<Duration>) -> Attr {
         Attr {
             ino,
             kind: FileKind::Dir,
@@ -123,10 +138,11 @@ impl Fs {
             gid: self.settings.gid,
             nlink: 2,
             blksize: self.reader.block_size() as u32,
+            valid_for,
         }
     }
 
-    fn file_attr(&self, ino: u64, meta: &ObjectMeta) -> Attr {
+    fn file_attr(&self, ino: u64, meta: &ObjectMeta, valid_for: Option<Duration>) -> Attr {
         Attr {
             ino,
             kind: FileKind::File,
@@ -137,6 +153,7 @@ impl Fs {
             gid: self.settings.gid,
             nlink: 1,
             blksize: self.reader.block_size() as u32,
+            valid_for,
         }
     }
 
@@ -148,22 +165,33 @@ impl Fs {
         Ok(node)
     }
 
-    /// Resolves `name` in directory `parent`: `Ok(None)` when there is no such name.
-    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<Attr>, FsError> {
+    /// Resolves `name` in directory `parent`.
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> Result<Looked, FsError> {
         let dir = self.dir_node(parent)?;
-        let Some(name) = name.to_str() else { return Ok(None) }; // S3 keys are UTF-8
-        Ok(match self.ns.lookup(&dir.key, name).await? {
-            None => None,
-            Some(Entry::Dir) => Some(self.dir_attr(self.inodes.child(&dir, name, FileKind::Dir).ino)),
-            Some(Entry::File(meta)) => Some(self.file_attr(self.inodes.child(&dir, name, FileKind::File).ino, &meta)),
+        let Some(name) = name.to_str() else {
+            return Ok(Looked::Missing { valid_for: None });
+        }; // S3 keys are UTF-8
+        let r = self.ns.lookup(&dir.key, name).await?;
+        let valid_for = self.ns.valid_for(&r);
+        Ok(match r.entry {
+            None => Looked::Missing { valid_for },
+            Some(Entry::Dir) => {
+                Looked::Found(self.dir_attr(self.inodes.child(&dir, name, FileKind::Dir).ino, valid_for))
+            }
+            Some(Entry::File(meta)) => {
+                Looked::Found(self.file_attr(self.inodes.child(&dir, name, FileKind::File).ino, &meta, valid_for))
+            }
         })
     }
 
-    /// Current metadata of a file inode, from the namespace cache (refetched after the TTL).
-    async fn current_meta(&self, node: &Node) -> Result<ObjectMeta, FsError> {
+    /// Current metadata of a file inode, from the namespace cache (refetched after the TTL),
+    /// with how long it stays valid.
+    async fn current_meta(&self, node: &Node) -> Result<(ObjectMeta, Option<Duration>), FsError> {
         let parent = self.inodes.get(node.parent).ok_or(FsError::NoSuchInode(node.parent))?;
-        match self.ns.lookup(&parent.key, &node.name).await? {
-            Some(Entry::File(meta)) => Ok(meta),
+        let r = self.ns.lookup(&parent.key, &node.name).await?;
+        let valid_for = self.ns.valid_for(&r);
+        match r.entry {
+            Some(Entry::File(meta)) => Ok((meta, valid_for)),
             // The name is gone or became a directory: this inode is stale.
             _ => Err(FsError::Stale),
         }
@@ -172,8 +200,12 @@ impl Fs {
     pub async fn getattr(&self, ino: u64) -> Result<Attr, FsError> {
         let node = self.inodes.get(ino).ok_or(FsError::NoSuchInode(ino))?;
         match node.kind {
-            FileKind::Dir => Ok(self.dir_attr(ino)),
-            FileKind::File => Ok(self.file_attr(ino, &self.current_meta(&node).await?)),
+            // A directory's attributes never change; whether it still exists is the entry's TTL.
+            FileKind::Dir => Ok(self.dir_attr(ino, self.ns.ttl())),
+            FileKind::File => {
+                let (meta, valid_for) = self.current_meta(&node).await?;
+                Ok(self.file_attr(ino, &meta, valid_for))
+            }
         }
     }
 
@@ -186,18 +218,22 @@ impl Fs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let mut meta = self.current_meta(&node).await?;
+        let (mut meta, _) = self.current_meta(&node).await?;
         if meta.etag.is_empty() {
             // A listing without ETags (some S3-compatible servers): reads need one to pin the version.
             meta = self.ns.store().head(&meta.key).await?;
         }
-        let keep_cache = node.swap_open_etag(meta.etag.clone());
+        let (keep_cache, changed) = node.swap_open_etag(meta.etag.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files
             .lock()
             .unwrap()
             .insert(fh, Arc::new(FileHandle { meta, node }));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            changed,
+        })
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
@@ -210,7 +246,7 @@ impl Fs {
                 if let Some(parent) = self.inodes.get(handle.node.parent) {
                     self.ns.invalidate(&parent.key, &handle.node.name).await;
                 }
-                handle.node.forget_open_etag();
+                handle.node.mark_changed();
                 Err(e.into())
             }
             Err(e) => Err(e.into()),

@@ -22,7 +22,10 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
 }
 
 async fn lookup(fs: &Fs, parent: u64, name: &str) -> Option<Attr> {
-    fs.lookup(parent, OsStr::new(name)).await.unwrap()
+    match fs.lookup(parent, OsStr::new(name)).await.unwrap() {
+        Looked::Found(a) => Some(a),
+        Looked::Missing { .. } => None,
+    }
 }
 
 #[tokio::test]
@@ -84,6 +87,7 @@ async fn open_read_keep_cache_and_read_only() {
     assert_eq!(&fs.read(first.fh, 6, 5).await.unwrap()[..], b"world");
     let second = fs.open(f.ino, false).await.unwrap();
     assert!(second.keep_cache, "same ETag as the last open");
+    assert!(!second.changed);
     fs.release(first.fh);
     assert_eq!(fs.read(first.fh, 0, 1).await.unwrap_err().errno(), libc::EBADF);
     // The object changes under an open handle: bytes of the old version already fetched may
@@ -96,6 +100,7 @@ async fn open_read_keep_cache_and_read_only() {
     assert_eq!(fs.read(second.fh, 70 << 10, 5).await.unwrap_err().errno(), libc::EIO);
     let third = fs.open(f.ino, false).await.unwrap();
     assert!(!third.keep_cache);
+    assert!(third.changed, "the kernel's cached size must be dropped");
     assert_eq!(&fs.read(third.fh, 0, 5).await.unwrap()[..], b"HELLO");
     assert_eq!(&fs.read(third.fh, 70 << 10, 3).await.unwrap()[..], b"222");
 }

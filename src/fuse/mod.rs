@@ -3,17 +3,18 @@
 //! blocks the session threads or other files. Errors become errnos through `FsError::errno`.
 
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use tracing::{debug, warn};
 
-use crate::fs::{Attr, FileKind, Fs, FsError};
+use crate::fs::{Attr, FileKind, Fs, FsError, Looked};
+use crate::metrics::Metrics;
 
 mod session;
 pub use session::{MountOptions, Mounted, Unmounted, Unmounter, lazy_unmount, mount};
@@ -25,29 +26,77 @@ pub const KERNEL_INDEFINITE: Duration = Duration::from_secs(10 * 365 * 24 * 3600
 pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
-    /// How long the kernel may cache entries and attributes (the metadata TTL).
-    ttl: Duration,
-    /// How long the kernel may cache "no such name" (the negative metadata TTL).
-    negative_ttl: Duration,
+    metrics: Arc<Metrics>,
+    /// Kernel notifications (cache invalidation); set once the session exists.
+    notifier: Arc<OnceLock<Notifier>>,
     /// Largest read the kernel may send, and its read-ahead, in bytes.
     max_read: u32,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, ttl: Duration, negative_ttl: Duration) -> FuseAdapter {
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, metrics: Arc<Metrics>) -> FuseAdapter {
         // Reads as large as a block let one request cover one cached block.
         let max_read = fs.block_size().min(1 << 20) as u32;
         FuseAdapter {
             fs,
             rt,
-            ttl,
-            negative_ttl,
+            metrics,
+            notifier: Arc::new(OnceLock::new()),
             max_read,
         }
     }
 
-    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+    /// Counts the request and runs `f` on the runtime.
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&self, op: &'static str, f: F) {
+        self.metrics.fuse_op(op);
         self.rt.spawn(f);
+    }
+
+    /// What a spawned request needs besides the filesystem.
+    fn handle(&self) -> Ctx {
+        Ctx {
+            metrics: self.metrics.clone(),
+            notifier: self.notifier.clone(),
+        }
+    }
+
+    /// Where the session stores its notifier once mounted.
+    pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    metrics: Arc<Metrics>,
+    notifier: Arc<OnceLock<Notifier>>,
+}
+
+impl Ctx {
+    fn errno(&self, op: &'static str, e: &FsError) -> Errno {
+        let code = e.errno();
+        self.metrics.fuse_error(op, code);
+        if code == libc::EIO || code == libc::ETIMEDOUT || code == libc::EACCES {
+            warn!(op, error = %e, "request failed");
+        } else {
+            debug!(op, error = %e, "request failed");
+        }
+        Errno::from_i32(code)
+    }
+}
+
+/// The kernel's stand-in for "indefinitely".
+fn kernel_ttl(valid_for: Option<Duration>) -> Duration {
+    valid_for.map_or(KERNEL_INDEFINITE, |d| d.min(KERNEL_INDEFINITE))
+}
+
+/// Drops the kernel's cached attributes (and pages, with `pages`) of `ino`.
+fn invalidate(notifier: &OnceLock<Notifier>, ino: u64, pages: bool) {
+    if let Some(n) = notifier.get() {
+        let offset = if pages { 0 } else { -1 };
+        if let Err(e) = n.inval_inode(INodeNo(ino), offset, 0) {
+            debug!(ino, "kernel cache invalidation failed: {e}");
+        }
     }
 }
 
@@ -78,14 +127,25 @@ fn kind(k: FileKind) -> FileType {
     }
 }
 
-fn errno(op: &str, e: &FsError) -> Errno {
-    let code = e.errno();
-    if code == libc::EIO || code == libc::ETIMEDOUT || code == libc::EACCES {
-        warn!(op, error = %e, "request failed");
-    } else {
-        debug!(op, error = %e, "request failed");
+/// Attributes of a negative entry (inode 0): only the inode number and timeout matter.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: SystemTime::UNIX_EPOCH,
+        mtime: SystemTime::UNIX_EPOCH,
+        ctime: SystemTime::UNIX_EPOCH,
+        crtime: SystemTime::UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
     }
-    Errno::from_i32(code)
 }
 
 impl Filesystem for FuseAdapter {
@@ -102,48 +162,43 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (fs, name, ttl, negative_ttl) = (self.fs.clone(), name.to_owned(), self.ttl, self.negative_ttl);
-        self.spawn(async move {
+        let (fs, name) = (self.fs.clone(), name.to_owned());
+        let this = self.handle();
+        self.spawn("lookup", async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(Some(attr)) => reply.entry(&ttl, &to_fuse(&attr), Generation(0)),
+                Ok(Looked::Found(attr)) => reply.entry(&kernel_ttl(attr.valid_for), &to_fuse(&attr), Generation(0)),
                 // Inode 0 with a timeout is a negative entry the kernel may cache.
-                Ok(None) if !negative_ttl.is_zero() => {
-                    let mut attr = to_fuse(&Attr {
-                        ino: 0,
-                        kind: FileKind::File,
-                        size: 0,
-                        mtime: SystemTime::UNIX_EPOCH,
-                        perm: 0,
-                        uid: 0,
-                        gid: 0,
-                        nlink: 0,
-                        blksize: 0,
-                    });
-                    attr.ino = INodeNo(0);
-                    reply.entry(&negative_ttl, &attr, Generation(0))
+                Ok(Looked::Missing { valid_for }) if valid_for != Some(Duration::ZERO) => {
+                    reply.entry(&kernel_ttl(valid_for), &negative_attr(), Generation(0))
                 }
-                Ok(None) => reply.error(Errno::ENOENT),
-                Err(e) => reply.error(errno("lookup", &e)),
+                Ok(Looked::Missing { .. }) => reply.error(Errno::ENOENT),
+                Err(e) => reply.error(this.errno("lookup", &e)),
             }
         });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let (fs, ttl) = (self.fs.clone(), self.ttl);
-        self.spawn(async move {
+        let fs = self.fs.clone();
+        let this = self.handle();
+        self.spawn("getattr", async move {
             match fs.getattr(ino.0).await {
-                Ok(attr) => reply.attr(&ttl, &to_fuse(&attr)),
-                Err(e) => reply.error(errno("getattr", &e)),
+                Ok(attr) => reply.attr(&kernel_ttl(attr.valid_for), &to_fuse(&attr)),
+                Err(e) => reply.error(this.errno("getattr", &e)),
             }
         });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
+        let this = self.handle();
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        self.spawn(async move {
+        self.spawn("open", async move {
             match fs.open(ino.0, write).await {
                 Ok(o) => {
+                    if o.changed {
+                        // The size the kernel cached belongs to the previous version.
+                        invalidate(&this.notifier, ino.0, false);
+                    }
                     let flags = if o.keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
@@ -151,7 +206,7 @@ impl Filesystem for FuseAdapter {
                     };
                     reply.opened(FileHandle(o.fh), flags)
                 }
-                Err(e) => reply.error(errno("open", &e)),
+                Err(e) => reply.error(this.errno("open", &e)),
             }
         });
     }
@@ -159,7 +214,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -168,10 +223,19 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        let this = self.handle();
+        self.spawn("read", async move {
             match fs.read(fh.0, offset, size).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno("read", &e)),
+                Ok(data) => {
+                    this.metrics.read_bytes.inc_by(data.len() as u64);
+                    reply.data(&data)
+                }
+                Err(e) => {
+                    reply.error(this.errno("read", &e));
+                    if e.object_changed() {
+                        invalidate(&this.notifier, ino.0, true);
+                    }
+                }
             }
         });
     }
@@ -200,15 +264,17 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let fs = self.fs.clone();
-        self.spawn(async move {
+        let this = self.handle();
+        self.spawn("opendir", async move {
             match fs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("opendir", &e)),
+                Err(e) => reply.error(this.errno("opendir", &e)),
             }
         });
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.metrics.fuse_op("readdir");
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for e in entries {
@@ -218,7 +284,7 @@ impl Filesystem for FuseAdapter {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno("readdir", &e)),
+            Err(e) => reply.error(self.handle().errno("readdir", &e)),
         }
     }
 
@@ -249,6 +315,20 @@ impl Filesystem for FuseAdapter {
         } else {
             reply.ok()
         }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     // Every modification is refused: the mount is read-only.

@@ -32,7 +32,8 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, opts: &MountOptions) -> io
     config.mount_options = vec![
         MountOption::RO,
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("s3cachefs".into()),
+        // Shown as the type `fuse.s3cachefs` in /proc/mounts (the kernel reads it from the data).
+        MountOption::CUSTOM("subtype=s3cachefs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoAtime,
@@ -46,7 +47,9 @@ pub fn mount(adapter: FuseAdapter, mountpoint: &Path, opts: &MountOptions) -> io
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
+    let notifier = adapter.notifier_slot();
     let session = Session::new(adapter, mountpoint, &config)?;
+    let _ = notifier.set(session.notifier());
     Ok(Mounted {
         session,
         mountpoint: mountpoint.to_path_buf(),

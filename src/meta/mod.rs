@@ -35,10 +35,18 @@ pub enum Entry {
 /// The answer to a lookup: an entry, or a cached "no such name".
 pub type Lookup = Option<Entry>;
 
+/// An answer of the namespace and when it was fetched from S3 (for the remaining TTL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub entry: Lookup,
+    pub fetched: Instant,
+}
+
 /// A full directory listing, sorted by name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DirListing {
     pub entries: Vec<(Arc<str>, Entry)>,
+    pub fetched: Instant,
 }
 
 impl DirListing {
@@ -78,15 +86,21 @@ struct LookupExpiry {
     negative: Option<Duration>,
 }
 
-impl Expiry<Arc<str>, Lookup> for LookupExpiry {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Lookup, _now: Instant) -> Option<Duration> {
-        if value.is_some() { self.positive } else { self.negative }
+impl Expiry<Arc<str>, Resolved> for LookupExpiry {
+    fn expire_after_create(&self, _key: &Arc<str>, value: &Resolved, _now: Instant) -> Option<Duration> {
+        if value.entry.is_some() {
+            self.positive
+        } else {
+            self.negative
+        }
     }
 }
 
 pub struct Namespace {
     store: Arc<dyn ObjectStore>,
-    lookups: Cache<Arc<str>, Lookup>,
+    ttl: Option<Duration>,
+    negative_ttl: Option<Duration>,
+    lookups: Cache<Arc<str>, Resolved>,
     dirs: Cache<Arc<str>, Arc<DirListing>>,
     hidden_logged: Mutex<HashSet<String>>,
 }
@@ -108,10 +122,17 @@ impl Namespace {
         }
         Namespace {
             store,
+            ttl: ttl.duration(),
+            negative_ttl: negative_ttl.duration(),
             lookups,
             dirs: dirs.build(),
             hidden_logged: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The positive TTL (`None`: indefinite).
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -119,18 +140,49 @@ impl Namespace {
     }
 
     /// Looks `name` up in the directory whose key prefix is `dir` (empty or ending in `/`).
-    pub async fn lookup(&self, dir: &str, name: &str) -> Result<Lookup, StoreError> {
+    pub async fn lookup(&self, dir: &str, name: &str) -> Result<Resolved, StoreError> {
         if invalid_name(name).is_some() {
-            return Ok(None);
+            return Ok(Resolved {
+                entry: None,
+                fetched: Instant::now(),
+            });
         }
         if let Some(listing) = self.dirs.get(dir).await {
-            return Ok(listing.get(name).cloned());
+            match listing.get(name) {
+                Some(e) => {
+                    return Ok(Resolved {
+                        entry: Some(e.clone()),
+                        fetched: listing.fetched,
+                    });
+                }
+                // A listing proves a name absent only for as long as the negative TTL.
+                None if self.negative_ttl.is_none_or(|t| listing.fetched.elapsed() < t) => {
+                    return Ok(Resolved {
+                        entry: None,
+                        fetched: listing.fetched,
+                    });
+                }
+                None => {}
+            }
         }
         let key: Arc<str> = format!("{dir}{name}").into();
         self.lookups
-            .try_get_with(key.clone(), self.fetch_lookup(key))
+            .try_get_with(key.clone(), async {
+                let entry = self.fetch_lookup(key).await?;
+                Ok(Resolved {
+                    entry,
+                    fetched: Instant::now(),
+                })
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e: Arc<StoreError>| (*e).clone())
+    }
+
+    /// How much longer an answer may be trusted (`None`: indefinitely); the kernel is told the
+    /// same, so a change in S3 shows within one TTL of the fetch, not two.
+    pub fn valid_for(&self, r: &Resolved) -> Option<Duration> {
+        let ttl = if r.entry.is_some() { self.ttl } else { self.negative_ttl };
+        ttl.map(|t| t.saturating_sub(r.fetched.elapsed()))
     }
 
     async fn fetch_lookup(&self, key: Arc<str>) -> Result<Lookup, StoreError> {
@@ -165,6 +217,7 @@ impl Namespace {
     }
 
     async fn fetch_listing(&self, dir: &str) -> Result<Arc<DirListing>, StoreError> {
+        let fetched = Instant::now();
         let mut entries: BTreeMap<Arc<str>, Entry> = BTreeMap::new();
         let mut continuation = None;
         loop {
@@ -205,6 +258,7 @@ impl Namespace {
         }
         Ok(Arc::new(DirListing {
             entries: entries.into_iter().collect(),
+            fetched,
         }))
     }
 
@@ -291,10 +345,10 @@ mod tests {
         s.put("jars", "shadowed");
         s.put("marker/", "");
         let ns = ns(&s, Ttl::Indefinite);
-        assert_eq!(ns.lookup("", "jars").await.unwrap(), Some(Entry::Dir));
-        assert_eq!(ns.lookup("", "marker").await.unwrap(), Some(Entry::Dir));
-        assert!(matches!(ns.lookup("jars/", "app.jar").await.unwrap(), Some(Entry::File(m)) if m.size == 1));
-        assert_eq!(ns.lookup("", "nope").await.unwrap(), None);
+        assert_eq!(ns.lookup("", "jars").await.unwrap().entry, Some(Entry::Dir));
+        assert_eq!(ns.lookup("", "marker").await.unwrap().entry, Some(Entry::Dir));
+        assert!(matches!(ns.lookup("jars/", "app.jar").await.unwrap().entry, Some(Entry::File(m)) if m.size == 1));
+        assert_eq!(ns.lookup("", "nope").await.unwrap().entry, None);
         let before = s.requests();
         assert_eq!(before, 8, "each cold lookup is one HEAD plus one LIST");
         for _ in 0..3 {
@@ -313,9 +367,12 @@ mod tests {
         let ns = ns(&s, Ttl::Indefinite);
         ns.list_dir("d/").await.unwrap();
         let before = s.requests();
-        assert!(matches!(ns.lookup("d/", "a").await.unwrap(), Some(Entry::File(_))));
-        assert_eq!(ns.lookup("d/", "b").await.unwrap(), Some(Entry::Dir));
-        assert_eq!(ns.lookup("d/", "zzz").await.unwrap(), None);
+        assert!(matches!(
+            ns.lookup("d/", "a").await.unwrap().entry,
+            Some(Entry::File(_))
+        ));
+        assert_eq!(ns.lookup("d/", "b").await.unwrap().entry, Some(Entry::Dir));
+        assert_eq!(ns.lookup("d/", "zzz").await.unwrap().entry, None);
         assert_eq!(s.requests(), before);
     }
 
@@ -328,7 +385,7 @@ mod tests {
         ns.lookup("", "f").await.unwrap();
         assert_eq!(s.heads.load(Ordering::Relaxed), 2);
         s.remove("f");
-        assert_eq!(ns.lookup("", "f").await.unwrap(), None);
+        assert_eq!(ns.lookup("", "f").await.unwrap().entry, None);
     }
 
     #[tokio::test]
@@ -344,7 +401,7 @@ mod tests {
             })
             .collect();
         for t in tasks {
-            assert!(matches!(t.await.unwrap(), Some(Entry::File(_))));
+            assert!(matches!(t.await.unwrap().entry, Some(Entry::File(_))));
         }
         assert_eq!(s.inner().heads.load(Ordering::Relaxed), 1);
         assert_eq!(s.inner().lists.load(Ordering::Relaxed), 1);
@@ -356,7 +413,40 @@ mod tests {
         s.inner().put("k", "v");
         let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite);
         s.fail_next(1, StoreError::Timeout);
-        assert_eq!(ns.lookup("", "k").await, Err(StoreError::Timeout));
-        assert!(matches!(ns.lookup("", "k").await, Ok(Some(Entry::File(_)))));
+        assert_eq!(ns.lookup("", "k").await.map(|r| r.entry), Err(StoreError::Timeout));
+        assert!(matches!(
+            ns.lookup("", "k").await.map(|r| r.entry),
+            Ok(Some(Entry::File(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn listing_negatives_expire_with_the_negative_ttl_and_ttls_count_down() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/a", "1");
+        let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Finite(Duration::from_millis(200)));
+        ns.list_dir("d/").await.unwrap();
+        assert_eq!(ns.lookup("d/", "b").await.unwrap().entry, None);
+        s.put("d/b", "2");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(matches!(
+            ns.lookup("d/", "b").await.unwrap().entry,
+            Some(Entry::File(_))
+        ));
+        let r = ns.lookup("d/", "a").await.unwrap();
+        assert_eq!(ns.valid_for(&r), None, "indefinite");
+        let ns = Namespace::new(s.clone(), Ttl::Finite(Duration::from_secs(10)), Ttl::Indefinite);
+        let r = ns.lookup("d/", "a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let left = ns.valid_for(&ns.lookup("d/", "a").await.unwrap()).unwrap();
+        assert!(
+            left < Duration::from_secs(10) && left > Duration::from_secs(9),
+            "{left:?}"
+        );
+        assert_eq!(
+            r.fetched,
+            ns.lookup("d/", "a").await.unwrap().fetched,
+            "served from cache"
+        );
     }
 }

@@ -53,6 +53,8 @@ pub enum StoreError {
     InvalidRange,
     #[error("throttled by S3 (SlowDown) after retries")]
     Throttled,
+    #[error("no usable AWS credentials: {0}")]
+    Credentials(String),
     #[error("request timed out")]
     Timeout,
     #[error("network error: {0}")]
@@ -64,6 +66,21 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The HTTP status this error came with, if any.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            StoreError::NotFound | StoreError::NoSuchBucket => Some(404),
+            StoreError::AccessDenied(_) => Some(403),
+            StoreError::PreconditionFailed => Some(412),
+            StoreError::InvalidRange => Some(416),
+            StoreError::Throttled => Some(503),
+            StoreError::Service { status, .. } => Some(*status),
+            StoreError::Timeout | StoreError::Network(_) | StoreError::BadResponse(_) | StoreError::Credentials(_) => {
+                None
+            }
+        }
+    }
+
     /// Whether trying the same request again may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

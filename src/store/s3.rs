@@ -7,7 +7,8 @@
 //! longer pause after `SlowDown`, and a timeout on every attempt including its body.
 
 use std::hash::{BuildHasher, Hasher};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::{ListPage, ListRequest, ObjectStore, StoreError};
+use crate::metrics::Metrics;
 use crate::object::{ByteRange, ObjectMeta};
 
 /// Region used when neither `--region` nor the AWS configuration chain names one.
@@ -69,10 +71,11 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     retry: RetryPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl S3Store {
-    pub async fn new(settings: &S3Settings) -> S3Store {
+    pub async fn new(settings: &S3Settings, metrics: Arc<Metrics>) -> S3Store {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -102,11 +105,18 @@ impl S3Store {
             client: Client::from_conf(conf.build()),
             bucket: settings.bucket.clone(),
             retry: settings.retry,
+            metrics,
         }
     }
 
     /// Runs `attempt` under the retry policy.
-    async fn retrying<T, F, Fut>(&self, what: &str, key: &str, mut attempt: F) -> Result<T, StoreError>
+    async fn retrying<T, F, Fut>(
+        &self,
+        what: &'static str,
+        ok_status: u16,
+        key: &str,
+        mut attempt: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -114,10 +124,16 @@ impl S3Store {
         let mut n = 0;
         loop {
             n += 1;
+            let started = Instant::now();
             let result = match tokio::time::timeout(self.retry.attempt_timeout, attempt()).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::Timeout),
             };
+            let status = match &result {
+                Ok(_) => Some(ok_status),
+                Err(e) => e.http_status(),
+            };
+            self.metrics.s3_request(what, status, started.elapsed().as_secs_f64());
             match result {
                 Err(e) if e.is_transient() && n < self.retry.max_attempts => {
                     let pause = backoff(&self.retry, n, matches!(e, StoreError::Throttled));
@@ -171,6 +187,8 @@ where
     match &err {
         SdkError::TimeoutError(_) => StoreError::Timeout,
         SdkError::DispatchFailure(d) if d.is_timeout() => StoreError::Timeout,
+        // Credential resolution fails before any request is sent; retrying cannot help.
+        _ if error_chain(&err).contains("credentials") => StoreError::Credentials(error_chain(&err)),
         SdkError::DispatchFailure(_) => StoreError::Network(error_chain(&err)),
         SdkError::ResponseError(_) => StoreError::BadResponse(error_chain(&err)),
         SdkError::ServiceError(se) => {
@@ -194,7 +212,7 @@ where
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError> {
-        self.retrying("ListObjectsV2", req.prefix, || async {
+        self.retrying("ListObjectsV2", 200, req.prefix, || async {
             let out = self
                 .client
                 .list_objects_v2()
@@ -238,7 +256,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.retrying("HeadObject", key, || async {
+        self.retrying("HeadObject", 200, key, || async {
             let out = self
                 .client
                 .head_object()
@@ -259,7 +277,7 @@ impl ObjectStore for S3Store {
 
     async fn get_range(&self, key: &str, range: ByteRange, etag: &str) -> Result<Bytes, StoreError> {
         assert!(!range.is_empty(), "empty ranged GET");
-        self.retrying("GetObject", key, || async {
+        self.retrying("GetObject", 206, key, || async {
             let out = self
                 .client
                 .get_object()
@@ -276,6 +294,7 @@ impl ObjectStore for S3Store {
                 .await
                 .map_err(|e| StoreError::BadResponse(format!("body of {key} cut short: {e}")))?
                 .into_bytes();
+            self.metrics.s3_bytes.inc_by(body.len() as u64);
             if body.len() as u64 != range.len() {
                 return Err(StoreError::BadResponse(format!(
                     "expected {} bytes of {key} at {}, got {}",

@@ -1,0 +1,255 @@
+//! Every metric the daemon exports, named in one place, and their Prometheus text encoding.
+//!
+//! One `Metrics` per daemon is created by `app` and handed to the layers that count (store,
+//! cache, read, FUSE adapter). The exporter (`app/http.rs`) serves `encode()` at `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct S3Labels {
+    /// ListObjectsV2, HeadObject, GetObject.
+    pub operation: &'static str,
+    /// HTTP status, or `error` when no response arrived (timeout, connection failure).
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub operation: &'static str,
+    pub errno: i32,
+}
+
+type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+/// Counters of the disk cache.
+#[derive(Debug, Default, Clone)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub hit_bytes: Counter,
+    pub written_bytes: Counter,
+    pub evictions: Counter,
+    pub evicted_bytes: Counter,
+    pub corrupt: Counter,
+    pub write_failures: Counter,
+    pub skipped_full: Counter,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub s3_requests: Family<S3Labels, Counter>,
+    pub s3_duration: HistogramFamily,
+    pub s3_bytes: Counter,
+    pub read_bytes: Counter,
+    pub fuse_ops: Family<OpLabels, Counter>,
+    pub fuse_errors: Family<ErrorLabels, Counter>,
+    pub cache: CacheMetrics,
+    cache_bytes: Gauge<u64, AtomicU64>,
+    cache_bytes_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~33 s in powers of two: S3 first bytes land around 10-50 ms, retries go higher.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("s3cachefs");
+        let s3_requests = Family::<S3Labels, Counter>::default();
+        let s3_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let s3_bytes = Counter::default();
+        let read_bytes = Counter::default();
+        let fuse_ops = Family::<OpLabels, Counter>::default();
+        let fuse_errors = Family::<ErrorLabels, Counter>::default();
+        let cache = CacheMetrics::default();
+        let cache_bytes = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "s3_requests",
+            "S3 requests by operation and HTTP status (every attempt)",
+            s3_requests.clone(),
+        );
+        registry.register(
+            "s3_request_duration_seconds",
+            "Duration of S3 requests, body included",
+            s3_duration.clone(),
+        );
+        registry.register("s3_bytes", "Object bytes received from S3", s3_bytes.clone());
+        registry.register(
+            "read_bytes",
+            "Bytes returned to readers through the mount",
+            read_bytes.clone(),
+        );
+        registry.register(
+            "fuse_operations",
+            "FUSE requests handled, by operation",
+            fuse_ops.clone(),
+        );
+        registry.register(
+            "fuse_errors",
+            "FUSE requests answered with an error, by operation and errno",
+            fuse_errors.clone(),
+        );
+        registry.register("cache_hits", "Blocks served from the disk cache", cache.hits.clone());
+        registry.register(
+            "cache_misses",
+            "Blocks not in the disk cache (fetched from S3)",
+            cache.misses.clone(),
+        );
+        registry.register(
+            "cache_hit_bytes",
+            "Bytes served from the disk cache",
+            cache.hit_bytes.clone(),
+        );
+        registry.register(
+            "cache_written_bytes",
+            "Bytes written to the disk cache",
+            cache.written_bytes.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Blocks evicted from the disk cache",
+            cache.evictions.clone(),
+        );
+        registry.register(
+            "cache_evicted_bytes",
+            "Bytes evicted from the disk cache",
+            cache.evicted_bytes.clone(),
+        );
+        registry.register(
+            "cache_corrupt_blocks",
+            "Invalid files found in the disk cache and removed",
+            cache.corrupt.clone(),
+        );
+        registry.register(
+            "cache_write_failures",
+            "Blocks that could not be written to the disk cache",
+            cache.write_failures.clone(),
+        );
+        registry.register(
+            "cache_skipped_full",
+            "Blocks not cached because the cache bound could not be met",
+            cache.skipped_full.clone(),
+        );
+        registry.register(
+            "cache_size_bytes",
+            "Bytes the disk cache occupies (all processes sharing it)",
+            cache_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            s3_requests,
+            s3_duration,
+            s3_bytes,
+            read_bytes,
+            fuse_ops,
+            fuse_errors,
+            cache,
+            cache_bytes,
+            cache_bytes_source: Mutex::new(None),
+        }
+    }
+
+    /// Where the `cache_size_bytes` gauge reads its value at each scrape.
+    pub fn set_cache_size_source(&self, f: impl Fn() -> u64 + Send + Sync + 'static) {
+        *self.cache_bytes_source.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Records one S3 request attempt.
+    pub fn s3_request(&self, operation: &'static str, status: Option<u16>, seconds: f64) {
+        let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+        self.s3_requests.get_or_create(&S3Labels { operation, status }).inc();
+        self.s3_duration.get_or_create(&OpLabels { operation }).observe(seconds);
+    }
+
+    pub fn fuse_op(&self, operation: &'static str) {
+        self.fuse_ops.get_or_create(&OpLabels { operation }).inc();
+    }
+
+    pub fn fuse_error(&self, operation: &'static str, errno: i32) {
+        self.fuse_errors.get_or_create(&ErrorLabels { operation, errno }).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        if let Some(f) = &*self.cache_bytes_source.lock().unwrap() {
+            self.cache_bytes.set(f());
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Parses Prometheus text into (series, value) pairs, e.g. `("s3cachefs_cache_hits_total", 3.0)`.
+pub fn parse_text(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Sum of every series of metric `name` whose labels contain all of `labels` (`k="v"` pairs).
+pub fn sum(parsed: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
+    parsed
+        .iter()
+        .filter(|(s, _)| {
+            let (n, l) = s.split_once('{').unwrap_or((s, ""));
+            n == name && labels.iter().all(|want| l.contains(want))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_and_parses_back() {
+        let m = Metrics::new();
+        m.s3_request("GetObject", Some(206), 0.02);
+        m.s3_request("GetObject", Some(206), 0.03);
+        m.s3_request("HeadObject", None, 5.0);
+        m.cache.hits.inc_by(3);
+        m.set_cache_size_source(|| 4096);
+        let text = m.encode();
+        let p = parse_text(&text);
+        assert_eq!(
+            sum(&p, "s3cachefs_s3_requests_total", &["operation=\"GetObject\""]),
+            2.0
+        );
+        assert_eq!(sum(&p, "s3cachefs_s3_requests_total", &["status=\"error\""]), 1.0);
+        assert_eq!(sum(&p, "s3cachefs_cache_hits_total", &[]), 3.0);
+        assert_eq!(sum(&p, "s3cachefs_cache_size_bytes", &[]), 4096.0);
+        assert!(text.contains("s3cachefs_s3_request_duration_seconds_bucket"));
+    }
+}
