@@ -382,3 +382,54 @@ fn slow_reads_do_not_block_other_operations() {
     );
     assert_eq!(reader.join().unwrap(), data(MIB, 5));
 }
+
+#[test]
+fn changed_object_of_another_size_is_read_whole_after_reopen() {
+    let s = server();
+    s.put(BUCKET, "f", data(3 * MIB, 20));
+    let m = Mount::new(&s, BUCKET, &["--metadata-ttl", "indefinite"]);
+    let f = fs::File::open(m.join("f")).unwrap();
+    let mut buf = vec![0u8; 10];
+    f.read_at(&mut buf, 0).unwrap();
+    let v2 = data(4 * MIB + 7, 21);
+    s.put(BUCKET, "f", v2.clone());
+    assert_eq!(
+        f.read_at(&mut buf, 2 * MIB as u64).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
+    drop(f);
+    // The kernel's cached size (3 MiB) must not cut the new version short.
+    assert_eq!(fs::read(m.join("f")).unwrap(), v2);
+    assert_eq!(fs::metadata(m.join("f")).unwrap().len(), v2.len() as u64);
+}
+
+#[test]
+fn a_listing_proves_absence_only_for_the_negative_ttl() {
+    let s = server();
+    s.put(BUCKET, "d/a", b"a".to_vec());
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &["--metadata-ttl", "indefinite", "--negative-metadata-ttl", "1"],
+    );
+    assert_eq!(fs::read_dir(m.join("d")).unwrap().count(), 1);
+    assert!(fs::metadata(m.join("d/new")).is_err());
+    s.put(BUCKET, "d/new", b"n".to_vec());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(fs::read(m.join("d/new")).unwrap(), b"n");
+}
+
+#[test]
+fn mount_shows_as_fuse_s3cachefs_with_the_bucket_as_source() {
+    let s = server();
+    let m = Mount::new(&s, "test-bucket/some/prefix", &[]);
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(m.path().to_str().unwrap()))
+        .unwrap();
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields[0], "test-bucket/some/prefix");
+    assert_eq!(fields[2], "fuse.s3cachefs");
+    assert!(fields[3].split(',').any(|o| o == "ro"), "{line}");
+}

@@ -90,14 +90,19 @@ fn kernel_ttl(valid_for: Option<Duration>) -> Duration {
     valid_for.map_or(KERNEL_INDEFINITE, |d| d.min(KERNEL_INDEFINITE))
 }
 
-/// Drops the kernel's cached attributes (and pages, with `pages`) of `ino`.
-fn invalidate(notifier: &OnceLock<Notifier>, ino: u64, pages: bool) {
-    if let Some(n) = notifier.get() {
-        let offset = if pages { 0 } else { -1 };
-        if let Err(e) = n.inval_inode(INodeNo(ino), offset, 0) {
-            debug!(ino, "kernel cache invalidation failed: {e}");
+/// Drops the kernel's cached attributes (and pages, with `pages`) of `ino`. The kernel may
+/// wait for page locks held by reads in flight, whose replies come from the runtime: so this
+/// runs on a blocking thread, never on a runtime worker.
+async fn invalidate(notifier: Arc<OnceLock<Notifier>>, ino: u64, pages: bool) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(n) = notifier.get() {
+            let offset = if pages { 0 } else { -1 };
+            if let Err(e) = n.inval_inode(INodeNo(ino), offset, 0) {
+                debug!(ino, "kernel cache invalidation failed: {e}");
+            }
         }
-    }
+    })
+    .await;
 }
 
 fn to_fuse(a: &Attr) -> FileAttr {
@@ -197,7 +202,7 @@ impl Filesystem for FuseAdapter {
                 Ok(o) => {
                     if o.changed {
                         // The size the kernel cached belongs to the previous version.
-                        invalidate(&this.notifier, ino.0, false);
+                        invalidate(this.notifier.clone(), ino.0, false).await;
                     }
                     let flags = if o.keep_cache {
                         FopenFlags::FOPEN_KEEP_CACHE
@@ -233,7 +238,7 @@ impl Filesystem for FuseAdapter {
                 Err(e) => {
                     reply.error(this.errno("read", &e));
                     if e.object_changed() {
-                        invalidate(&this.notifier, ino.0, true);
+                        tokio::spawn(invalidate(this.notifier.clone(), ino.0, true));
                     }
                 }
             }
