@@ -13,22 +13,71 @@ use tracing::{error, info};
 
 use crate::cache::{CacheConfig, DiskCache};
 use crate::cli::{Cli, Command, MountArgs};
-use crate::config::MountConfig;
+use crate::config::{MountConfig, S3Config, Source};
 use crate::fs::{Fs, FsSettings};
-use crate::fuse::{FuseAdapter, MountOptions, Unmounted, Unmounter};
+use crate::fuse::{FuseAdapter, MountOptions, Refresher, Unmounted, Unmounter};
 use crate::meta::Namespace;
 use crate::metrics::Metrics;
 use crate::read::BlockReader;
 use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
+mod http;
 mod logging;
 mod mountpoint;
+mod notify;
+mod warm;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Mount(args) => mount(&args),
+        Command::Warm(args) => {
+            let cfg = args.resolve().map_err(|e| anyhow!(e))?;
+            logging::init(&cfg.log, true)?;
+            warm::run(&cfg)
+        }
+        Command::Stats(args) => stats(args.metrics_addr),
     }
+}
+
+/// `s3cachefs stats`: a human summary of a running mount's metrics.
+fn stats(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use crate::metrics::{parse_text, sum};
+    let text = http::get(addr, "/metrics")?;
+    let m = parse_text(&text);
+    let get = |name: &str, labels: &[&str]| sum(&m, &format!("s3cachefs_{name}"), labels);
+    let (hits, misses) = (get("cache_hits_total", &[]), get("cache_misses_total", &[]));
+    let mib = |b: f64| b / (1 << 20) as f64;
+    println!(
+        "disk cache:   {hits:.0} hits, {misses:.0} misses ({:.1}% hit ratio)",
+        100.0 * hits / (hits + misses).max(1.0)
+    );
+    println!(
+        "bytes:        {:.1} MiB read through the mount, {:.1} MiB from the disk cache, {:.1} MiB from S3",
+        mib(get("read_bytes_total", &[])),
+        mib(get("cache_hit_bytes_total", &[])),
+        mib(get("s3_bytes_total", &[]))
+    );
+    println!(
+        "S3 requests:  {:.0} GET, {:.0} HEAD, {:.0} LIST ({:.0} failed)",
+        get("s3_requests_total", &["operation=\"GetObject\""]),
+        get("s3_requests_total", &["operation=\"HeadObject\""]),
+        get("s3_requests_total", &["operation=\"ListObjectsV2\""]),
+        sum(&m, "s3cachefs_s3_requests_total", &[])
+            - m.iter()
+                .filter(|(s, _)| s.starts_with("s3cachefs_s3_requests_total{")
+                    && ["\"200\"", "\"206\"", "\"404\""].iter().any(|c| s.contains(c)))
+                .map(|(_, v)| v)
+                .sum::<f64>()
+    );
+    println!(
+        "cache disk:   {:.1} MiB used, {:.0} evictions, {:.0} corrupt blocks, {:.0} write failures",
+        mib(get("cache_size_bytes", &[])),
+        get("cache_evictions_total", &[]),
+        get("cache_corrupt_blocks_total", &[]),
+        get("cache_write_failures_total", &[])
+    );
+    Ok(())
 }
 
 fn mount(args: &MountArgs) -> anyhow::Result<()> {
@@ -127,6 +176,7 @@ type ServeError = (anyhow::Error, Option<OwnedFd>);
 pub struct Daemon {
     rt: tokio::runtime::Runtime,
     mounted: crate::fuse::Mounted,
+    refresher: Refresher,
 }
 
 impl Daemon {
@@ -138,8 +188,13 @@ impl Daemon {
             .thread_name("s3cachefs-rt")
             .build()?;
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn ObjectStore> = Arc::new(rt.block_on(S3Store::new(&s3_settings(cfg), metrics.clone())));
-        rt.block_on(check_bucket(store.as_ref(), cfg))?;
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
+        rt.block_on(check_bucket(store.as_ref(), &cfg.source, &cfg.s3))?;
+        let listener = match cfg.metrics_addr {
+            Some(addr) => Some(rt.block_on(http::bind(addr))?),
+            None => None,
+        };
 
         let ns = Arc::new(Namespace::new(
             store.clone(),
@@ -153,7 +208,7 @@ impl Daemon {
                     max_size: c.max_size,
                     min_free_percent: c.min_free_percent,
                     block_size: cfg.block_size,
-                    store_id: store_id(cfg),
+                    store_id: store_id(&cfg.s3, &cfg.source),
                 },
                 &metrics,
             )?),
@@ -177,6 +232,7 @@ impl Daemon {
             metrics.set_cache_size_source(move || d.usage());
         }
         let adapter = FuseAdapter::new(fs, rt.handle().clone(), metrics.clone());
+        let refresher = adapter.refresher();
         let opts = MountOptions {
             fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
                 .trim_end_matches('/')
@@ -196,12 +252,16 @@ impl Daemon {
         if let Some(disk) = disk {
             disk.start_background();
         }
-        Ok(Daemon { rt, mounted })
+        if let Some(listener) = listener {
+            rt.spawn(http::serve(listener, metrics, cfg.mountpoint.clone()));
+        }
+        Ok(Daemon { rt, mounted, refresher })
     }
 
     /// Serves the mount on a background thread (for examples, benchmarks and embedding).
     pub fn spawn(mut self) -> BackgroundMount {
         let unmounter = self.mounted.unmounter();
+        let _ = &self.refresher;
         let thread = std::thread::Builder::new()
             .name("s3cachefs-session".into())
             .spawn(move || {
@@ -250,7 +310,11 @@ impl Drop for BackgroundMount {
 }
 
 fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
-    let Daemon { rt, mut mounted } = match Daemon::start(cfg) {
+    let Daemon {
+        rt,
+        mut mounted,
+        refresher,
+    } = match Daemon::start(cfg) {
         Ok(d) => d,
         Err(e) => return Err((e, ready)),
     };
@@ -259,15 +323,31 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
         detach_stdio();
     }
 
+    notify::notify("READY=1");
+
     let unmounter = mounted.unmounter();
     rt.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
             error!("cannot install signal handlers");
             return;
         };
-        let name = tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" };
+        let name = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => {
+                    let n = refresher.refresh_all().await;
+                    info!(kernel_entries = n, "SIGHUP: cached metadata dropped; the next access asks S3");
+                }
+            }
+        };
         info!(signal = name, "unmounting");
+        notify::notify("STOPPING=1");
         match unmounter.unmount() {
             Ok(Unmounted::Clean) => {}
             Ok(Unmounted::Detached) => {
@@ -288,26 +368,22 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
 }
 
 /// Names the object store in the disk cache, so blocks of two stores never mix.
-fn store_id(cfg: &MountConfig) -> String {
-    let endpoint = cfg
-        .s3
-        .endpoint_url
-        .as_deref()
-        .map_or("aws", |e| e.trim_end_matches('/'));
-    format!("{endpoint}|{}", cfg.source.bucket)
+fn store_id(s3: &S3Config, source: &Source) -> String {
+    let endpoint = s3.endpoint_url.as_deref().map_or("aws", |e| e.trim_end_matches('/'));
+    format!("{endpoint}|{}", source.bucket)
 }
 
-fn s3_settings(cfg: &MountConfig) -> S3Settings {
+fn s3_settings(s3: &S3Config, bucket: &str) -> S3Settings {
     S3Settings {
-        bucket: cfg.source.bucket.clone(),
-        region: cfg.s3.region.clone(),
-        endpoint_url: cfg.s3.endpoint_url.clone(),
-        force_path_style: cfg.s3.force_path_style,
-        profile: cfg.s3.profile.clone(),
-        no_sign_request: cfg.s3.no_sign_request,
+        bucket: bucket.to_string(),
+        region: s3.region.clone(),
+        endpoint_url: s3.endpoint_url.clone(),
+        force_path_style: s3.force_path_style,
+        profile: s3.profile.clone(),
+        no_sign_request: s3.no_sign_request,
         retry: RetryPolicy {
-            max_attempts: cfg.s3.max_attempts,
-            attempt_timeout: cfg.s3.request_timeout,
+            max_attempts: s3.max_attempts,
+            attempt_timeout: s3.request_timeout,
             ..RetryPolicy::default()
         },
     }
@@ -315,10 +391,10 @@ fn s3_settings(cfg: &MountConfig) -> S3Settings {
 
 /// Lists one key under the prefix: proves the bucket exists, is reachable and may be listed,
 /// before anything is mounted.
-async fn check_bucket(store: &dyn ObjectStore, cfg: &MountConfig) -> anyhow::Result<()> {
-    let bucket = &cfg.source.bucket;
+async fn check_bucket(store: &dyn ObjectStore, source: &Source, s3: &S3Config) -> anyhow::Result<()> {
+    let bucket = &source.bucket;
     let req = ListRequest {
-        prefix: &cfg.source.prefix,
+        prefix: &source.prefix,
         delimited: true,
         continuation: None,
         max_keys: Some(1),
@@ -330,9 +406,10 @@ async fn check_bucket(store: &dyn ObjectStore, cfg: &MountConfig) -> anyhow::Res
             bail!("access denied listing bucket {bucket:?} (s3:ListBucket is required): {m}")
         }
         Err(e @ (StoreError::Network(_) | StoreError::Timeout)) => {
-            let endpoint = cfg.s3.endpoint_url.as_deref().unwrap_or("the default S3 endpoint");
+            let endpoint = s3.endpoint_url.as_deref().unwrap_or("the default S3 endpoint");
             bail!("cannot reach {endpoint} for bucket {bucket:?}: {e}")
         }
+        Err(e @ StoreError::Credentials(_)) => bail!("{e}"),
         Err(e) => bail!("cannot list bucket {bucket:?}: {e}"),
     }
 }

@@ -1,7 +1,7 @@
 //! Command-line parsing (clap). Only parses: `MountArgs::resolve` turns strings into a
 //! validated `config::MountConfig`, and every check lives in `config`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -22,6 +22,68 @@ pub struct Cli {
 pub enum Command {
     /// Mount a bucket (or a prefix of it) read-only at a directory.
     Mount(MountArgs),
+    /// Preload objects into a disk cache (shared with running mounts), e.g. before pods start.
+    Warm(WarmArgs),
+    /// Print a short summary of a running mount's metrics (hit ratio, bytes saved, S3 calls).
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WarmArgs {
+    /// Bucket and optional prefix to preload: `my-bucket/jars/`, `s3://my-bucket/jars/`.
+    #[arg(value_name = "BUCKET[/PREFIX]")]
+    pub source: String,
+
+    /// Only keys under this prefix (appended to any prefix in BUCKET[/PREFIX]).
+    #[arg(long, help_heading = "Bucket options")]
+    pub prefix: Option<String>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+
+    /// The disk cache to fill (the same directory the mounts use).
+    #[arg(long, value_name = "DIR")]
+    pub cache: PathBuf,
+
+    /// Bound of the disk cache (as for `mount`).
+    #[arg(long, value_name = "SIZE")]
+    pub max_cache_size: Option<String>,
+
+    /// Keep at least this share of the cache's filesystem free [default: 5%].
+    #[arg(long, value_name = "PERCENT")]
+    pub cache_min_free: Option<String>,
+
+    /// Block size; must match the mounts' --block-size for them to use the blocks.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    pub block_size: String,
+
+    /// Only keys (relative to the prefix) matching this glob; repeatable. `**` crosses `/`.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Skip keys (relative to the prefix) matching this glob; repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Preload the keys listed in this file (one per line, relative to the prefix) instead of
+    /// listing the prefix; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// Blocks fetched in parallel.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The --metrics-addr of the mount to ask.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -38,25 +100,8 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Bucket options")]
     pub prefix: Option<String>,
 
-    /// AWS region of the bucket [default: from the AWS configuration, else us-east-1].
-    #[arg(long, env = "AWS_REGION", help_heading = "Bucket options")]
-    pub region: Option<String>,
-
-    /// S3 endpoint URL, e.g. for an S3-compatible store or a VPC endpoint.
-    #[arg(long, env = "AWS_ENDPOINT_URL", help_heading = "Bucket options")]
-    pub endpoint_url: Option<String>,
-
-    /// Use path-style addressing (`endpoint/bucket/key`); implied for IP and localhost endpoints.
-    #[arg(long, help_heading = "Bucket options")]
-    pub force_path_style: bool,
-
-    /// AWS profile to take credentials and settings from.
-    #[arg(long, env = "AWS_PROFILE", help_heading = "AWS credentials")]
-    pub profile: Option<String>,
-
-    /// Send unsigned requests (public buckets); no credentials are looked up.
-    #[arg(long, help_heading = "AWS credentials")]
-    pub no_sign_request: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// How long metadata (listings, sizes, ETags) is trusted: SECONDS, `indefinite` or `minimal` (1 s).
     #[arg(
@@ -120,13 +165,9 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount options")]
     pub fuse_threads: u16,
 
-    /// Attempts per S3 request before an error is returned (1 = no retries).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20), help_heading = "Bucket options")]
-    pub max_attempts: u32,
-
-    /// Timeout of one S3 request attempt, body included, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), help_heading = "Bucket options")]
-    pub request_timeout: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Stay in the foreground instead of returning once the mount is live.
     #[arg(short, long)]
@@ -139,6 +180,109 @@ pub struct MountArgs {
     /// Append logs to this file [default: stderr in the foreground, syslog in the background].
     #[arg(long, value_name = "FILE", help_heading = "Logging")]
     pub log_file: Option<PathBuf>,
+}
+
+fn cache_settings(dir: &Path, max: Option<&str>, min_free: Option<&str>) -> Result<config::CacheSettings, String> {
+    if dir.as_os_str().is_empty() {
+        return Err("--cache: empty path".into());
+    }
+    Ok(config::CacheSettings {
+        dir: dir.to_path_buf(),
+        max_size: max
+            .map(|s| config::parse_size(s).map_err(|e| format!("--max-cache-size: {e}")))
+            .transpose()?,
+        min_free_percent: config::parse_percent(min_free.unwrap_or("5%"))
+            .map_err(|e| format!("--cache-min-free: {e}"))?,
+    })
+}
+
+fn check_log_level(level: Option<&str>) -> Result<(), String> {
+    match level {
+        Some(l) if !["error", "warn", "info", "debug", "trace"].contains(&l) => Err(format!(
+            "--log-level: invalid level {l:?} (error, warn, info, debug or trace)"
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl WarmArgs {
+    pub fn resolve(&self) -> Result<config::WarmConfig, String> {
+        check_log_level(self.log_level.as_deref())?;
+        Ok(config::WarmConfig {
+            source: Source::parse(&self.source, self.prefix.as_deref())?,
+            s3: self.s3.resolve()?,
+            cache: cache_settings(
+                &self.cache,
+                self.max_cache_size.as_deref(),
+                self.cache_min_free.as_deref(),
+            )?,
+            block_size: config::validate_block_size(
+                config::parse_size(&self.block_size).map_err(|e| format!("--block-size: {e}"))?,
+            )
+            .map_err(|e| format!("--block-size: {e}"))?,
+            include: self.include.clone(),
+            exclude: self.exclude.clone(),
+            manifest: self.manifest.clone(),
+            concurrency: self.concurrency.into(),
+            log: LogConfig {
+                filter: self.log_level.clone(),
+                file: None,
+            },
+        })
+    }
+}
+
+/// How to reach S3: shared by `mount` and `warm`.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// AWS region of the bucket [default: from the AWS configuration, else us-east-1].
+    #[arg(long, env = "AWS_REGION", help_heading = "Bucket options")]
+    pub region: Option<String>,
+
+    /// S3 endpoint URL, e.g. for an S3-compatible store or a VPC endpoint.
+    #[arg(long, env = "AWS_ENDPOINT_URL", help_heading = "Bucket options")]
+    pub endpoint_url: Option<String>,
+
+    /// Use path-style addressing (`endpoint/bucket/key`); implied for IP and localhost endpoints.
+    #[arg(long, help_heading = "Bucket options")]
+    pub force_path_style: bool,
+
+    /// AWS profile to take credentials and settings from.
+    #[arg(long, env = "AWS_PROFILE", help_heading = "AWS credentials")]
+    pub profile: Option<String>,
+
+    /// Send unsigned requests (public buckets); no credentials are looked up.
+    #[arg(long, help_heading = "AWS credentials")]
+    pub no_sign_request: bool,
+
+    /// Attempts per S3 request before an error is returned (1 = no retries).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20), help_heading = "Bucket options")]
+    pub max_attempts: u32,
+
+    /// Timeout of one S3 request attempt, body included, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), help_heading = "Bucket options")]
+    pub request_timeout: u64,
+}
+
+impl S3Args {
+    pub fn resolve(&self) -> Result<S3Config, String> {
+        let endpoint_url = self.endpoint_url.clone().filter(|e| !e.is_empty());
+        if let Some(e) = &endpoint_url
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(format!("--endpoint-url: {e:?} must start with http:// or https://"));
+        }
+        Ok(S3Config {
+            region: self.region.clone().filter(|r| !r.is_empty()),
+            force_path_style: self.force_path_style
+                || endpoint_url.as_deref().is_some_and(config::endpoint_needs_path_style),
+            endpoint_url,
+            profile: self.profile.clone(),
+            no_sign_request: self.no_sign_request,
+            max_attempts: self.max_attempts,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout),
+        })
+    }
 }
 
 impl MountArgs {
@@ -166,39 +310,19 @@ impl MountArgs {
                 "--log-level: invalid level {level:?} (error, warn, info, debug or trace)"
             ));
         }
-        let endpoint_url = self.endpoint_url.clone().filter(|e| !e.is_empty());
-        if let Some(e) = &endpoint_url
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err(format!("--endpoint-url: {e:?} must start with http:// or https://"));
-        }
         let cache = match &self.cache {
             None => None,
-            Some(dir) if dir.as_os_str().is_empty() => return Err("--cache: empty path".into()),
-            Some(dir) => Some(config::CacheSettings {
-                dir: dir.clone(),
-                max_size: match &self.max_cache_size {
-                    Some(s) => Some(config::parse_size(s).map_err(|e| format!("--max-cache-size: {e}"))?),
-                    None => None,
-                },
-                min_free_percent: config::parse_percent(self.cache_min_free.as_deref().unwrap_or("5%"))
-                    .map_err(|e| format!("--cache-min-free: {e}"))?,
-            }),
+            Some(dir) => Some(cache_settings(
+                dir,
+                self.max_cache_size.as_deref(),
+                self.cache_min_free.as_deref(),
+            )?),
         };
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MountConfig {
             mountpoint: self.mountpoint.clone(),
-            s3: S3Config {
-                region: self.region.clone().filter(|r| !r.is_empty()),
-                force_path_style: self.force_path_style
-                    || endpoint_url.as_deref().is_some_and(config::endpoint_needs_path_style),
-                endpoint_url,
-                profile: self.profile.clone(),
-                no_sign_request: self.no_sign_request,
-                max_attempts: self.max_attempts,
-                request_timeout: std::time::Duration::from_secs(self.request_timeout),
-            },
+            s3: self.s3.resolve()?,
             source,
             metadata_ttl,
             negative_metadata_ttl,
@@ -212,11 +336,161 @@ impl MountArgs {
             memory_cache_bytes,
             fuse_threads: self.fuse_threads.into(),
             cache,
+            metrics_addr: self.metrics_addr,
             foreground: self.foreground,
             log: LogConfig {
                 filter: self.log_level.clone(),
                 file: self.log_file.clone(),
             },
         })
+    }
+}
+
+/// The `mount(8)` helper convention: `mount -t fuse.s3cachefs SRC DIR -o OPTS` runs
+/// `mount.fuse.s3cachefs SRC DIR -o OPTS` (a symlink to this binary), and through
+/// `mount.fuse3` it runs `s3cachefs SRC DIR -o OPTS`. Returns the equivalent
+/// `s3cachefs mount ...` arguments, or `None` when `args` are not helper-style.
+///
+/// Options are the long flags with `_` for `-` (`cache=/nvme/c`, `metadata_ttl=indefinite`,
+/// `allow_other`); generic mount options (`ro`, `_netdev`, `nofail`, `noauto`, `x-systemd.*`,
+/// ...) are accepted and ignored, as the filesystem is always read-only.
+pub fn from_mount_helper(args: &[std::ffi::OsString]) -> Option<Result<Vec<std::ffi::OsString>, String>> {
+    let argv0 = Path::new(args.first()?).file_name()?.to_string_lossy().into_owned();
+    let subcommands = ["mount", "warm", "stats", "help", "-h", "--help", "-V", "--version"];
+    let helper = argv0.starts_with("mount.")
+        || (args.len() >= 3
+            && !subcommands.contains(&&*args[1].to_string_lossy())
+            && args.iter().any(|a| a.to_string_lossy().starts_with("-o")));
+    if !helper {
+        return None;
+    }
+    Some(helper_to_mount(&args[1..]))
+}
+
+fn helper_to_mount(args: &[std::ffi::OsString]) -> Result<Vec<std::ffi::OsString>, String> {
+    const IGNORED: &[&str] = &[
+        "ro",
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "owner",
+        "group",
+        "_netdev",
+        "nofail",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "atime",
+        "noatime",
+        "relatime",
+        "strictatime",
+        "nodiratime",
+        "diratime",
+        "sync",
+        "async",
+        "lazytime",
+        "nolazytime",
+        "silent",
+        "loud",
+    ];
+    let mut positional = Vec::new();
+    let mut flags: Vec<std::ffi::OsString> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        let opts = if s == "-o" {
+            it.next().ok_or("-o needs a value")?.to_string_lossy().into_owned()
+        } else if let Some(o) = s.strip_prefix("-o") {
+            o.to_string()
+        } else if ["-n", "-s", "-v", "-f"].contains(&&*s) {
+            continue; // no mtab, sloppy, verbose, fake: nothing to do differently
+        } else if s.starts_with('-') {
+            return Err(format!("unsupported mount helper flag {s}"));
+        } else {
+            positional.push(a.clone());
+            continue;
+        };
+        for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            let (key, value) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
+            if IGNORED.contains(&key) || key.starts_with("x-") || key == "comment" {
+                continue;
+            }
+            if key == "rw" {
+                return Err("s3cachefs mounts are read-only: use the `ro` option instead of `rw`".into());
+            }
+            flags.push(format!("--{}", key.replace('_', "-")).into());
+            if let Some(v) = value {
+                flags.push(v.into());
+            }
+        }
+    }
+    let [source, mountpoint] = <[std::ffi::OsString; 2]>::try_from(positional)
+        .map_err(|p| format!("expected SOURCE and MOUNTPOINT, got {} arguments", p.len()))?;
+    let mut out: Vec<std::ffi::OsString> = vec!["s3cachefs".into(), "mount".into(), source, mountpoint];
+    out.extend(flags);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn helper(args: &[&str]) -> Option<Result<Vec<String>, String>> {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        from_mount_helper(&args).map(|r| r.map(|v| v.into_iter().map(|s| s.into_string().unwrap()).collect()))
+    }
+
+    #[test]
+    fn mount_helper_translation() {
+        assert_eq!(
+            helper(&[
+                "/sbin/mount.fuse.s3cachefs",
+                "b",
+                "/mnt",
+                "-o",
+                "ro,_netdev,allow_other,cache=/c,metadata_ttl=indefinite"
+            ]),
+            Some(Ok([
+                "s3cachefs",
+                "mount",
+                "b",
+                "/mnt",
+                "--allow-other",
+                "--cache",
+                "/c",
+                "--metadata-ttl",
+                "indefinite"
+            ]
+            .map(String::from)
+            .to_vec()))
+        );
+        assert_eq!(
+            helper(&[
+                "s3cachefs",
+                "b",
+                "/mnt",
+                "-oro,x-systemd.automount,region=eu-west-1",
+                "-n"
+            ]),
+            Some(Ok(["s3cachefs", "mount", "b", "/mnt", "--region", "eu-west-1"]
+                .map(String::from)
+                .to_vec()))
+        );
+        assert!(helper(&["s3cachefs", "mount", "b", "/mnt"]).is_none());
+        assert!(helper(&["s3cachefs", "--version"]).is_none());
+        assert!(
+            helper(&["mount.fuse.s3cachefs", "b", "/mnt", "-o", "rw"])
+                .unwrap()
+                .unwrap_err()
+                .contains("read-only")
+        );
+        assert!(helper(&["mount.fuse.s3cachefs", "b", "-o", "ro"]).unwrap().is_err());
     }
 }

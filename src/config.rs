@@ -173,7 +173,23 @@ pub struct MountConfig {
     pub fuse_threads: usize,
     /// The disk cache, when `--cache` is given.
     pub cache: Option<CacheSettings>,
+    /// Where to serve /metrics and /healthz.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub foreground: bool,
+    pub log: LogConfig,
+}
+
+/// Settings of `s3cachefs warm`.
+#[derive(Clone, Debug)]
+pub struct WarmConfig {
+    pub source: Source,
+    pub s3: S3Config,
+    pub cache: CacheSettings,
+    pub block_size: u64,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub manifest: Option<PathBuf>,
+    pub concurrency: usize,
     pub log: LogConfig,
 }
 

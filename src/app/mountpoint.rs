@@ -11,10 +11,17 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("mountpoint {shown} does not exist"),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
-            "mountpoint {shown} is a stale FUSE mount (transport endpoint is not connected); \
-             clear it with `umount -l {shown}` and mount again"
-        ),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            // A FUSE mount whose daemon died ("Transport endpoint is not connected"): clear it.
+            if let Err(e) = crate::fuse::lazy_unmount(path) {
+                bail!(
+                    "mountpoint {shown} is a stale FUSE mount (transport endpoint is not connected) \
+                     and clearing it failed: {e}; run `umount -l {shown}` and mount again"
+                );
+            }
+            eprintln!("s3cachefs: cleared a stale mount at {shown} left by a daemon that exited");
+            std::fs::metadata(path).map_err(|e| anyhow::anyhow!("cannot access mountpoint {shown}: {e}"))?
+        }
         Err(e) => bail!("cannot access mountpoint {shown}: {e}"),
     };
     if !meta.is_dir() {

@@ -101,6 +101,16 @@ impl InodeTable {
         node
     }
 
+    pub fn names(&self) -> Vec<(u64, Arc<str>)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .by_name
+            .keys()
+            .map(|(parent, name, _)| (*parent, name.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> u64 {
         self.inner.lock().unwrap().nodes.len() as u64
     }

@@ -306,6 +306,16 @@ impl Fs {
         self.dirs.lock().unwrap().remove(&fh);
     }
 
+    /// Forgets every cached lookup and listing: the next access asks S3 again.
+    pub fn forget_metadata(&self) {
+        self.ns.invalidate_all();
+    }
+
+    /// Every (parent inode, name) handed to the kernel so far.
+    pub fn known_names(&self) -> Vec<(u64, Arc<str>)> {
+        self.inodes.names()
+    }
+
     /// Number of inodes known; reported by statfs.
     pub fn inode_count(&self) -> u64 {
         self.inodes.len()

@@ -60,9 +60,43 @@ impl FuseAdapter {
         }
     }
 
+    pub fn refresher(&self) -> Refresher {
+        Refresher {
+            fs: self.fs.clone(),
+            notifier: self.notifier.clone(),
+        }
+    }
+
     /// Where the session stores its notifier once mounted.
     pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
+    }
+}
+
+/// Makes changes in S3 visible at once, whatever the TTL: drops the daemon's metadata caches
+/// and the kernel's cached entries (SIGHUP).
+#[derive(Clone)]
+pub struct Refresher {
+    fs: Arc<Fs>,
+    notifier: Arc<OnceLock<Notifier>>,
+}
+
+impl Refresher {
+    /// Returns how many names the kernel was told to forget.
+    pub async fn refresh_all(&self) -> usize {
+        self.fs.forget_metadata();
+        let names = self.fs.known_names();
+        let notifier = self.notifier.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(n) = notifier.get() else { return 0 };
+            // Names the kernel no longer caches answer ENOENT: nothing to forget there.
+            names
+                .iter()
+                .filter(|(parent, name)| n.inval_entry(INodeNo(*parent), OsStr::new(&**name)).is_ok())
+                .count()
+        })
+        .await
+        .unwrap_or(0)
     }
 }
 

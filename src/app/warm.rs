@@ -1,0 +1,295 @@
+//! `s3cachefs warm`: preloads objects into the shared disk cache, in parallel, so that mounts
+//! (running now or later, in any process) read them without S3. Idempotent: blocks already in
+//! the cache are verified and skipped, never fetched again. Exits non-zero naming every object
+//! that could not be cached.
+
+use std::io::{BufRead, IsTerminal};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cache::{CacheConfig, DiskCache};
+use crate::config::WarmConfig;
+use crate::metrics::Metrics;
+use crate::object::{ObjectMeta, block_range};
+use crate::store::s3::S3Store;
+use crate::store::{ListRequest, ObjectStore, StoreError};
+
+fn globs(patterns: &[String], what: &str) -> anyhow::Result<Option<GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(Glob::new(p).with_context(|| format!("{what}: invalid glob {p:?}"))?);
+    }
+    Ok(Some(b.build()?))
+}
+
+pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
+    let include = globs(&cfg.include, "--include")?;
+    let exclude = globs(&cfg.exclude, "--exclude")?;
+    let manifest = match &cfg.manifest {
+        None => None,
+        Some(path) => Some(read_manifest(path)?),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let cache = DiskCache::open(
+        CacheConfig {
+            dir: cfg.cache.dir.clone(),
+            max_size: cfg.cache.max_size,
+            min_free_percent: cfg.cache.min_free_percent,
+            block_size: cfg.block_size,
+            store_id: super::store_id(&cfg.s3, &cfg.source),
+        },
+        &metrics,
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(S3Store::new(&super::s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone()).await);
+        super::check_bucket(store.as_ref(), &cfg.source, &cfg.s3).await?;
+        let prefix = &cfg.source.prefix;
+        let (objects, mut failed) = match manifest {
+            Some(keys) => head_all(&store, prefix, keys, cfg.concurrency).await,
+            None => (list_all(&store, prefix).await?, Vec::new()),
+        };
+        let selected: Vec<ObjectMeta> = objects
+            .into_iter()
+            .filter(|o| {
+                let rel = &o.key[prefix.len()..];
+                !o.key.ends_with('/')
+                    && include.as_ref().is_none_or(|g| g.is_match(rel))
+                    && !exclude.as_ref().is_some_and(|g| g.is_match(rel))
+            })
+            .collect();
+        let total_bytes: u64 = selected.iter().map(|o| o.size).sum();
+        let progress = Progress::new(selected.len() as u64, total_bytes);
+        let started = Instant::now();
+        let mut remaining: Vec<u64> = selected.iter().map(|o| o.size.div_ceil(cfg.block_size)).collect();
+        let mut errors: Vec<Option<StoreError>> = vec![None; selected.len()];
+        for _ in remaining.iter().filter(|r| **r == 0) {
+            progress.object_done(); // empty objects have no blocks
+        }
+        let block_counts = remaining.clone();
+        let blocks = selected
+            .iter()
+            .enumerate()
+            .flat_map(|(i, o)| (0..block_counts[i]).map(move |b| (i, o, b)));
+        let mut results = futures::stream::iter(blocks)
+            .map(|(i, o, b)| {
+                let (store, cache) = (store.clone(), cache.clone());
+                async move {
+                    let range = block_range(b, cfg.block_size, o.size);
+                    let fetch = store.get_range(&o.key, range, &o.etag);
+                    (i, range.len(), cache.get_or_fetch(o, b, range, fetch).await.map(drop))
+                }
+            })
+            .buffer_unordered(cfg.concurrency);
+        while let Some((i, len, result)) = results.next().await {
+            if let Err(e) = result {
+                errors[i].get_or_insert(e);
+            }
+            progress.bytes(len);
+            remaining[i] -= 1;
+            if remaining[i] == 0 {
+                progress.object_done();
+            }
+        }
+        progress.finish();
+        for (o, e) in selected.iter().zip(&errors) {
+            if let Some(e) = e {
+                failed.push((o.key.to_string(), e.to_string()));
+            }
+        }
+        let c = &metrics.cache;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        println!(
+            "warmed {} objects ({:.1} MiB) in {:.1}s: {} blocks fetched from S3 ({:.1} MiB), {} already cached",
+            selected.len() - failed.len().min(selected.len()),
+            mib(total_bytes),
+            started.elapsed().as_secs_f64(),
+            c.misses.get(),
+            mib(metrics.s3_bytes.get()),
+            c.hits.get(),
+        );
+        if c.skipped_full.get() > 0 || c.write_failures.get() > 0 {
+            println!(
+                "warning: {} blocks could not be stored (cache full: {}, write failures: {})",
+                c.skipped_full.get() + c.write_failures.get(),
+                c.skipped_full.get(),
+                c.write_failures.get()
+            );
+        }
+        if !failed.is_empty() {
+            for (key, e) in &failed {
+                eprintln!("failed: {key}: {e}");
+            }
+            let names: Vec<&str> = failed.iter().map(|(k, _)| k.as_str()).take(10).collect();
+            bail!(
+                "{} object(s) could not be warmed: {}{}",
+                failed.len(),
+                names.join(", "),
+                if failed.len() > 10 { ", ..." } else { "" }
+            );
+        }
+        Ok(())
+    })
+}
+
+fn read_manifest(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?,
+        ))
+    };
+    let mut keys = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        let key = line.trim();
+        if !key.is_empty() && !key.starts_with('#') {
+            keys.push(key.trim_start_matches('/').to_string());
+        }
+    }
+    Ok(keys)
+}
+
+/// Every object under `prefix` (no delimiter: the whole subtree).
+async fn list_all(store: &Arc<dyn ObjectStore>, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
+    let mut out = Vec::new();
+    let mut continuation = None;
+    loop {
+        let page = store
+            .list(ListRequest {
+                prefix,
+                delimited: false,
+                continuation,
+                max_keys: None,
+            })
+            .await
+            .map_err(|e| anyhow!("cannot list {prefix:?}: {e}"))?;
+        out.extend(page.objects);
+        continuation = page.next;
+        if continuation.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// HEADs every manifest key; returns the objects found and the keys that failed.
+async fn head_all(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    keys: Vec<String>,
+    concurrency: usize,
+) -> (Vec<ObjectMeta>, Vec<(String, String)>) {
+    let results: Vec<_> = futures::stream::iter(keys)
+        .map(|k| async move {
+            let key = format!("{prefix}{k}");
+            let r = store.head(&key).await;
+            (key, r)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let (mut found, mut failed) = (Vec::new(), Vec::new());
+    for (key, r) in results {
+        match r {
+            Ok(meta) => found.push(meta),
+            Err(e) => failed.push((key, e.to_string())),
+        }
+    }
+    (found, failed)
+}
+
+/// A progress bar on a terminal; plain lines every few seconds otherwise (logs, CI).
+struct Progress {
+    bar: Option<ProgressBar>,
+    objects: u64,
+    done: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    total: u64,
+    started: Instant,
+    last_line: std::sync::Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(objects: u64, total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            objects,
+            done: 0.into(),
+            bytes: 0.into(),
+            total,
+            started: Instant::now(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn bytes(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes = self.bytes.fetch_add(n, Relaxed) + n;
+        match &self.bar {
+            Some(bar) => bar.set_position(bytes),
+            None => {
+                let mut last = self.last_line.lock().unwrap();
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = Instant::now();
+                    self.line();
+                }
+            }
+        }
+    }
+
+    fn object_done(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("{done}/{} objects", self.objects));
+        }
+    }
+
+    fn line(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (bytes, secs) = (
+            self.bytes.load(Relaxed),
+            self.started.elapsed().as_secs_f64().max(0.001),
+        );
+        let rate = bytes as f64 / secs;
+        let eta = if rate > 0.0 {
+            (self.total.saturating_sub(bytes)) as f64 / rate
+        } else {
+            0.0
+        };
+        eprintln!(
+            "warm: {}/{} objects, {:.1}/{:.1} MiB, {:.1} MiB/s, ETA {:.0}s",
+            self.done.load(Relaxed),
+            self.objects,
+            bytes as f64 / (1 << 20) as f64,
+            self.total as f64 / (1 << 20) as f64,
+            rate / (1 << 20) as f64,
+            eta
+        );
+    }
+
+    fn finish(&self) {
+        match &self.bar {
+            Some(bar) => bar.finish_and_clear(),
+            None => self.line(),
+        }
+    }
+}

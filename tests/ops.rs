@@ -1,0 +1,320 @@
+//! Operations: `warm`, metrics and health, `stats`, systemd readiness, SIGHUP refresh,
+//! stale-mount recovery and the `mount -t fuse.s3cachefs` / fstab helper.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op};
+
+fn seed(s: &TestServer) -> Vec<(String, Vec<u8>)> {
+    let mut v = vec![];
+    for i in 0..6 {
+        let key = format!("jars/lib{i}.jar");
+        let body = data(200_000 + i * 700_000, 300 + i as u64);
+        s.put(BUCKET, &key, body.clone());
+        v.push((key, body));
+    }
+    s.put(BUCKET, "jars/notes.txt", b"not a jar".to_vec());
+    s.put(BUCKET, "other/big.bin", data(3 << 20, 9));
+    v
+}
+
+fn warm(s: &TestServer, source: &str, cache: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut c = command();
+    c.arg("warm")
+        .arg(source)
+        .arg("--cache")
+        .arg(cache)
+        .args(endpoint_args(s))
+        .args(extra);
+    let out = run_with_timeout(c, Duration::from_secs(120));
+    (
+        exit_code(&out.status),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn blocks(objects: &[(String, Vec<u8>)]) -> u64 {
+    objects.iter().map(|(_, b)| b.len().div_ceil(1 << 20) as u64).sum()
+}
+
+#[test]
+fn warm_then_mount_reads_without_gets_and_warm_is_idempotent() {
+    let s = server();
+    let objects = seed(&s);
+    let cache = tempfile::tempdir().unwrap();
+    let (code, out, err) = warm(&s, "s3://test-bucket/jars/", cache.path(), &["--include", "*.jar"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("warmed 6 objects"), "{out}");
+    assert_eq!(s.counts().get, blocks(&objects));
+    // Nothing left to fetch on a second run.
+    s.reset_counts();
+    let (code, out, _) = warm(&s, "test-bucket/jars", cache.path(), &["--include", "*.jar"]);
+    assert_eq!(code, 0);
+    assert_eq!(s.counts().get, 0, "{out}");
+    assert!(out.contains(&format!("{} already cached", blocks(&objects))), "{out}");
+    // A mount on the same cache reads everything without a GET.
+    let m = Mount::new(&s, BUCKET, &["--cache", cache.path().to_str().unwrap()]);
+    s.reset_counts();
+    for (key, body) in &objects {
+        assert!(fs::read(m.join(key)).unwrap() == *body);
+    }
+    assert_eq!(s.counts().get, 0);
+    // notes.txt was not included.
+    fs::read(m.join("jars/notes.txt")).unwrap();
+    assert_eq!(s.counts().get, 1);
+}
+
+#[test]
+fn warm_while_a_mount_runs_and_with_a_manifest() {
+    let s = server();
+    let objects = seed(&s);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, BUCKET, &["--cache", cache.path().to_str().unwrap()]);
+    let manifest = cache.path().with_extension("manifest");
+    fs::write(
+        &manifest,
+        "# the two jars the job needs\njars/lib1.jar\n\njars/lib4.jar\n",
+    )
+    .unwrap();
+    let (code, out, err) = warm(&s, BUCKET, cache.path(), &["--manifest", manifest.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("warmed 2 objects"), "{out}");
+    s.reset_counts();
+    for i in [1, 4] {
+        assert!(fs::read(m.join(&objects[i].0)).unwrap() == objects[i].1);
+    }
+    assert_eq!(s.counts().get, 0, "the running mount sees the warmed blocks at once");
+    fs::remove_file(manifest).unwrap();
+}
+
+#[test]
+fn warm_names_the_objects_that_failed() {
+    let s = server();
+    seed(&s);
+    s.set_faults(FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500).ops([Op::Get]).key_contains("lib2")));
+    let cache = tempfile::tempdir().unwrap();
+    let (code, out, err) = warm(
+        &s,
+        "test-bucket/jars/",
+        cache.path(),
+        &["--max-attempts", "2", "--exclude", "*.txt"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("jars/lib2.jar"), "{err}");
+    assert!(!err.contains("lib3"), "{err}");
+    assert!(out.contains("warmed 5 objects"), "{out}");
+    // Bad input is refused before any work.
+    let (code, _, err) = warm(&s, "test-bucket", cache.path(), &["--include", "a[b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--include"), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let status = r.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, r.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn metrics_and_health_follow_known_reads() {
+    let s = server();
+    let objects = seed(&s);
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let c = cache.path().to_str().unwrap();
+    let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr]);
+    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(port, "/nope").0, 404);
+    let (key, body) = &objects[3];
+    assert!(fs::read(m.join(key)).unwrap() == *body);
+    let (_, text) = http_get(port, "/metrics");
+    let nblocks = body.len().div_ceil(1 << 20) as f64;
+    assert_eq!(metric(&text, "s3cachefs_cache_misses_total"), nblocks);
+    assert_eq!(metric(&text, "s3cachefs_cache_hits_total"), 0.0);
+    assert_eq!(
+        metric(
+            &text,
+            "s3cachefs_s3_requests_total{operation=\"GetObject\",status=\"206\"}"
+        ),
+        nblocks
+    );
+    assert_eq!(metric(&text, "s3cachefs_s3_bytes_total"), body.len() as f64);
+    assert_eq!(metric(&text, "s3cachefs_read_bytes_total"), body.len() as f64);
+    assert!(metric(&text, "s3cachefs_cache_size_bytes") >= body.len() as f64);
+    assert!(metric(&text, "s3cachefs_fuse_operations_total{operation=\"read\"}") >= 1.0);
+    drop(m);
+    // A second mount on the warm cache: hits, no S3 bytes.
+    let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr]);
+    assert!(fs::read(m.join(key)).unwrap() == *body);
+    let (_, text) = http_get(port, "/metrics");
+    assert_eq!(metric(&text, "s3cachefs_cache_hits_total"), nblocks);
+    assert_eq!(metric(&text, "s3cachefs_cache_hit_bytes_total"), body.len() as f64);
+    assert_eq!(metric(&text, "s3cachefs_s3_bytes_total"), 0.0);
+    let out = command().args(["stats", "--metrics-addr", &addr]).output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{summary}");
+    assert!(
+        summary.contains(&format!("{nblocks:.0} hits, 0 misses (100.0% hit ratio)")),
+        "{summary}"
+    );
+    // A port already taken is a clear error.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = busy.local_addr().unwrap().to_string();
+    let e = Mount::try_new(&s, BUCKET, &["--metrics-addr", &taken]).err().unwrap();
+    assert!(e.contains("--metrics-addr"), "{e}");
+}
+
+#[test]
+fn systemd_notify_ready_and_stopping() {
+    let s = server();
+    let d = tempfile::tempdir().unwrap();
+    let sock_path = d.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut child = command()
+        .args(["mount", BUCKET])
+        .arg(&mnt)
+        .args(endpoint_args(&s))
+        .arg("--foreground")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(is_mounted(&mnt), "READY=1 only once mounted");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert!(wait_timeout(&mut child, Duration::from_secs(20)).unwrap().success());
+}
+
+#[test]
+fn sighup_makes_changes_visible_with_indefinite_ttl() {
+    let s = server();
+    s.put(BUCKET, "conf/app.conf", b"v1".to_vec());
+    let m = Mount::new(&s, BUCKET, &["--metadata-ttl", "indefinite"]);
+    assert_eq!(fs::read(m.join("conf/app.conf")).unwrap(), b"v1");
+    assert_eq!(fs::read_dir(m.join("conf")).unwrap().count(), 1);
+    s.put(BUCKET, "conf/app.conf", b"version2".to_vec());
+    s.put(BUCKET, "conf/new.conf", b"n".to_vec());
+    assert_eq!(
+        fs::metadata(m.join("conf/app.conf")).unwrap().len(),
+        2,
+        "cached indefinitely"
+    );
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !m.log().contains("SIGHUP") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read(m.join("conf/app.conf")).unwrap(), b"version2");
+    assert_eq!(fs::read(m.join("conf/new.conf")).unwrap(), b"n");
+    assert_eq!(fs::read_dir(m.join("conf")).unwrap().count(), 2);
+}
+
+#[test]
+fn stale_mount_of_a_killed_daemon_is_cleared_on_the_next_mount() {
+    let s = server();
+    s.put(BUCKET, "f", b"x".to_vec());
+    let mut m = Mount::new(&s, BUCKET, &[]);
+    let path = m.path().to_path_buf();
+    m.signal_and_wait(libc::SIGKILL);
+    let err = fs::metadata(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "a stale mount is left behind");
+    let mut c = command();
+    c.args(["mount", BUCKET]).arg(&path).args(endpoint_args(&s));
+    let out = run_with_timeout(c, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("cleared a stale mount"), "{stderr}");
+    assert_eq!(fs::read(path.join("f")).unwrap(), b"x");
+    assert!(Command::new("umount").arg(&path).status().unwrap().success());
+    drop(m);
+}
+
+/// /sbin/mount.fuse.s3cachefs → the binary under test, removed on drop.
+struct Helper(PathBuf);
+
+impl Helper {
+    fn install() -> Helper {
+        let p = PathBuf::from("/sbin/mount.fuse.s3cachefs");
+        let _ = fs::remove_file(&p);
+        std::os::unix::fs::symlink(bin(), &p).unwrap();
+        Helper(p)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn mount_dash_t_and_an_fstab_line_work() {
+    let s = server();
+    s.put(BUCKET, "jars/a.jar", b"jar".to_vec());
+    let d = tempfile::tempdir().unwrap();
+    let cache = d.path().join("cache");
+    let _helper = Helper::install();
+    let opts = format!(
+        "ro,_netdev,allow_other,cache={},metadata_ttl=indefinite,endpoint_url={},region=us-east-1,no_sign_request",
+        cache.display(),
+        s.endpoint()
+    );
+    // mount -t
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "fuse.s3cachefs", BUCKET])
+        .arg(&mnt)
+        .args(["-o", &opts])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(mnt.join("jars/a.jar")).unwrap(), b"jar");
+    assert!(cache.join("v1").is_dir(), "cache= was honoured");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    // an fstab line
+    let fstab = d.path().join("fstab");
+    fs::write(
+        &fstab,
+        format!("{BUCKET} {} fuse.s3cachefs {opts} 0 0\n", mnt.display()),
+    )
+    .unwrap();
+    let out = Command::new("mount").arg("-T").arg(&fstab).arg(&mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::read(mnt.join("jars/a.jar")).unwrap(), b"jar");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+}
