@@ -196,11 +196,6 @@ impl Daemon {
             None => None,
         };
 
-        let ns = Arc::new(Namespace::new(
-            store.clone(),
-            cfg.metadata_ttl,
-            cfg.negative_metadata_ttl,
-        ));
         let disk = match &cfg.cache {
             Some(c) => Some(DiskCache::open(
                 CacheConfig {
@@ -214,12 +209,15 @@ impl Daemon {
             )?),
             None => None,
         };
-        let reader = Arc::new(BlockReader::new(
-            store.clone(),
-            cfg.block_size,
-            cfg.memory_cache_bytes,
-            disk.clone(),
-        ));
+        let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
+        if let Some(c) = &cfg.cache {
+            ns = ns.persisted(&c.dir, &store_id(&cfg.s3, &cfg.source));
+        }
+        let ns = Arc::new(ns);
+        let reader = Arc::new(
+            BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes, disk.clone())
+                .with_prefetch_concurrency(cfg.prefetch_concurrency),
+        );
         let settings = FsSettings {
             uid: cfg.uid,
             gid: cfg.gid,
@@ -368,7 +366,7 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
 }
 
 /// Names the object store in the disk cache, so blocks of two stores never mix.
-fn store_id(s3: &S3Config, source: &Source) -> String {
+pub fn store_id(s3: &S3Config, source: &Source) -> String {
     let endpoint = s3.endpoint_url.as_deref().map_or("aws", |e| e.trim_end_matches('/'));
     format!("{endpoint}|{}", source.bucket)
 }

@@ -120,9 +120,20 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", default_value = "1MiB", help_heading = "Caching")]
     pub block_size: String,
 
-    /// Bound of the in-memory cache of recently read blocks.
-    #[arg(long, value_name = "SIZE", default_value = "256MiB", help_heading = "Caching")]
-    pub memory_cache_size: String,
+    /// Memory for prefetched and recently read blocks (the in-memory block cache); read-ahead
+    /// windows are sized from it.
+    #[arg(
+        long,
+        visible_alias = "memory-cache-size",
+        value_name = "SIZE",
+        default_value = "256MiB",
+        help_heading = "Caching"
+    )]
+    pub max_prefetch_memory: String,
+
+    /// Prefetch GETs in flight at once, across all open files.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Caching")]
+    pub prefetch_concurrency: u16,
 
     /// Keep object data in this directory on local disk (NVMe): persistent across restarts and
     /// shared by every s3cachefs process that uses the same directory.
@@ -299,7 +310,7 @@ impl MountArgs {
         )
         .map_err(|e| format!("--block-size: {e}"))?;
         let memory_cache_bytes =
-            config::parse_size(&self.memory_cache_size).map_err(|e| format!("--memory-cache-size: {e}"))?;
+            config::parse_size(&self.max_prefetch_memory).map_err(|e| format!("--max-prefetch-memory: {e}"))?;
         if self.allow_other && self.allow_root {
             return Err("--allow-other and --allow-root are mutually exclusive (--allow-other includes root)".into());
         }
@@ -334,6 +345,7 @@ impl MountArgs {
             dir_mode: config::parse_mode(&self.dir_mode).map_err(|e| format!("--dir-mode: {e}"))?,
             block_size,
             memory_cache_bytes,
+            prefetch_concurrency: self.prefetch_concurrency.into(),
             fuse_threads: self.fuse_threads.into(),
             cache,
             metrics_addr: self.metrics_addr,

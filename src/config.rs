@@ -168,8 +168,10 @@ pub struct MountConfig {
     pub dir_mode: u16,
     /// Bytes fetched per ranged GET and unit of caching.
     pub block_size: u64,
-    /// Bound of the in-memory block cache.
+    /// Bound of the in-memory block cache (prefetched and recently read blocks).
     pub memory_cache_bytes: u64,
+    /// Prefetch GETs in flight at once.
+    pub prefetch_concurrency: usize,
     pub fuse_threads: usize,
     /// The disk cache, when `--cache` is given.
     pub cache: Option<CacheSettings>,

@@ -144,6 +144,21 @@ impl DiskCache {
             }
         }
         let usage = Usage::open(&root.join("usage")).map_err(io_err(&root))?;
+        if usage.fresh {
+            // The fixed part: the directories and this counter's own file.
+            let fixed: u64 = [
+                dir.clone(),
+                root.clone(),
+                root.join("blocks"),
+                root.join("tmp"),
+                root.join("usage"),
+            ]
+            .iter()
+            .filter_map(|p| fs::symlink_metadata(p).ok())
+            .map(|m| m.blocks() * 512)
+            .sum();
+            usage.add(fixed);
+        }
         let locks = StripeLocks::new(root.join("locks")).map_err(io_err(&root))?;
         shared::open_private(&root.join("evict.lock")).map_err(io_err(&root))?;
         Ok(Arc::new(DiskCache {
@@ -223,6 +238,12 @@ impl DiskCache {
             index: loc.index,
             block_size: self.cfg.block_size,
         }
+    }
+
+    /// Block `index` of `obj` if it is on disk (verified), without fetching it.
+    pub async fn peek(self: &Arc<Self>, obj: &ObjectMeta, index: u64, range: ByteRange) -> Option<Bytes> {
+        let loc = Arc::new(self.locate(obj, index, range));
+        self.blocking(&loc, |c, l| c.read_block(l)).await.flatten()
     }
 
     /// Returns block `index` of `obj` from disk, or runs `fetch` (once across every process
@@ -340,14 +361,17 @@ impl DiskCache {
                 return;
             }
         };
-        let size = alloc_size((header.len() + data.len()) as u64);
-        if !self.reserve(size) {
+        let shard = loc.path.parent().expect("block path has a shard");
+        // A new shard directory takes space too: reserve it with the block.
+        let new_shard = !shard.is_dir();
+        let size = alloc_size((header.len() + data.len()) as u64) + if new_shard { DIR_BYTES } else { 0 };
+        let Some(_reservation) = self.reserve(size) else {
             self.stats.skipped_full.inc();
             self.warn(format_args!(
                 "disk cache is full (bound or free space); serving without caching"
             ));
             return;
-        }
+        };
         let tmp = self.root.join("tmp").join(format!(
             "{}.{}.tmp",
             std::process::id(),
@@ -363,9 +387,10 @@ impl DiskCache {
             f.write_all(&header)?;
             f.write_all(data)?;
             drop(f);
-            let shard = loc.path.parent().expect("block path has a shard");
             match fs::DirBuilder::new().mode(0o700).create(shard) {
-                Ok(()) => self.usage.add(DIR_BYTES),
+                Ok(()) if !new_shard => self.usage.add(DIR_BYTES), // removed since we looked
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_shard => self.usage.sub(DIR_BYTES),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
@@ -403,19 +428,29 @@ impl DiskCache {
         limit
     }
 
-    /// Reserves `n` bytes, evicting if needed; false if the bound cannot be met.
-    fn reserve(&self, n: u64) -> bool {
+    /// Reserves `n` bytes, evicting if needed. Returns the shared `evict.lock` to hold until
+    /// the block is in place (or the reservation released), `None` if the bound cannot be met.
+    fn reserve(&self, n: u64) -> Option<fs::File> {
+        let lock = self.root.join("evict.lock");
         for attempt in 0..2 {
+            let guard = match shared::shared(&lock) {
+                Ok(g) => g,
+                Err(e) => {
+                    self.warn(format_args!("cannot lock the disk cache: {e}"));
+                    return None;
+                }
+            };
             let limit = self.limit();
             if self.usage.try_reserve(n, limit) {
-                return true;
+                return Some(guard);
             }
+            drop(guard);
             if attempt == 1 || n > limit {
-                return false;
+                return None;
             }
             // Evict to a low watermark so that eviction is not needed again at once.
             let target = limit.saturating_sub(n).min(limit / 10 * 9);
-            match shared::exclusive(&self.root.join("evict.lock")) {
+            match shared::exclusive(&lock) {
                 Ok(_guard) => {
                     if self.usage.get().saturating_add(n) > self.limit() {
                         self.scan_and_evict(target);
@@ -423,20 +458,24 @@ impl DiskCache {
                 }
                 Err(e) => {
                     self.warn(format_args!("cannot lock the disk cache for eviction: {e}"));
-                    return false;
+                    return None;
                 }
             }
         }
-        false
+        None
     }
 
     /// Scans the cache (caller holds `evict.lock`), deletes least-recently-used blocks until
     /// at most `target` bytes remain, and corrects the shared counter. Returns (bytes, files).
     fn scan_and_evict(&self, target: u64) -> (u64, u64) {
-        let before = self.usage.get();
         let mut total = 0u64;
         let mut blocks: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
-        for p in [&self.root, &self.root.join("blocks"), &self.root.join("tmp")] {
+        for p in [
+            &self.cfg.dir,
+            &self.root,
+            &self.root.join("blocks"),
+            &self.root.join("tmp"),
+        ] {
             total += fs::symlink_metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
         }
         for f in ["usage", "locks", "evict.lock"] {
@@ -456,6 +495,7 @@ impl DiskCache {
                 }
             }
         }
+        let mut shard_dirs: Vec<(PathBuf, u64)> = Vec::new();
         if let Ok(shards) = fs::read_dir(self.root.join("blocks")) {
             for shard in shards.flatten() {
                 let Ok(sm) = shard.metadata() else { continue };
@@ -465,6 +505,7 @@ impl DiskCache {
                     continue;
                 }
                 total += sm.blocks() * 512;
+                shard_dirs.push((shard.path(), sm.blocks() * 512));
                 let Ok(files) = fs::read_dir(shard.path()) else {
                     continue;
                 };
@@ -493,11 +534,15 @@ impl DiskCache {
                     self.stats.evicted_bytes.inc_by(size);
                 }
             }
+            // Empty shard directories go too (a writer recreates one when it needs it).
+            for (dir, size) in shard_dirs {
+                if fs::remove_dir(&dir).is_ok() {
+                    total -= size;
+                }
+            }
         }
-        // Keep what other writers reserved while we scanned (over-counting is safe: the
-        // bound still holds; the next scan corrects it).
-        let during = self.usage.get().saturating_sub(before);
-        self.usage.set(total + during);
+        // No reservation is outstanding while we hold evict.lock exclusively: this is exact.
+        self.usage.set(total);
         (total, files)
     }
 

@@ -4,7 +4,9 @@
 //!   kernel drops them when the holder's descriptor closes, including on `kill -9`.
 //! - `Usage`: the shared byte counter of the cache, an atomic in a `MAP_SHARED` mapping, so
 //!   the size bound holds across processes without a scan.
-//! - `try_exclusive`: a non-blocking `flock`, to elect one evictor at a time.
+//! - `evict.lock`: writers hold it shared from reserving space until their block is in place;
+//!   a scan (eviction, counter re-synchronization) holds it exclusive, so it never runs while a
+//!   reservation is outstanding and the counter it computes is exact.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -84,10 +86,19 @@ pub fn try_exclusive(path: &Path) -> io::Result<Option<File>> {
 
 /// Takes an exclusive `flock`, waiting for it.
 pub fn exclusive(path: &Path) -> io::Result<File> {
+    flock(path, libc::LOCK_EX)
+}
+
+/// Takes a shared `flock`, waiting for it (on its own descriptor, so threads are independent).
+pub fn shared(path: &Path) -> io::Result<File> {
+    flock(path, libc::LOCK_SH)
+}
+
+fn flock(path: &Path, op: i32) -> io::Result<File> {
     let file = open_private(path)?;
     loop {
         // SAFETY: valid descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
             return Ok(file);
         }
         let e = io::Error::last_os_error();

@@ -24,7 +24,7 @@ use inode::{InodeTable, Node};
 
 use crate::meta::{DirListing, Entry, Namespace};
 use crate::object::ObjectMeta;
-use crate::read::{BlockReader, ReadError};
+use crate::read::{BlockReader, ReadError, ReadHandle};
 
 pub const ROOT_INO: u64 = 1;
 
@@ -91,7 +91,7 @@ pub struct DirEntry {
 }
 
 struct FileHandle {
-    meta: ObjectMeta,
+    reader: ReadHandle,
     node: Arc<Node>,
 }
 
@@ -225,10 +225,13 @@ impl Fs {
         }
         let (keep_cache, changed) = node.swap_open_etag(meta.etag.clone());
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files
-            .lock()
-            .unwrap()
-            .insert(fh, Arc::new(FileHandle { meta, node }));
+        self.files.lock().unwrap().insert(
+            fh,
+            Arc::new(FileHandle {
+                reader: self.reader.handle(meta),
+                node,
+            }),
+        );
         Ok(Opened {
             fh,
             keep_cache,
@@ -238,10 +241,11 @@ impl Fs {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let handle = self.files.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
-        match self.reader.read(&handle.meta, offset, size).await {
+        match handle.reader.read(offset, size).await {
             Ok(b) => Ok(b),
             Err(e @ (ReadError::Changed | ReadError::Gone)) => {
-                warn!(key = %handle.meta.key, etag = %handle.meta.etag, "{e}; failing the read (reopen the file to read the current version)");
+                let meta = handle.reader.meta();
+                warn!(key = %meta.key, etag = %meta.etag, "{e}; failing the read (reopen the file to read the current version)");
                 // Make the next lookup/open see the new state instead of the cached one.
                 if let Some(parent) = self.inodes.get(handle.node.parent) {
                     self.ns.invalidate(&parent.key, &handle.node.name).await;

@@ -22,6 +22,7 @@ pub struct MemoryStore {
     pub lists: AtomicU64,
     pub heads: AtomicU64,
     pub gets: AtomicU64,
+    pub get_bytes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -114,7 +115,9 @@ impl ObjectStore for MemoryStore {
         if range.start >= meta.size || range.is_empty() {
             return Err(StoreError::InvalidRange);
         }
-        Ok(data.slice(range.start as usize..range.end.min(meta.size) as usize))
+        let out = data.slice(range.start as usize..range.end.min(meta.size) as usize);
+        self.get_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
     }
 
     fn describe(&self) -> String {
