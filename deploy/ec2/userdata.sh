@@ -1,6 +1,6 @@
 #!/bin/bash
 # EC2 user data for Spark / Kubernetes worker nodes with NVMe instance storage: mounts an S3 bucket
-# read-only at /mnt/s3 through s3cachefs, with the disk block cache on the instance store, before
+# (prefix) read-only at /mnt/s3/jars through s3cachefs, with the disk block cache on the instance store, before
 # kubelet starts. Runs as root, once, on the first boot (cloud-init). Safe to run again by hand.
 #
 # What it does:
@@ -67,10 +67,12 @@ S3CACHEFS_URL="s3://my-artifacts-bucket/s3cachefs/0.1.0/s3cachefs-x86_64-unknown
 # sha256sum of that file; empty skips the check (not recommended for https:// URLs).
 S3CACHEFS_SHA256=""
 # The mount: systemd instance name, what to mount (BUCKET, BUCKET/PREFIX or s3://BUCKET/PREFIX)
-# and where. Spark finds JARs at /mnt/s3/jars/... when s3://my-bucket/jars/... holds them.
+# and where. /mnt/s3 is a directory of mounts and pods mount /mnt/s3 itself (see
+# s3cachefs@.service): s3://my-bucket/jars/a.jar is /mnt/s3/jars/a.jar, for Spark
+# local:///mnt/s3/jars/a.jar.
 MOUNT_NAME="jars"
-BUCKET="my-bucket"
-MOUNTPOINT="/mnt/s3"
+BUCKET="my-bucket/jars"
+MOUNTPOINT="/mnt/s3/jars"
 BUCKET_REGION="us-east-1"
 # Disk cache: the instance store is formatted and mounted at CACHE_FS.
 CACHE_FS="/nvme"
@@ -80,8 +82,9 @@ CACHE_DIR="/nvme/s3cache"
 MAX_CACHE_SIZE="auto"
 # Extra flags of "s3cachefs mount" (after --cache and --max-cache-size, which are added below).
 EXTRA_ARGS="--cache-min-free 5% --metadata-ttl indefinite --allow-other --metrics-addr 127.0.0.1:9464 --log-level info"
-# Preload this BUCKET/PREFIX into the cache before kubelet starts (empty: no warm-up). It delays
-# the node's readiness by the time the download takes; a failure is reported but not fatal.
+# Preload this BUCKET/PREFIX (e.g. "my-bucket/jars/") into the cache before kubelet starts (empty:
+# no warm-up). It delays the node's readiness by the time the download takes; a failure is
+# reported but not fatal.
 WARM_PREFIX=""
 WARM_CONCURRENCY=16
 # false: only prepare the NVMe filesystem and the cache directory (the DaemonSet mounts).
@@ -246,6 +249,11 @@ else
 # Any other variable in that file (AWS_REGION, AWS_PROFILE, RUST_LOG, ...) reaches the daemon's
 # environment too.
 #
+# Layout: /mnt/s3 is a plain directory holding one mount per instance (/mnt/s3/jars, ...). Pods
+# mount the parent /mnt/s3 as a hostPath: a bind of the mountpoint itself would keep the old
+# mount, dead, after the daemon restarts, while a bind of the parent (with HostToContainer
+# propagation) follows the new mount.
+#
 # Install (deploy/ec2/userdata.sh does all of this on EC2):
 #   install -m 0755 s3cachefs /usr/local/bin/s3cachefs
 #   install -m 0644 deploy/systemd/s3cachefs@.service /etc/systemd/system/
@@ -271,7 +279,8 @@ Description=s3cachefs read-only S3 mount %i
 Wants=network-online.target
 After=network-online.target
 # Ordering only: when both start in the same boot, kubelet waits until the mount is live
-# (Type=notify: READY=1), so pods using a hostPath on MOUNTPOINT never see an empty directory.
+# (Type=notify: READY=1), so pods reading MOUNTPOINT (through a hostPath volume on its parent
+# directory, /mnt/s3) never see an empty directory.
 # A failed mount does not keep kubelet from starting. To make kubelet depend on the mount, add
 # "RequiredBy=kubelet.service" under [Install] (then a broken mount keeps the node NotReady).
 Before=kubelet.service
@@ -286,9 +295,10 @@ NotifyAccess=main
 EnvironmentFile=/etc/s3cachefs/%i.env
 # With --foreground, logs go to stderr, i.e. the journal; no ANSI colours there.
 Environment=NO_COLOR=1
-# A daemon that crashed or was killed (-9, OOM) leaves a stale FUSE mount on MOUNTPOINT
-# ("Transport endpoint is not connected"), which a new mount refuses. Detach it only in that
-# case, never a live mount. ($$ is a literal $ for the shell; it reads the variable from the
+# A daemon that crashed or was killed (-9, OOM) leaves a dead FUSE mount on MOUNTPOINT
+# ("Transport endpoint is not connected"). s3cachefs clears it itself when it mounts, but the
+# "mkdir -p" below would already fail on it, so detach it first: only when MOUNTPOINT cannot be
+# stat'ed, never a live mount. ($$ is a literal $ for the shell, which reads the variable from the
 # environment that EnvironmentFile= set.)
 ExecStartPre=/bin/sh -c 'if [ -n "$$MOUNTPOINT" ] && ! stat "$$MOUNTPOINT" >/dev/null 2>&1; then umount -l "$$MOUNTPOINT" 2>/dev/null || true; fi'
 ExecStartPre=/bin/mkdir -p ${MOUNTPOINT}
@@ -302,6 +312,10 @@ ExecStart=/usr/local/bin/s3cachefs mount ${BUCKET} ${MOUNTPOINT} --foreground $S
 # fails with EBUSY in exactly that case and systemd falls back to SIGTERM anyway.
 KillSignal=SIGTERM
 TimeoutStopSec=30
+# "systemctl reload s3cachefs@%i": SIGHUP drops the cached metadata (listings, sizes, ETags, and
+# the kernel's entries), so objects added or replaced in S3 show up even with
+# --metadata-ttl indefinite. The mount and the disk cache stay.
+ExecReload=/bin/kill -HUP $MAINPID
 # The mount first checks that the bucket can be listed; with the default retries
 # (--max-attempts 5, --request-timeout 30) an unreachable endpoint takes minutes to give up.
 TimeoutStartSec=300
@@ -344,12 +358,13 @@ EOF
 fi
 
 # --- 4. warm-up ---------------------------------------------------------------------------------
-# Writes into the same cache the mount reads; it must name the same bucket (and endpoint) as the
-# mount, and the mount must use the default block size, or the blocks are not found.
+# Writes into the same cache the mount reads, under the same size bound. It must name the same
+# bucket (and endpoint) and use the same --block-size as the mount (both default to 1MiB here), or
+# the mount does not find the blocks.
 if [ -n "${WARM_PREFIX}" ]; then
   log "warming ${WARM_PREFIX} into ${CACHE_DIR}"
   if ! /usr/local/bin/s3cachefs warm "${WARM_PREFIX}" --cache "${CACHE_DIR}" \
-    --concurrency "${WARM_CONCURRENCY}" --region "${BUCKET_REGION}"; then
+    --max-cache-size "${MAX_CACHE_SIZE}" --concurrency "${WARM_CONCURRENCY}" --region "${BUCKET_REGION}"; then
     warn "warm-up of ${WARM_PREFIX} failed for the objects named above; they are read from S3 on first use"
   fi
 fi
