@@ -218,7 +218,9 @@ impl Daemon {
             BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes, disk.clone())
                 .with_prefetch_concurrency(cfg.prefetch_concurrency),
         );
+        let passthrough = cfg.passthrough && disk.is_some();
         let settings = FsSettings {
+            passthrough,
             uid: cfg.uid,
             gid: cfg.gid,
             file_mode: cfg.file_mode,
@@ -229,7 +231,7 @@ impl Daemon {
             let d = d.clone();
             metrics.set_cache_size_source(move || d.usage());
         }
-        let adapter = FuseAdapter::new(fs, rt.handle().clone(), metrics.clone());
+        let adapter = FuseAdapter::new(fs, rt.handle().clone(), metrics.clone(), passthrough);
         let refresher = adapter.refresher();
         let opts = MountOptions {
             fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
@@ -316,6 +318,20 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
         Ok(d) => d,
         Err(e) => return Err((e, ready)),
     };
+    // Handlers are in place before anyone is told the mount is ready: a SIGTERM right after
+    // READY=1 must unmount, not kill.
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _rt = rt.enter();
+        (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        )
+    };
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
+        return Err((anyhow!("cannot install signal handlers"), ready));
+    };
     if let Some(ready) = ready {
         report(ready, "ok");
         detach_stdio();
@@ -325,15 +341,6 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
 
     let unmounter = mounted.unmounter();
     rt.spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            error!("cannot install signal handlers");
-            return;
-        };
         let name = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",

@@ -148,6 +148,11 @@ pub struct MountArgs {
     #[arg(long, value_name = "PERCENT", requires = "cache", help_heading = "Caching")]
     pub cache_min_free: Option<String>,
 
+    /// Do not hand fully cached files to the kernel (FUSE passthrough, Linux 6.9+, root);
+    /// every read then goes through the daemon.
+    #[arg(long, help_heading = "Caching")]
+    pub no_passthrough: bool,
+
     /// Let users other than the one who mounted access the mount.
     #[arg(long, help_heading = "Mount options")]
     pub allow_other: bool,
@@ -349,6 +354,7 @@ impl MountArgs {
             fuse_threads: self.fuse_threads.into(),
             cache,
             metrics_addr: self.metrics_addr,
+            passthrough: !self.no_passthrough,
             foreground: self.foreground,
             log: LogConfig {
                 filter: self.log_level.clone(),

@@ -175,6 +175,8 @@ pub struct MountConfig {
     pub fuse_threads: usize,
     /// The disk cache, when `--cache` is given.
     pub cache: Option<CacheSettings>,
+    /// Hand fully cached objects to the kernel as backing files (FUSE passthrough).
+    pub passthrough: bool,
     /// Where to serve /metrics and /healthz.
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub foreground: bool,

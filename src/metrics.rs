@@ -54,6 +54,7 @@ pub struct Metrics {
     pub s3_duration: HistogramFamily,
     pub s3_bytes: Counter,
     pub read_bytes: Counter,
+    pub passthrough_opens: Counter,
     pub fuse_ops: Family<OpLabels, Counter>,
     pub fuse_errors: Family<ErrorLabels, Counter>,
     pub cache: CacheMetrics,
@@ -85,6 +86,7 @@ impl Metrics {
         let s3_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let s3_bytes = Counter::default();
         let read_bytes = Counter::default();
+        let passthrough_opens = Counter::default();
         let fuse_ops = Family::<OpLabels, Counter>::default();
         let fuse_errors = Family::<ErrorLabels, Counter>::default();
         let cache = CacheMetrics::default();
@@ -100,6 +102,11 @@ impl Metrics {
             s3_duration.clone(),
         );
         registry.register("s3_bytes", "Object bytes received from S3", s3_bytes.clone());
+        registry.register(
+            "passthrough_opens",
+            "Opens served by handing the kernel the cached file (its reads bypass the daemon)",
+            passthrough_opens.clone(),
+        );
         registry.register(
             "read_bytes",
             "Bytes returned to readers through the mount",
@@ -167,6 +174,7 @@ impl Metrics {
             s3_duration,
             s3_bytes,
             read_bytes,
+            passthrough_opens,
             fuse_ops,
             fuse_errors,
             cache,

@@ -60,6 +60,7 @@ fn cache_arg(dir: &Path) -> String {
     dir.to_str().unwrap().to_string()
 }
 
+/// Block files stay block files here: without passthrough nothing is assembled.
 #[test]
 fn remount_with_the_same_cache_makes_no_gets() {
     let s = server();
@@ -67,14 +68,14 @@ fn remount_with_the_same_cache_makes_no_gets() {
     let cache = tempfile::tempdir().unwrap();
     let c = cache_arg(cache.path());
     {
-        let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+        let m = Mount::new(&s, BUCKET, &["--cache", &c, "--no-passthrough"]);
         read_all(&m, &objects);
     }
     let first = s.counts();
     let blocks: u64 = objects.iter().map(|(_, b)| b.len().div_ceil(MIB) as u64).sum();
     assert_eq!(first.get, blocks, "cold pass: one GET per block");
     s.reset_counts();
-    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    let m = Mount::new(&s, BUCKET, &["--cache", &c, "--no-passthrough"]);
     read_all(&m, &objects);
     assert_eq!(
         s.counts().get,
@@ -199,6 +200,8 @@ fn size_bound_holds_under_a_workload_three_times_larger() {
     assert!(!m.log().contains("discarding"), "nothing was corrupt");
 }
 
+/// Corrupts block files (kept as such: without passthrough nothing is assembled; assembled
+/// files are checked in tests/fast_reads.rs).
 #[test]
 fn corrupt_truncated_and_junk_files_are_detected_and_refetched() {
     let s = server();
@@ -206,7 +209,7 @@ fn corrupt_truncated_and_junk_files_are_detected_and_refetched() {
     let cache = tempfile::tempdir().unwrap();
     let c = cache_arg(cache.path());
     {
-        let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+        let m = Mount::new(&s, BUCKET, &["--cache", &c, "--no-passthrough"]);
         read_all(&m, &objects);
     }
     let files = block_files(cache.path());
@@ -225,7 +228,7 @@ fn corrupt_truncated_and_junk_files_are_detected_and_refetched() {
     fs::write(&files[2], b"this is not a block").unwrap();
     fs::write(files[2].parent().unwrap().join("junk"), b"junk").unwrap();
     s.reset_counts();
-    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    let m = Mount::new(&s, BUCKET, &["--cache", &c, "--no-passthrough"]);
     read_all(&m, &objects);
     assert_eq!(s.counts().get, 3, "exactly the three bad blocks were fetched again");
     let log = m.log();
@@ -233,7 +236,7 @@ fn corrupt_truncated_and_junk_files_are_detected_and_refetched() {
     // Replaced with good blocks: the next mount reads everything from disk.
     drop(m);
     s.reset_counts();
-    let m = Mount::new(&s, BUCKET, &["--cache", &c]);
+    let m = Mount::new(&s, BUCKET, &["--cache", &c, "--no-passthrough"]);
     read_all(&m, &objects);
     assert_eq!(s.counts().get, 0);
 }

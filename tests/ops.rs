@@ -149,7 +149,7 @@ fn metrics_and_health_follow_known_reads() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let c = cache.path().to_str().unwrap();
-    let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr]);
+    let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr, "--no-passthrough"]);
     assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
     assert_eq!(http_get(port, "/nope").0, 404);
     let (key, body) = &objects[3];
@@ -171,7 +171,7 @@ fn metrics_and_health_follow_known_reads() {
     assert!(metric(&text, "s3cachefs_fuse_operations_total{operation=\"read\"}") >= 1.0);
     drop(m);
     // A second mount on the warm cache: hits, no S3 bytes.
-    let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr]);
+    let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr, "--no-passthrough"]);
     assert!(fs::read(m.join(key)).unwrap() == *body);
     let (_, text) = http_get(port, "/metrics");
     assert_eq!(metric(&text, "s3cachefs_cache_hits_total"), nblocks);

@@ -19,6 +19,7 @@
 //!   bytes come from S3.
 
 mod format;
+mod full;
 mod shared;
 
 use std::fs;
@@ -81,11 +82,15 @@ pub struct DiskCache {
     stats: CacheMetrics,
     tmp_seq: AtomicU64,
     last_warn: Mutex<Option<Instant>>,
+    /// Full files (by device and inode) whose every block this process has verified.
+    verified_full: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 /// Where one block lives and what it must say about itself.
 struct Location {
     path: PathBuf,
+    /// The object hash (see `object_hash`).
+    object: String,
     stripe: u64,
     key: Arc<str>,
     etag: Arc<str>,
@@ -132,7 +137,7 @@ impl DiskCache {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
         }
         let root = dir.join(format!("v{FORMAT_VERSION}"));
-        for d in [root.clone(), root.join("blocks"), root.join("tmp")] {
+        for d in [root.clone(), root.join("blocks"), root.join("full"), root.join("tmp")] {
             match fs::DirBuilder::new().mode(0o700).create(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -150,6 +155,7 @@ impl DiskCache {
                 dir.clone(),
                 root.clone(),
                 root.join("blocks"),
+                root.join("full"),
                 root.join("tmp"),
                 root.join("usage"),
             ]
@@ -169,6 +175,7 @@ impl DiskCache {
             stats: metrics.cache.clone(),
             tmp_seq: AtomicU64::new(0),
             last_warn: Mutex::new(None),
+            verified_full: Mutex::new(Default::default()),
         }))
     }
 
@@ -205,7 +212,8 @@ impl DiskCache {
         self.cfg.block_size
     }
 
-    fn locate(&self, obj: &ObjectMeta, index: u64, range: ByteRange) -> Location {
+    /// The object's identity in the cache: 32 hex digits, and the same as a number.
+    fn object_hash(&self, obj: &ObjectMeta) -> (String, u64) {
         let mut h = Sha256::new();
         for part in [self.cfg.store_id.as_bytes(), obj.key.as_bytes(), obj.etag.as_bytes()] {
             h.update((part.len() as u64).to_le_bytes());
@@ -214,7 +222,12 @@ impl DiskCache {
         h.update(self.cfg.block_size.to_le_bytes());
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        let mix = u64::from_le_bytes(digest[..8].try_into().unwrap()) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (hex, u64::from_le_bytes(digest[..8].try_into().unwrap()))
+    }
+
+    fn locate(&self, obj: &ObjectMeta, index: u64, range: ByteRange) -> Location {
+        let (hex, num) = self.object_hash(obj);
+        let mix = num ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let shard = (mix >> 7) % SHARDS;
         Location {
             path: self
@@ -222,6 +235,7 @@ impl DiskCache {
                 .join("blocks")
                 .join(format!("{shard:03x}"))
                 .join(format!("{hex}.{index}")),
+            object: hex,
             stripe: mix,
             key: obj.key.clone(),
             etag: obj.etag.clone(),
@@ -297,8 +311,17 @@ impl DiskCache {
         tokio::task::spawn_blocking(move || f(&cache, &loc)).await.ok()
     }
 
-    /// Reads and verifies one block; `None` when absent or invalid (an invalid file is removed).
+    /// Reads and verifies one block for a reader (counted as a hit); `None` when absent or
+    /// invalid (an invalid file is removed).
     fn read_block(&self, loc: &Location) -> Option<Bytes> {
+        let data = self.load_block(loc)?;
+        self.stats.hits.inc();
+        self.stats.hit_bytes.inc_by(data.len() as u64);
+        Some(data)
+    }
+
+    /// Reads and verifies one block, without counting it as a hit.
+    fn load_block(&self, loc: &Location) -> Option<Bytes> {
         let id = self.block_id(loc);
         let expected = format::file_len(&id, loc.len);
         let mut file = match fs::OpenOptions::new()
@@ -307,7 +330,8 @@ impl DiskCache {
             .open(&loc.path)
         {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            // Blocks of an assembled object live in its full file.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read_from_full(loc),
             Err(e) => {
                 // ELOOP (a symlink planted in the cache), EACCES, ...: never trusted.
                 self.reject(&loc.path, None, &format!("cannot open: {e}"));
@@ -329,8 +353,6 @@ impl DiskCache {
                 // The file's mtime is its last access, for LRU eviction.
                 // SAFETY: valid descriptor; a null times pointer means "now".
                 unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
-                self.stats.hits.inc();
-                self.stats.hit_bytes.inc_by(data.len() as u64);
                 Some(data)
             }
             Err(e) => {
@@ -469,11 +491,13 @@ impl DiskCache {
     /// at most `target` bytes remain, and corrects the shared counter. Returns (bytes, files).
     fn scan_and_evict(&self, target: u64) -> (u64, u64) {
         let mut total = 0u64;
-        let mut blocks: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+        // Eviction candidates: (last access, bytes, file, companion file removed with it).
+        let mut blocks: Vec<(SystemTime, u64, PathBuf, Option<PathBuf>)> = Vec::new();
         for p in [
             &self.cfg.dir,
             &self.root,
             &self.root.join("blocks"),
+            &self.root.join("full"),
             &self.root.join("tmp"),
         ] {
             total += fs::symlink_metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
@@ -517,18 +541,23 @@ impl DiskCache {
                     }
                     let size = m.blocks() * 512;
                     total += size;
-                    blocks.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), size, f.path()));
+                    blocks.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), size, f.path(), None));
                 }
             }
         }
+        total += self.scan_full(&mut blocks, &mut shard_dirs, now);
         let files = blocks.len() as u64;
         if total > target {
             blocks.sort_unstable_by_key(|b| b.0);
-            for (_, size, path) in blocks {
+            for (_, size, path, companion) in blocks {
                 if total <= target {
                     break;
                 }
                 if fs::remove_file(&path).is_ok() {
+                    // An assembled object goes with its index.
+                    if let Some(c) = companion {
+                        let _ = fs::remove_file(c);
+                    }
                     total -= size;
                     self.stats.evictions.inc();
                     self.stats.evicted_bytes.inc_by(size);

@@ -63,6 +63,8 @@ pub enum Looked {
 /// Ownership and modes shown for every file and directory.
 #[derive(Clone, Debug)]
 pub struct FsSettings {
+    /// Offer assembled objects of the disk cache as backing files (FUSE passthrough).
+    pub passthrough: bool,
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u16,
@@ -70,7 +72,7 @@ pub struct FsSettings {
 }
 
 /// The result of `open`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Opened {
     pub fh: u64,
     /// The kernel may keep its page cache of this file: the ETag is the one of the last open.
@@ -78,6 +80,9 @@ pub struct Opened {
     /// The object changed since the previous open: attributes the kernel cached (the size)
     /// belong to the old version and must be dropped.
     pub changed: bool,
+    /// The whole object as a verified local file, when the disk cache has it assembled and
+    /// passthrough is wanted: the kernel may read it directly.
+    pub backing: Option<std::fs::File>,
 }
 
 /// One entry of a directory stream.
@@ -224,6 +229,11 @@ impl Fs {
             meta = self.ns.store().head(&meta.key).await?;
         }
         let (keep_cache, changed) = node.swap_open_etag(meta.etag.clone());
+        let backing = if self.settings.passthrough {
+            self.reader.full_file(&meta).await
+        } else {
+            None
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(
             fh,
@@ -236,6 +246,7 @@ impl Fs {
             fh,
             keep_cache,
             changed,
+            backing,
         })
     }
 
@@ -258,7 +269,13 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap().remove(&fh);
+        if let Some(handle) = self.files.lock().unwrap().remove(&fh) {
+            // A file read to the end may now be complete in the disk cache: assemble it, so
+            // that the next open can hand it to the kernel.
+            if self.settings.passthrough {
+                self.reader.assemble_in_background(handle.reader.meta());
+            }
+        }
     }
 
     /// Opens a directory stream: a snapshot of the listing, so offsets stay consistent.

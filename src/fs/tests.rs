@@ -13,6 +13,7 @@ fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
         reader,
         prefix,
         FsSettings {
+            passthrough: false,
             uid: 7,
             gid: 8,
             file_mode: 0o640,

@@ -2,16 +2,18 @@
 //! (`fs::Fs`) on the tokio runtime and answered when it completes, so a slow S3 request never
 //! blocks the session threads or other files. Errors become errnos through `FsError::errno`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, Notifier, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::fs::{Attr, FileKind, Fs, FsError, Looked};
 use crate::metrics::Metrics;
@@ -27,6 +29,10 @@ pub struct FuseAdapter {
     fs: Arc<Fs>,
     rt: tokio::runtime::Handle,
     metrics: Arc<Metrics>,
+    /// FUSE passthrough: wanted by the configuration, then confirmed by the kernel at init and
+    /// switched off for good if registering a backing file fails (no CAP_SYS_ADMIN).
+    passthrough: Arc<AtomicBool>,
+    opens: Arc<Mutex<Opens>>,
     /// Kernel notifications (cache invalidation); set once the session exists.
     notifier: Arc<OnceLock<Notifier>>,
     /// Largest read the kernel may send, and its read-ahead, in bytes.
@@ -34,13 +40,15 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, metrics: Arc<Metrics>) -> FuseAdapter {
+    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, metrics: Arc<Metrics>, passthrough: bool) -> FuseAdapter {
         // Reads as large as a block let one request cover one cached block.
         let max_read = fs.block_size().min(1 << 20) as u32;
         FuseAdapter {
             fs,
             rt,
             metrics,
+            passthrough: Arc::new(AtomicBool::new(passthrough)),
+            opens: Arc::default(),
             notifier: Arc::new(OnceLock::new()),
             max_read,
         }
@@ -57,6 +65,8 @@ impl FuseAdapter {
         Ctx {
             metrics: self.metrics.clone(),
             notifier: self.notifier.clone(),
+            passthrough: self.passthrough.clone(),
+            opens: self.opens.clone(),
         }
     }
 
@@ -104,9 +114,80 @@ impl Refresher {
 struct Ctx {
     metrics: Arc<Metrics>,
     notifier: Arc<OnceLock<Notifier>>,
+    passthrough: Arc<AtomicBool>,
+    opens: Arc<Mutex<Opens>>,
+}
+
+/// Open handles per inode. The kernel gives an inode one I/O mode at a time: all its open
+/// handles go through the page cache and the daemon, or all pass through to the same backing
+/// file. So a backing file is shared by every handle of its inode and only offered when no
+/// handle of that inode is open the other way.
+#[derive(Default)]
+struct Opens {
+    by_ino: HashMap<u64, InodeOpens>,
+    /// fh → (inode, passes through)
+    handles: HashMap<u64, (u64, bool)>,
+}
+
+#[derive(Default)]
+struct InodeOpens {
+    cached: usize,
+    passthrough: usize,
+    backing: Option<Arc<BackingId>>,
+}
+
+impl Opens {
+    fn release(&mut self, fh: u64) {
+        let Some((ino, through)) = self.handles.remove(&fh) else {
+            return;
+        };
+        let e = self.by_ino.entry(ino).or_default();
+        if through {
+            e.passthrough -= 1;
+            if e.passthrough == 0 {
+                e.backing = None; // closes the backing id in the kernel
+            }
+        } else {
+            e.cached -= 1;
+        }
+        if e.cached == 0 && e.passthrough == 0 {
+            self.by_ino.remove(&ino);
+        }
+    }
 }
 
 impl Ctx {
+    /// The backing file to open `ino` with, if it may pass through (see `Opens`).
+    fn backing_for(
+        &self,
+        opens: &mut Opens,
+        ino: u64,
+        file: Option<std::fs::File>,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        let entry = opens.by_ino.entry(ino).or_default();
+        if let Some(id) = &entry.backing {
+            return Some(id.clone());
+        }
+        let file = file?;
+        if entry.cached > 0 || !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                entry.backing = Some(id.clone());
+                Some(id)
+            }
+            Err(e) => {
+                // EPERM without CAP_SYS_ADMIN, for example: stop trying.
+                self.passthrough.store(false, Ordering::Relaxed);
+                warn!("FUSE passthrough unavailable ({e}); cached files are read through the daemon");
+                None
+            }
+        }
+    }
+
     fn errno(&self, op: &'static str, e: &FsError) -> Errno {
         let code = e.errno();
         self.metrics.fuse_error(op, code);
@@ -197,6 +278,15 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_PARALLEL_DIROPS);
         // Up to this many background requests (read-ahead, async reads) in flight at once.
         let _ = config.set_max_background(64);
+        if self.passthrough.load(Ordering::Relaxed) {
+            // Backing files live on a plain local filesystem: one level of stacking.
+            let ok = config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !ok {
+                info!("the kernel does not offer FUSE passthrough; cached files are read through the daemon");
+            }
+            self.passthrough.store(ok, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -243,7 +333,24 @@ impl Filesystem for FuseAdapter {
                     } else {
                         FopenFlags::empty()
                     };
-                    reply.opened(FileHandle(o.fh), flags)
+                    let mut opens = this.opens.lock().unwrap();
+                    let backing = this.backing_for(&mut opens, ino.0, o.backing, &reply);
+                    let entry = opens.by_ino.entry(ino.0).or_default();
+                    match backing {
+                        Some(id) => {
+                            entry.passthrough += 1;
+                            opens.handles.insert(o.fh, (ino.0, true));
+                            this.metrics.passthrough_opens.inc();
+                            // The kernel refuses page-cache flags (keep_cache) on passthrough
+                            // opens: the backing file has its own page cache.
+                            reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
+                        }
+                        None => {
+                            entry.cached += 1;
+                            opens.handles.insert(o.fh, (ino.0, false));
+                            reply.opened(FileHandle(o.fh), flags)
+                        }
+                    }
                 }
                 Err(e) => reply.error(this.errno("open", &e)),
             }
@@ -293,7 +400,9 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _rt = self.rt.enter(); // release may start background work
         self.fs.release(fh.0);
+        self.opens.lock().unwrap().release(fh.0);
         reply.ok();
     }
 

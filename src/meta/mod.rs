@@ -1,25 +1,44 @@
-//! The namespace: what names exist under a directory prefix, from S3 listings, cached in memory.
+//! The namespace: what names exist under a directory prefix, from S3 listings, cached in memory
+//! and, with `--cache`, persisted on disk (`persist`) so that a restarted daemon, or another
+//! daemon sharing the cache directory, answers without S3.
 //!
 //! Directories come from `/` delimiters: a name is a directory when some key starts with
 //! `dir/name/` (an implicit directory or a `name/` marker object); it is a file when the key
 //! `dir/name` exists and no such key does (a directory shadows a file of the same name).
 //!
 //! Two caches, both expiring after the metadata TTL (negative answers after the negative TTL;
-//! `indefinite` never expires):
+//! `indefinite` never expires), counted from when the answer was fetched from S3:
 //! - whole directory listings, filled by `readdir` and authoritative for every name in that
 //!   directory while fresh (positive and negative answers come from it without S3);
 //! - single lookups, each resolved with a HeadObject and a one-key ListObjectsV2 issued together.
 //!
 //! Concurrent misses for the same key are coalesced (moka's `try_get_with`), so a burst of
 //! lookups of one cold name costs one HEAD and one LIST.
+//!
+//! With persistence, a miss in memory reads the persisted record (the directory's listing,
+//! then the key's lookup answer) before asking S3, and every answer fetched from S3 is written
+//! back with its wall-clock fetch time. A persisted answer is used only while it is fresh by
+//! that time under this daemon's TTLs, and it enters memory with its age (an `Instant` in the
+//! past), so neither the daemon nor the kernel trusts it longer than the TTL from the fetch.
+//! Invariants: the persisted generation is read *before* the S3 request whose answer is
+//! written under it, so an answer fetched before an `invalidate_all` can never be written into
+//! the generation that follows it; nothing persisted is read before a miss, so mounting costs
+//! nothing however much is persisted.
+
+mod format;
+pub mod persist;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use moka::Expiry;
 use moka::future::Cache;
 use tracing::{info, warn};
+
+pub use persist::MetaStore;
 
 use crate::config::Ttl;
 use crate::object::ObjectMeta;
@@ -42,10 +61,13 @@ pub struct Resolved {
     pub fetched: Instant,
 }
 
+/// The names of a directory and what they are, sorted by name.
+pub type Entries = Vec<(Arc<str>, Entry)>;
+
 /// A full directory listing, sorted by name.
 #[derive(Debug)]
 pub struct DirListing {
-    pub entries: Vec<(Arc<str>, Entry)>,
+    pub entries: Entries,
     pub fetched: Instant,
 }
 
@@ -81,19 +103,83 @@ const MAX_LOGGED_HIDDEN: usize = 10_000;
 const MAX_LOOKUP_ENTRIES: u64 = 1_000_000;
 const MAX_LISTED_ENTRIES: u64 = 1_000_000;
 
+/// What is left of `ttl` for an answer fetched at `fetched`.
+fn remaining(ttl: Option<Duration>, fetched: Instant) -> Option<Duration> {
+    ttl.map(|t| t.saturating_sub(fetched.elapsed()))
+}
+
 struct LookupExpiry {
     positive: Option<Duration>,
     negative: Option<Duration>,
 }
 
-impl Expiry<Arc<str>, Resolved> for LookupExpiry {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Resolved, _now: Instant) -> Option<Duration> {
-        if value.entry.is_some() {
+impl LookupExpiry {
+    fn left(&self, value: &Resolved) -> Option<Duration> {
+        let ttl = if value.entry.is_some() {
             self.positive
         } else {
             self.negative
+        };
+        remaining(ttl, value.fetched)
+    }
+}
+
+impl Expiry<Arc<str>, Resolved> for LookupExpiry {
+    fn expire_after_create(&self, _key: &Arc<str>, value: &Resolved, _now: Instant) -> Option<Duration> {
+        self.left(value)
+    }
+    fn expire_after_update(&self, _: &Arc<str>, value: &Resolved, _: Instant, _: Option<Duration>) -> Option<Duration> {
+        self.left(value)
+    }
+}
+
+struct ListingExpiry(Option<Duration>);
+
+impl Expiry<Arc<str>, Arc<DirListing>> for ListingExpiry {
+    fn expire_after_create(&self, _key: &Arc<str>, value: &Arc<DirListing>, _now: Instant) -> Option<Duration> {
+        remaining(self.0, value.fetched)
+    }
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        value: &Arc<DirListing>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        remaining(self.0, value.fetched)
+    }
+}
+
+/// When an answer was fetched from S3, on both clocks: the `Instant` for TTLs in this process,
+/// the wall-clock time for persisted records (an `Instant` means nothing after a restart).
+#[derive(Clone, Copy)]
+struct Stamp {
+    instant: Instant,
+    wall: SystemTime,
+}
+
+impl Stamp {
+    fn now() -> Stamp {
+        Stamp {
+            instant: Instant::now(),
+            wall: SystemTime::now(),
         }
     }
+}
+
+/// The `Instant` at which an answer fetched at wall-clock time `at` was fetched, if it is still
+/// fresh under `ttl` (`None`: indefinite). A time in the future (the clock was set back) has no
+/// known age: only an indefinite TTL trusts it.
+fn restore(at: SystemTime, ttl: Option<Duration>) -> Option<Instant> {
+    let age = match SystemTime::now().duration_since(at) {
+        Ok(age) => age,
+        Err(_) if ttl.is_none() => Duration::ZERO,
+        Err(_) => return None,
+    };
+    if ttl.is_some_and(|t| age >= t) {
+        return None;
+    }
+    Instant::now().checked_sub(age)
 }
 
 pub struct Namespace {
@@ -103,9 +189,13 @@ pub struct Namespace {
     lookups: Cache<Arc<str>, Resolved>,
     dirs: Cache<Arc<str>, Arc<DirListing>>,
     hidden_logged: Mutex<HashSet<String>>,
+    persist: Option<Arc<MetaStore>>,
+    /// Set when persisted records could not be invalidated: never read them again.
+    persist_off: AtomicBool,
 }
 
 impl Namespace {
+    /// A namespace cached in memory only.
     pub fn new(store: Arc<dyn ObjectStore>, ttl: Ttl, negative_ttl: Ttl) -> Namespace {
         let lookups = Cache::builder()
             .max_capacity(MAX_LOOKUP_ENTRIES)
@@ -114,19 +204,44 @@ impl Namespace {
                 negative: negative_ttl.duration(),
             })
             .build();
-        let mut dirs = Cache::builder()
+        let dirs = Cache::builder()
             .max_capacity(MAX_LISTED_ENTRIES)
-            .weigher(|_: &Arc<str>, l: &Arc<DirListing>| l.entries.len().clamp(1, u32::MAX as usize) as u32);
-        if let Some(d) = ttl.duration() {
-            dirs = dirs.time_to_live(d);
-        }
+            .weigher(|_: &Arc<str>, l: &Arc<DirListing>| l.entries.len().clamp(1, u32::MAX as usize) as u32)
+            .expire_after(ListingExpiry(ttl.duration()))
+            .build();
         Namespace {
             store,
             ttl: ttl.duration(),
             negative_ttl: negative_ttl.duration(),
             lookups,
-            dirs: dirs.build(),
+            dirs,
             hidden_logged: Mutex::new(HashSet::new()),
+            persist: None,
+            persist_off: AtomicBool::new(false),
+        }
+    }
+
+    /// Also persists what is learned in `persist`, and answers misses from it.
+    pub fn with_persistence(mut self, persist: Arc<MetaStore>) -> Namespace {
+        self.persist = Some(persist);
+        self
+    }
+
+    /// Persists metadata under the cache directory `cache_dir` for the store `store_id`
+    /// (endpoint and bucket), and starts the background cleanup of old records. If the
+    /// directory cannot be used, logs why and keeps metadata in memory only.
+    pub fn persisted(self, cache_dir: &Path, store_id: &str) -> Namespace {
+        match MetaStore::open(cache_dir, store_id) {
+            Ok(p) => {
+                let p = Arc::new(p);
+                info!(dir = %p.root().display(), "persisting metadata");
+                p.start_background();
+                self.with_persistence(p)
+            }
+            Err(e) => {
+                warn!(dir = %cache_dir.display(), "cannot persist metadata ({e}); keeping it in memory only");
+                self
+            }
         }
     }
 
@@ -139,6 +254,48 @@ impl Namespace {
         &self.store
     }
 
+    /// Runs `f` on the persisted store, off the async workers; `None` without persistence.
+    async fn on_disk<T: Send + 'static>(&self, f: impl FnOnce(&MetaStore) -> Option<T> + Send + 'static) -> Option<T> {
+        let p = self.persist.clone()?;
+        if self.persist_off.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::task::spawn_blocking(move || f(&p)).await.ok().flatten()
+    }
+
+    /// The current generation and the persisted listing of `dir` if it is fresh.
+    async fn disk_listing(&self, dir: &str) -> (Option<u64>, Option<Arc<DirListing>>) {
+        let d = dir.to_string();
+        let Some((generation, found)) = self
+            .on_disk(move |p| {
+                let g = p.current_generation()?;
+                Some((g, p.load_listing(g, &d)))
+            })
+            .await
+        else {
+            return (None, None);
+        };
+        let listing = found
+            .and_then(|(at, entries)| restore(at, self.ttl).map(|fetched| Arc::new(DirListing { entries, fetched })));
+        (Some(generation), listing)
+    }
+
+    /// Answers `name` from a listing of its directory, if the listing can tell.
+    fn answer_from(&self, listing: &DirListing, name: &str) -> Option<Resolved> {
+        match listing.get(name) {
+            Some(e) => Some(Resolved {
+                entry: Some(e.clone()),
+                fetched: listing.fetched,
+            }),
+            // A listing proves a name absent only for as long as the negative TTL.
+            None if self.negative_ttl.is_none_or(|t| listing.fetched.elapsed() < t) => Some(Resolved {
+                entry: None,
+                fetched: listing.fetched,
+            }),
+            None => None,
+        }
+    }
+
     /// Looks `name` up in the directory whose key prefix is `dir` (empty or ending in `/`).
     pub async fn lookup(&self, dir: &str, name: &str) -> Result<Resolved, StoreError> {
         if invalid_name(name).is_some() {
@@ -147,31 +304,60 @@ impl Namespace {
                 fetched: Instant::now(),
             });
         }
-        if let Some(listing) = self.dirs.get(dir).await {
-            match listing.get(name) {
-                Some(e) => {
-                    return Ok(Resolved {
-                        entry: Some(e.clone()),
-                        fetched: listing.fetched,
-                    });
-                }
-                // A listing proves a name absent only for as long as the negative TTL.
-                None if self.negative_ttl.is_none_or(|t| listing.fetched.elapsed() < t) => {
-                    return Ok(Resolved {
-                        entry: None,
-                        fetched: listing.fetched,
-                    });
-                }
-                None => {}
-            }
+        if let Some(listing) = self.dirs.get(dir).await
+            && let Some(r) = self.answer_from(&listing, name)
+        {
+            return Ok(r);
         }
         let key: Arc<str> = format!("{dir}{name}").into();
         self.lookups
             .try_get_with(key.clone(), async {
-                let entry = self.fetch_lookup(key).await?;
+                let generation = if self.persist.is_some() {
+                    // The directory's persisted listing first (one load per directory, however
+                    // many names are looked up in it at once), then this key's own record.
+                    let listing = self
+                        .dirs
+                        .optionally_get_with(dir.into(), async { self.disk_listing(dir).await.1 })
+                        .await;
+                    if let Some(r) = listing.and_then(|l| self.answer_from(&l, name)) {
+                        return Ok(r);
+                    }
+                    let k = key.clone();
+                    let found = self
+                        .on_disk(move |p| {
+                            let g = p.current_generation()?;
+                            Some((g, p.load_lookup(g, &k)))
+                        })
+                        .await;
+                    if let Some((_, Some((at, entry)))) = &found {
+                        let ttl = if entry.is_some() { self.ttl } else { self.negative_ttl };
+                        if let Some(fetched) = restore(*at, ttl) {
+                            return Ok(Resolved {
+                                entry: entry.clone(),
+                                fetched,
+                            });
+                        }
+                    }
+                    found.map(|(g, _)| g)
+                } else {
+                    None
+                };
+                let stamp = Stamp::now();
+                let entry = self.fetch_lookup(key.clone()).await?;
+                let ttl = if entry.is_some() { self.ttl } else { self.negative_ttl };
+                if let Some(g) = generation
+                    && ttl != Some(Duration::ZERO)
+                {
+                    let (k, e) = (key.clone(), entry.clone());
+                    self.on_disk(move |p| {
+                        p.save_lookup(g, &k, stamp.wall, &e);
+                        Some(())
+                    })
+                    .await;
+                }
                 Ok(Resolved {
                     entry,
-                    fetched: Instant::now(),
+                    fetched: stamp.instant,
                 })
             })
             .await
@@ -182,7 +368,7 @@ impl Namespace {
     /// same, so a change in S3 shows within one TTL of the fetch, not two.
     pub fn valid_for(&self, r: &Resolved) -> Option<Duration> {
         let ttl = if r.entry.is_some() { self.ttl } else { self.negative_ttl };
-        ttl.map(|t| t.saturating_sub(r.fetched.elapsed()))
+        remaining(ttl, r.fetched)
     }
 
     async fn fetch_lookup(&self, key: Arc<str>) -> Result<Lookup, StoreError> {
@@ -211,13 +397,30 @@ impl Namespace {
     /// The whole listing of directory `dir` (empty or ending in `/`), paginated as needed.
     pub async fn list_dir(&self, dir: &str) -> Result<Arc<DirListing>, StoreError> {
         self.dirs
-            .try_get_with(dir.into(), self.fetch_listing(dir))
+            .try_get_with(dir.into(), async {
+                let (generation, persisted) = self.disk_listing(dir).await;
+                if let Some(l) = persisted {
+                    return Ok(l);
+                }
+                let stamp = Stamp::now();
+                let listing = self.fetch_listing(dir, stamp.instant).await?;
+                if let Some(g) = generation
+                    && self.ttl != Some(Duration::ZERO)
+                {
+                    let (d, l) = (dir.to_string(), listing.clone());
+                    self.on_disk(move |p| {
+                        p.save_listing(g, &d, stamp.wall, &l.entries);
+                        Some(())
+                    })
+                    .await;
+                }
+                Ok(listing)
+            })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e: Arc<StoreError>| (*e).clone())
     }
 
-    async fn fetch_listing(&self, dir: &str) -> Result<Arc<DirListing>, StoreError> {
-        let fetched = Instant::now();
+    async fn fetch_listing(&self, dir: &str, fetched: Instant) -> Result<Arc<DirListing>, StoreError> {
         let mut entries: BTreeMap<Arc<str>, Entry> = BTreeMap::new();
         let mut continuation = None;
         loop {
@@ -262,14 +465,34 @@ impl Namespace {
         }))
     }
 
-    /// Forgets what is cached about `name` in `dir` (and the listing of `dir`).
+    /// Forgets what is cached about `name` in `dir` (and the listing of `dir`), in memory and
+    /// on disk (for every process sharing the cache directory).
     pub async fn invalidate(&self, dir: &str, name: &str) {
+        let key = format!("{dir}{name}");
+        // Disk first: a miss in memory in between must not reload the old answer.
+        let (d, k) = (dir.to_string(), key.clone());
+        self.on_disk(move |p| {
+            p.forget(&d, &k);
+            Some(())
+        })
+        .await;
         self.dirs.invalidate(dir).await;
-        self.lookups.invalidate(format!("{dir}{name}").as_str()).await;
+        self.lookups.invalidate(key.as_str()).await;
     }
 
-    /// Forgets everything cached.
+    /// Forgets everything cached, in memory and on disk: one write of a new persisted
+    /// generation invalidates every record, for every process sharing the cache directory.
     pub fn invalidate_all(&self) {
+        if let Some(p) = &self.persist
+            && !self.persist_off.load(Ordering::Relaxed)
+        {
+            if p.invalidate_all() {
+                p.start_background();
+            } else {
+                // The old records cannot be invalidated: never read them again.
+                self.persist_off.store(true, Ordering::Relaxed);
+            }
+        }
         self.dirs.invalidate_all();
         self.lookups.invalidate_all();
     }
@@ -448,5 +671,252 @@ mod tests {
             ns.lookup("d/", "a").await.unwrap().fetched,
             "served from cache"
         );
+    }
+
+    const STORE_ID: &str = "http://s3|b";
+
+    fn meta_store(dir: &tempfile::TempDir) -> Arc<MetaStore> {
+        Arc::new(MetaStore::open(dir.path(), STORE_ID).unwrap())
+    }
+
+    fn persisted(s: &Arc<MemoryStore>, dir: &tempfile::TempDir, ttl: Ttl, negative: Ttl) -> Namespace {
+        Namespace::new(s.clone(), ttl, negative).with_persistence(meta_store(dir))
+    }
+
+    fn meta(key: &str, size: u64) -> Entry {
+        Entry::File(ObjectMeta {
+            key: key.into(),
+            size,
+            etag: "\"old\"".into(),
+            last_modified: SystemTime::UNIX_EPOCH,
+        })
+    }
+
+    fn size(r: &Resolved) -> Option<u64> {
+        match &r.entry {
+            Some(Entry::File(m)) => Some(m.size),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_namespace_answers_from_disk_without_requests() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/a", "1");
+        s.put("d/b/c", "22");
+        s.put("top", "333");
+        let cache = tempfile::tempdir().unwrap();
+        let queries = [
+            ("", "d"),
+            ("", "top"),
+            ("", "nope"),
+            ("d/b/", "c"),
+            ("d/", "a"),
+            ("d/", "zz"),
+        ];
+        let first = persisted(&s, &cache, Ttl::Indefinite, Ttl::Indefinite);
+        let listing = first.list_dir("d/").await.unwrap();
+        let mut answers = vec![];
+        for (dir, name) in queries {
+            answers.push(first.lookup(dir, name).await.unwrap().entry);
+        }
+        drop(first);
+        let before = s.requests();
+        let second = persisted(&s, &cache, Ttl::Indefinite, Ttl::Indefinite);
+        for ((dir, name), want) in queries.iter().zip(&answers) {
+            let r = second.lookup(dir, name).await.unwrap();
+            assert_eq!(&r.entry, want, "{dir}{name}");
+            assert_eq!(second.valid_for(&r), None);
+        }
+        assert_eq!(second.list_dir("d/").await.unwrap().entries, listing.entries);
+        assert_eq!(s.requests(), before, "everything came from disk");
+    }
+
+    #[tokio::test]
+    async fn persisted_answers_expire_by_their_fetch_time_and_are_rewritten() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/a", "1");
+        s.put("x", "1");
+        let cache = tempfile::tempdir().unwrap();
+        let m = meta_store(&cache);
+        let g = m.generation().unwrap();
+        let thirty_ago = SystemTime::now() - Duration::from_secs(30);
+        m.save_listing(g, "d/", thirty_ago, &[("a".into(), meta("d/a", 99))]);
+        m.save_lookup(g, "x", thirty_ago, &None);
+
+        // Fresh under a 60 s TTL: used as they are, with 30 s left for the kernel.
+        let ttl = Ttl::Finite(Duration::from_secs(60));
+        let ns = persisted(&s, &cache, ttl, ttl);
+        let r = ns.lookup("d/", "a").await.unwrap();
+        assert_eq!(size(&r), Some(99));
+        let left = ns.valid_for(&r).unwrap();
+        assert!(
+            left <= Duration::from_secs(30) && left > Duration::from_secs(28),
+            "{left:?}"
+        );
+        let r = ns.lookup("", "x").await.unwrap();
+        assert_eq!(r.entry, None);
+        assert!(ns.valid_for(&r).unwrap() <= Duration::from_secs(30));
+        assert_eq!(s.requests(), 0);
+
+        // Stale under a 10 s TTL: fetched again and rewritten with the new fetch time.
+        let ttl = Ttl::Finite(Duration::from_secs(10));
+        let ns = persisted(&s, &cache, ttl, ttl);
+        assert_eq!(size(&ns.lookup("d/", "a").await.unwrap()), Some(1));
+        assert_eq!(size(&ns.lookup("", "x").await.unwrap()), Some(1));
+        assert_eq!(ns.list_dir("d/").await.unwrap().entries.len(), 1);
+        assert!(s.requests() > 0);
+        let (at, entries) = m.load_listing(g, "d/").unwrap();
+        assert!(at > thirty_ago + Duration::from_secs(25));
+        assert_eq!(entries[0].1, ns.list_dir("d/").await.unwrap().entries[0].1);
+        let (at, entry) = m.load_lookup(g, "x").unwrap();
+        assert!(at > thirty_ago + Duration::from_secs(25) && entry.is_some());
+    }
+
+    #[tokio::test]
+    async fn persisted_negatives_follow_the_negative_ttl() {
+        let s = Arc::new(MemoryStore::new());
+        let cache = tempfile::tempdir().unwrap();
+        let m = meta_store(&cache);
+        let g = m.generation().unwrap();
+        let five_ago = SystemTime::now() - Duration::from_secs(5);
+        m.save_lookup(g, "gone", five_ago, &None);
+        m.save_listing(g, "d/", five_ago, &[]);
+        s.put("gone", "back");
+        s.put("d/new", "n");
+        let ns = persisted(&s, &cache, Ttl::Indefinite, Ttl::Finite(Duration::from_secs(10)));
+        assert_eq!(ns.lookup("", "gone").await.unwrap().entry, None);
+        assert_eq!(
+            ns.lookup("d/", "new").await.unwrap().entry,
+            None,
+            "the listing proves it absent"
+        );
+        assert_eq!(s.requests(), 0);
+        let ns = persisted(&s, &cache, Ttl::Indefinite, Ttl::Finite(Duration::from_secs(3)));
+        assert_eq!(size(&ns.lookup("", "gone").await.unwrap()), Some(4));
+        assert_eq!(size(&ns.lookup("d/", "new").await.unwrap()), Some(1));
+        // The listing itself is still fresh under the indefinite TTL.
+        let before = s.requests();
+        assert!(ns.list_dir("d/").await.unwrap().entries.is_empty());
+        assert_eq!(s.requests(), before);
+    }
+
+    #[tokio::test]
+    async fn fetch_times_in_the_future_are_trusted_only_indefinitely() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("k", "now");
+        let cache = tempfile::tempdir().unwrap();
+        let m = meta_store(&cache);
+        let g = m.generation().unwrap();
+        m.save_lookup(
+            g,
+            "k",
+            SystemTime::now() + Duration::from_secs(3600),
+            &Some(meta("k", 7)),
+        );
+        let ttl = Ttl::Finite(Duration::from_secs(7200));
+        assert_eq!(
+            size(&persisted(&s, &cache, ttl, ttl).lookup("", "k").await.unwrap()),
+            Some(3)
+        );
+        m.save_lookup(
+            g,
+            "k",
+            SystemTime::now() + Duration::from_secs(3600),
+            &Some(meta("k", 7)),
+        );
+        let ns = persisted(&s, &cache, Ttl::Indefinite, Ttl::Indefinite);
+        assert_eq!(size(&ns.lookup("", "k").await.unwrap()), Some(7));
+    }
+
+    #[tokio::test]
+    async fn invalidation_reaches_the_disk_and_every_namespace_sharing_it() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/a", "1");
+        s.put("top", "1");
+        let cache = tempfile::tempdir().unwrap();
+        let ind = Ttl::Indefinite;
+        let ns = persisted(&s, &cache, ind, ind);
+        ns.list_dir("d/").await.unwrap();
+        ns.lookup("", "top").await.unwrap();
+        s.put("d/new", "2");
+        s.put("top", "22");
+        ns.invalidate("", "top").await;
+        let other = persisted(&s, &cache, ind, ind);
+        assert_eq!(size(&other.lookup("", "top").await.unwrap()), Some(2));
+        assert_eq!(other.list_dir("d/").await.unwrap().entries.len(), 1, "not invalidated");
+        ns.invalidate_all();
+        assert_eq!(size(&ns.lookup("", "top").await.unwrap()), Some(2));
+        let third = persisted(&s, &cache, ind, ind);
+        assert_eq!(third.list_dir("d/").await.unwrap().entries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn ttl_zero_persists_nothing() {
+        let s = Arc::new(MemoryStore::new());
+        s.put("d/a", "1");
+        let cache = tempfile::tempdir().unwrap();
+        let zero = Ttl::Finite(Duration::ZERO);
+        let ns = persisted(&s, &cache, zero, zero);
+        ns.list_dir("d/").await.unwrap();
+        ns.lookup("", "d").await.unwrap();
+        ns.lookup("", "missing").await.unwrap();
+        let m = meta_store(&cache);
+        let g = m.generation().unwrap();
+        assert_eq!(m.load_listing(g, "d/"), None);
+        assert_eq!(m.load_lookup(g, "d"), None);
+        assert_eq!(m.load_lookup(g, "missing"), None);
+    }
+
+    #[tokio::test]
+    async fn concurrent_cold_lookups_in_a_persisted_directory_make_no_requests() {
+        let s = Arc::new(MemoryStore::new());
+        for i in 0..50 {
+            s.put(&format!("d/f{i}"), "x");
+        }
+        let cache = tempfile::tempdir().unwrap();
+        persisted(&s, &cache, Ttl::Indefinite, Ttl::Indefinite)
+            .list_dir("d/")
+            .await
+            .unwrap();
+        let before = s.requests();
+        let ns = Arc::new(persisted(&s, &cache, Ttl::Indefinite, Ttl::Indefinite));
+        let tasks: Vec<_> = (0..60)
+            .map(|i| {
+                let ns = ns.clone();
+                tokio::spawn(async move { ns.lookup("d/", &format!("f{i}")).await.unwrap().entry.is_some() })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), i < 50);
+        }
+        assert_eq!(s.requests(), before);
+    }
+
+    #[tokio::test]
+    async fn an_answer_fetched_before_invalidate_all_is_not_persisted_after_it() {
+        let s = Arc::new(crate::store::fault::FaultStore::new(MemoryStore::new()));
+        s.inner().put("k", "old");
+        s.set_latency(Duration::from_millis(300));
+        let cache = tempfile::tempdir().unwrap();
+        let m = meta_store(&cache);
+        let ns = Arc::new(Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).with_persistence(m.clone()));
+        let slow = {
+            let ns = ns.clone();
+            tokio::spawn(async move { ns.lookup("", "k").await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ns.invalidate_all();
+        let g = m.generation().unwrap();
+        slow.await.unwrap();
+        assert_eq!(m.load_lookup(g, "k"), None, "written under the old generation only");
+        s.set_latency(Duration::ZERO);
+        s.inner().put("k", "new!");
+        let fresh = persisted_with(&s, &m);
+        assert!(matches!(fresh.lookup("", "k").await.unwrap().entry, Some(Entry::File(f)) if f.size == 4));
+    }
+
+    fn persisted_with(s: &Arc<crate::store::fault::FaultStore<MemoryStore>>, m: &Arc<MetaStore>) -> Namespace {
+        Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).with_persistence(m.clone())
     }
 }

@@ -8,6 +8,7 @@
 //! random access (Parquet footers, column chunks) fetches what it reads and little more.
 //! A first read near offset 0 counts as sequential: whole-file reads are the common case.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -31,6 +32,14 @@ pub struct ReadHandle {
     state: Mutex<State>,
 }
 
+impl Drop for ReadHandle {
+    fn drop(&mut self) {
+        if self.state.get_mut().unwrap().window > 0 {
+            self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl ReadHandle {
     pub(super) fn new(reader: Arc<BlockReader>, meta: ObjectMeta) -> ReadHandle {
         ReadHandle {
@@ -52,9 +61,19 @@ impl ReadHandle {
             let mut st = self.state.lock().unwrap();
             let sequential = offset.abs_diff(st.next) <= 2 * bs;
             if sequential {
-                st.window = (st.window * 2).clamp(1, self.reader.max_window.max(1));
+                if st.window == 0 {
+                    self.reader.sequential_handles.fetch_add(1, Ordering::Relaxed);
+                }
+                // Handles reading at once share the prefetch memory: the window of each is a
+                // share of the total, so prefetched blocks are not evicted before they are read.
+                let sharers = self.reader.sequential_handles.load(Ordering::Relaxed).max(1);
+                let cap = (self.reader.max_window / sharers).max(1);
+                st.window = (st.window * 2).clamp(1, cap);
                 st.next = st.next.max(end);
             } else {
+                if st.window > 0 {
+                    self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
+                }
                 st.window = 0;
                 st.prefetched_to = 0;
                 st.next = end;

@@ -54,8 +54,13 @@ pub struct BlockReader {
     disk: Option<Arc<DiskCache>>,
     /// Bounds prefetch GETs in flight (and so the memory they hold) across every handle.
     prefetch_slots: Arc<Semaphore>,
-    /// Largest read-ahead window, in blocks.
+    /// Bounds every block being fetched or read from disk at once (demand and prefetch), so
+    /// that blocks in flight plus the memory cache stay within the configured memory.
+    fetch_slots: Semaphore,
+    /// Largest read-ahead window of one handle, in blocks; shared out between the handles
+    /// reading sequentially at the same time (`sequential_handles`).
     max_window: u64,
+    sequential_handles: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Default prefetch GETs in flight: enough to hide ~20 ms of S3 latency per 1 MiB block at
@@ -75,8 +80,10 @@ impl BlockReader {
             disk.as_ref().is_none_or(|d| d.block_size() == block_size),
             "disk cache block size differs"
         );
+        // A quarter of the memory for blocks in flight (4 to 64 of them), the rest for the cache.
+        let in_flight = (memory_bytes / 4 / block_size).clamp(4, 64);
         let blocks = Cache::builder()
-            .max_capacity(memory_bytes)
+            .max_capacity(memory_bytes.saturating_sub(in_flight * block_size).max(block_size))
             .weigher(|_: &BlockKey, b: &Bytes| b.len().try_into().unwrap_or(u32::MAX))
             // Plain LRU: a prefetched block, seen once, must not be refused admission in
             // favour of older, more often read blocks (TinyLFU's default).
@@ -84,14 +91,16 @@ impl BlockReader {
             .build();
         // The window may fill at most a quarter of the memory cache, so that prefetched blocks
         // are still there when the reader arrives, and never more than 64 MiB per handle.
-        let max_window = (memory_bytes / 4).min(64 << 20) / block_size;
+        let max_window = (memory_bytes / 2).min(64 << 20) / block_size;
         BlockReader {
             store,
             block_size,
             blocks,
             disk,
             prefetch_slots: Arc::new(Semaphore::new(DEFAULT_PREFETCH_CONCURRENCY)),
+            fetch_slots: Semaphore::new(in_flight as usize),
             max_window,
+            sequential_handles: Arc::default(),
         }
     }
 
@@ -120,6 +129,18 @@ impl BlockReader {
                 tracing::debug!(key = %obj.key, index, "prefetch failed: {e}");
             }
         });
+    }
+
+    /// The object as one verified local file, if the disk cache has assembled it.
+    pub async fn full_file(&self, obj: &ObjectMeta) -> Option<std::fs::File> {
+        self.disk.as_ref()?.full_file(obj).await
+    }
+
+    /// Assembles the object in the disk cache, in the background, if all its blocks are there.
+    pub fn assemble_in_background(&self, obj: &ObjectMeta) {
+        if let Some(d) = &self.disk {
+            d.assemble_in_background(obj);
+        }
     }
 
     /// A block if it is in memory or on disk, without fetching it.
@@ -156,6 +177,7 @@ impl BlockReader {
             return Ok(self.assemble(obj, offset, end, first, &cached));
         }
         let range = crate::object::ByteRange::new(offset, end);
+        let _slot = self.fetch_slots.acquire().await.expect("semaphore is never closed");
         let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
         if bytes.len() as u64 != range.len() {
             return Err(ReadError::Store(StoreError::BadResponse(format!(
@@ -212,6 +234,7 @@ impl BlockReader {
         let range = block_range(index, self.block_size, obj.size);
         self.blocks
             .try_get_with(key, async {
+                let _slot = self.fetch_slots.acquire().await.expect("semaphore is never closed");
                 let fetch = async {
                     let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
                     if bytes.len() as u64 != range.len() {

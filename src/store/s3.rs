@@ -288,12 +288,22 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(classify)?;
-            let body = out
-                .body
-                .collect()
+            // Into one buffer of the expected size: no second copy, no over-allocation.
+            let mut body = bytes::BytesMut::with_capacity(range.len() as usize);
+            let mut stream = out.body;
+            while let Some(chunk) = stream
+                .try_next()
                 .await
                 .map_err(|e| StoreError::BadResponse(format!("body of {key} cut short: {e}")))?
-                .into_bytes();
+            {
+                if body.len() + chunk.len() > range.len() as usize {
+                    return Err(StoreError::BadResponse(format!(
+                        "body of {key} longer than the range asked"
+                    )));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let body = body.freeze();
             self.metrics.s3_bytes.inc_by(body.len() as u64);
             if body.len() as u64 != range.len() {
                 return Err(StoreError::BadResponse(format!(

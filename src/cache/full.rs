@@ -1,0 +1,410 @@
+//! Assembled objects: once every block of an object is in the cache, its bytes are copied into
+//! one plain file, `v1/full/<shard>/<object hash>`, which the kernel can read directly (FUSE
+//! passthrough) and which every process opening the object shares, page cache included. Its
+//! block files are then removed, so nothing is stored twice.
+//!
+//! Next to it, `<object hash>.idx` says what the file holds (store, key, ETag, size, block
+//! size) and the crc32c of every block, with its own checksum. The index is written before the
+//! data file appears (both by temp file and rename), so a data file without a valid index is
+//! never trusted. Reads through the daemon verify the crc of each block they take from the
+//! file; a file handed to the kernel is verified whole once per process.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tracing::{debug, info};
+
+use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size, is_shard_name};
+use crate::object::{ObjectMeta, block_range};
+
+const MAGIC: &[u8; 8] = b"S3CFSFUL";
+const VERSION: u32 = 1;
+
+/// What an index says.
+#[derive(Debug, PartialEq, Eq)]
+struct Index {
+    store: String,
+    key: String,
+    etag: String,
+    size: u64,
+    block_size: u64,
+    crcs: Vec<u32>,
+}
+
+impl Index {
+    fn encode(&self) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&self.size.to_le_bytes());
+        h.extend_from_slice(&self.block_size.to_le_bytes());
+        for s in [&self.store, &self.key, &self.etag] {
+            h.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            h.extend_from_slice(s.as_bytes());
+        }
+        h.extend_from_slice(&(self.crcs.len() as u64).to_le_bytes());
+        for c in &self.crcs {
+            h.extend_from_slice(&c.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&h);
+        h.extend_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    fn decode(b: &[u8]) -> Option<Index> {
+        let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        let mut pos = 0usize;
+        let mut take = |n: usize| -> Option<&[u8]> {
+            let s = body.get(pos..pos.checked_add(n)?)?;
+            pos += n;
+            Some(s)
+        };
+        if take(8)? != MAGIC || u32::from_le_bytes(take(4)?.try_into().ok()?) != VERSION {
+            return None;
+        }
+        let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let block_size = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        let mut strings = Vec::new();
+        for _ in 0..3 {
+            let n = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
+            strings.push(String::from_utf8(take(n)?.to_vec()).ok()?);
+        }
+        let n = u64::from_le_bytes(take(8)?.try_into().ok()?);
+        if block_size == 0 || n != size.div_ceil(block_size) {
+            return None;
+        }
+        let crcs = (0..n)
+            .map(|_| Some(u32::from_le_bytes(take(4)?.try_into().ok()?)))
+            .collect::<Option<Vec<_>>>()?;
+        if pos != body.len() {
+            return None;
+        }
+        let etag = strings.pop()?;
+        let key = strings.pop()?;
+        let store = strings.pop()?;
+        Some(Index {
+            store,
+            key,
+            etag,
+            size,
+            block_size,
+            crcs,
+        })
+    }
+}
+
+impl DiskCache {
+    fn full_path(&self, object: &str) -> PathBuf {
+        self.root.join("full").join(&object[..3]).join(object)
+    }
+
+    /// Opens an assembled object's data file and its index, checking that both describe
+    /// `want` (key, ETag, size). `None` when absent or not valid (an invalid one is removed).
+    fn open_full(&self, object: &str, key: &str, etag: &str, size: u64) -> Option<(File, Index)> {
+        let path = self.full_path(object);
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                self.reject(&path, None, &format!("cannot open: {e}"));
+                return None;
+            }
+        };
+        let meta = file.metadata().ok()?;
+        let idx_path = path.with_extension("idx");
+        let index = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&idx_path)
+            .ok()
+            .and_then(|f| {
+                let mut b = Vec::new();
+                f.take(16 << 20).read_to_end(&mut b).ok()?;
+                Index::decode(&b)
+            });
+        let valid = index.as_ref().is_some_and(|i| {
+            i.store == self.cfg.store_id
+                && i.key == key
+                && i.etag == etag
+                && i.size == size
+                && i.block_size == self.cfg.block_size
+                && meta.len() == size
+                && meta.is_file()
+                && meta.uid() == unsafe { libc::geteuid() }
+        });
+        if !valid {
+            self.reject(&path, Some(&meta), "assembled object does not match its index");
+            let _ = fs::remove_file(&idx_path);
+            return None;
+        }
+        Some((file, index?))
+    }
+
+    /// One block out of an assembled object (its crc checked), for reads through the daemon.
+    pub(super) fn read_from_full(&self, loc: &Location) -> Option<Bytes> {
+        let size = self.full_size_hint(loc)?;
+        let (file, index) = self.open_full(&loc.object, &loc.key, &loc.etag, size)?;
+        let r = block_range(loc.index, self.cfg.block_size, index.size);
+        if r.len() != loc.len {
+            return None;
+        }
+        let mut buf = vec![0u8; r.len() as usize];
+        file.read_exact_at(&mut buf, r.start).ok()?;
+        if crc32c::crc32c(&buf) != *index.crcs.get(loc.index as usize)? {
+            self.reject(
+                &self.full_path(&loc.object),
+                file.metadata().ok().as_ref(),
+                "block checksum mismatch",
+            );
+            let _ = fs::remove_file(self.full_path(&loc.object).with_extension("idx"));
+            return None;
+        }
+        // SAFETY: valid descriptor; null times means "now" (last access, for LRU eviction).
+        unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+        Some(Bytes::from(buf))
+    }
+
+    /// The size a block's location does not carry: the data file's length, which `open_full`
+    /// then checks against the index.
+    fn full_size_hint(&self, loc: &Location) -> Option<u64> {
+        fs::symlink_metadata(self.full_path(&loc.object)).ok().map(|m| m.len())
+    }
+
+    /// The assembled file of `obj`, verified, to hand to the kernel (FUSE passthrough).
+    pub async fn full_file(self: &Arc<Self>, obj: &ObjectMeta) -> Option<File> {
+        let (cache, obj) = (self.clone(), obj.clone());
+        tokio::task::spawn_blocking(move || {
+            let (object, _) = cache.object_hash(&obj);
+            let (file, index) = cache.open_full(&object, &obj.key, &obj.etag, obj.size)?;
+            let meta = file.metadata().ok()?;
+            let id = (meta.dev(), meta.ino());
+            if !cache.verified_full.lock().unwrap().contains(&id) {
+                let mut buf = vec![0u8; cache.cfg.block_size as usize];
+                for (i, want) in index.crcs.iter().enumerate() {
+                    let r = block_range(i as u64, cache.cfg.block_size, obj.size);
+                    let b = &mut buf[..r.len() as usize];
+                    if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
+                        cache.reject(&cache.full_path(&object), Some(&meta), "block checksum mismatch");
+                        let _ = fs::remove_file(cache.full_path(&object).with_extension("idx"));
+                        return None;
+                    }
+                }
+                cache.verified_full.lock().unwrap().insert(id);
+            }
+            // SAFETY: valid descriptor; null times means "now" (last access).
+            unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+            cache.stats.hits.inc();
+            Some(file)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Assembles `obj` in the background if all its blocks are cached and it is not yet.
+    pub fn assemble_in_background(self: &Arc<Self>, obj: &ObjectMeta) {
+        if obj.size == 0 {
+            return;
+        }
+        let (cache, obj) = (self.clone(), obj.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = cache.assemble(&obj) {
+                cache.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
+            }
+        });
+    }
+
+    /// Assembles `obj` now (blocking). Returns whether the full file exists afterwards.
+    pub fn assemble(&self, obj: &ObjectMeta) -> io::Result<bool> {
+        let (object, num) = self.object_hash(obj);
+        let path = self.full_path(&object);
+        if path.exists() {
+            return Ok(true);
+        }
+        let n = obj.size.div_ceil(self.cfg.block_size);
+        let locs: Vec<Location> = (0..n)
+            .map(|i| self.locate(obj, i, block_range(i, self.cfg.block_size, obj.size)))
+            .collect();
+        if n == 0 || !locs.iter().all(|l| l.path.exists()) {
+            return Ok(false);
+        }
+        // One assembler per object across processes.
+        let _lock = self.locks.lock(num ^ 0xA55E_4B1E)?;
+        if path.exists() {
+            return Ok(true);
+        }
+        let mut index = Index {
+            store: self.cfg.store_id.clone(),
+            key: obj.key.to_string(),
+            etag: obj.etag.to_string(),
+            size: obj.size,
+            block_size: self.cfg.block_size,
+            crcs: Vec::with_capacity(n as usize),
+        };
+        let idx_len = index.encode().len() as u64 + 4 * n;
+        let shard = path.parent().expect("full path has a shard");
+        let new_shard = !shard.is_dir();
+        let size = alloc_size(obj.size) + alloc_size(idx_len) + if new_shard { DIR_BYTES } else { 0 };
+        let Some(_reservation) = self.reserve(size) else {
+            return Ok(false);
+        };
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}.{seq}.full", std::process::id()));
+        let tmp_idx = tmp.with_extension("idx");
+        let result = (|| -> io::Result<bool> {
+            let mut out = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)?;
+            for loc in &locs {
+                let Some(data) = self.load_block(loc) else {
+                    return Ok(false);
+                };
+                index.crcs.push(crc32c::crc32c(&data));
+                out.write_all(&data)?;
+            }
+            drop(out);
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp_idx)?;
+            f.write_all(&index.encode())?;
+            drop(f);
+            match fs::DirBuilder::new().mode(0o700).create(shard) {
+                Ok(()) if !new_shard => self.usage.add(DIR_BYTES),
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_shard => self.usage.sub(DIR_BYTES),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            // The index first: a data file is only ever seen with its index in place.
+            fs::rename(&tmp_idx, path.with_extension("idx"))?;
+            fs::rename(&tmp, &path)?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {
+                // The block files are now redundant.
+                for loc in &locs {
+                    if let Ok(m) = fs::symlink_metadata(&loc.path)
+                        && fs::remove_file(&loc.path).is_ok()
+                    {
+                        self.usage.sub(m.blocks() * 512);
+                    }
+                }
+                info!(key = %obj.key, bytes = obj.size, "assembled in the disk cache");
+                Ok(true)
+            }
+            other => {
+                let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&tmp_idx);
+                self.usage.sub(size);
+                debug!(key = %obj.key, "assembly abandoned");
+                other
+            }
+        }
+    }
+
+    /// Adds the assembled objects to an eviction scan: returns their bytes on disk; pushes
+    /// (last access, bytes, data file, index) candidates and shard directories.
+    pub(super) fn scan_full(
+        &self,
+        candidates: &mut Vec<(SystemTime, u64, PathBuf, Option<PathBuf>)>,
+        shard_dirs: &mut Vec<(PathBuf, u64)>,
+        now: SystemTime,
+    ) -> u64 {
+        let mut total = 0;
+        let Ok(shards) = fs::read_dir(self.root.join("full")) else {
+            return 0;
+        };
+        for shard in shards.flatten() {
+            let Ok(sm) = shard.metadata() else { continue };
+            if !sm.is_dir() || !is_shard_name(&shard.file_name()) {
+                self.reject(&shard.path(), Some(&sm), "foreign entry in the cache");
+                let _ = fs::remove_dir_all(shard.path());
+                continue;
+            }
+            total += sm.blocks() * 512;
+            shard_dirs.push((shard.path(), sm.blocks() * 512));
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let Ok(m) = f.metadata() else { continue };
+                let name = f.file_name().to_string_lossy().into_owned();
+                let (hex, is_idx) = match name.strip_suffix(".idx") {
+                    Some(h) => (h.to_string(), true),
+                    None => (name.clone(), false),
+                };
+                if !m.is_file() || hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    self.reject(&f.path(), Some(&m), "foreign file in the cache");
+                    continue;
+                }
+                if is_idx {
+                    let data = f.path().with_extension("");
+                    let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
+                    if !data.exists() && age > STALE_TMP {
+                        let _ = fs::remove_file(f.path()); // left by an assembler that died
+                        continue;
+                    }
+                    total += m.blocks() * 512;
+                    continue;
+                }
+                let idx = f.path().with_extension("idx");
+                total += m.blocks() * 512;
+                let idx_size = fs::symlink_metadata(&idx).map(|m| m.blocks() * 512).unwrap_or(0);
+                candidates.push((
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.blocks() * 512 + idx_size,
+                    f.path(),
+                    Some(idx),
+                ));
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip_and_rejects_garbage() {
+        let i = Index {
+            store: "s|b".into(),
+            key: "k".into(),
+            etag: "\"e\"".into(),
+            size: 10,
+            block_size: 4,
+            crcs: vec![1, 2, 3],
+        };
+        let b = i.encode();
+        assert_eq!(Index::decode(&b), Some(i));
+        for pos in 0..b.len() {
+            let mut c = b.clone();
+            c[pos] ^= 0x10;
+            assert_eq!(Index::decode(&c), None, "flipped byte {pos}");
+        }
+        assert_eq!(Index::decode(&b[..b.len() - 1]), None);
+        assert_eq!(Index::decode(b""), None);
+    }
+}

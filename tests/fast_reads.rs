@@ -1,0 +1,284 @@
+//! Fast reads through a real mount: prefetch under every access pattern (byte-exact), FUSE
+//! passthrough of fully cached objects (reads that never reach the daemon) and its fallback,
+//! and the memory bound under many concurrent readers.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metric(port: u16, series: &str) -> f64 {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r.lines()
+        .filter(|l| l.starts_with(series))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn full_files(cache: &Path) -> usize {
+    fs::read_dir(cache.join("v1/full"))
+        .map(|shards| {
+            shards
+                .flatten()
+                .map(|s| fs::read_dir(s.path()).map(|f| f.count()).unwrap_or(0))
+                .sum::<usize>()
+        })
+        .unwrap_or(0)
+        / 2 // data file + index
+}
+
+#[test]
+fn prefetch_is_byte_exact_for_every_access_pattern() {
+    let s = server();
+    let body = data(9 * MIB + 4321, 77);
+    s.put(BUCKET, "big.bin", body.clone());
+    s.set_latency(Duration::from_millis(5));
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&s, BUCKET, &["--cache", cache.path().to_str().unwrap()]);
+    let check = |f: &fs::File, off: usize, len: usize| {
+        let mut buf = vec![0u8; len];
+        let mut done = 0;
+        while done < len {
+            let n = f.read_at(&mut buf[done..], (off + done) as u64).unwrap();
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        assert!(
+            buf[..done] == body[off.min(body.len())..(off + len).min(body.len())],
+            "at {off}+{len}"
+        );
+    };
+    // Sequential.
+    assert!(fs::read(m.join("big.bin")).unwrap() == body);
+    let f = fs::File::open(m.join("big.bin")).unwrap();
+    // Backwards, in 100 KiB steps.
+    let mut off = body.len();
+    while off > 0 {
+        off = off.saturating_sub(100_000);
+        check(&f, off, 100_000);
+    }
+    // Strided and random.
+    for i in (0..body.len()).step_by(1_234_567) {
+        check(&f, i, 70_000);
+    }
+    let mut x = 99u64;
+    for _ in 0..100 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        check(&f, (x >> 20) as usize % body.len(), 1 + (x >> 50) as usize % 300_000);
+    }
+    // Several handles at once on one file.
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (m, body) = (&m, &body);
+            scope.spawn(move || {
+                let mut f = fs::File::open(m.join("big.bin")).unwrap();
+                let mut skip = vec![0u8; t * 333_333];
+                f.read_exact(&mut skip).unwrap();
+                let mut rest = Vec::new();
+                f.read_to_end(&mut rest).unwrap();
+                assert!(rest == body[t * 333_333..]);
+            });
+        }
+    });
+}
+
+#[test]
+fn cold_sequential_read_with_prefetch_fetches_each_block_once() {
+    let s = server();
+    let body = data(24 * MIB, 5);
+    s.put(BUCKET, "seq.bin", body.clone());
+    let m = Mount::new(&s, BUCKET, &[]);
+    fs::metadata(m.join("seq.bin")).unwrap();
+    s.set_latency(Duration::from_millis(50));
+    s.reset_counts();
+    assert!(fs::read(m.join("seq.bin")).unwrap() == body);
+    assert_eq!(s.counts().get, 24, "every block once, prefetch included");
+    assert_eq!(s.counts().get_bytes, 24 * MIB as u64);
+    // Each GET is one whole, aligned block (how fast they overlap is measured in benches/).
+    for r in s.requests() {
+        let range = r.range.unwrap();
+        let (a, b) = range.trim_start_matches("bytes=").split_once('-').unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!((a % MIB as u64, b - a + 1), (0, MIB as u64), "{range}");
+    }
+}
+
+#[test]
+fn fully_cached_files_pass_through_to_the_kernel() {
+    let s = server();
+    let body = data(5 * MIB + 17, 8);
+    s.put(BUCKET, "jars/app.jar", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    assert!(fs::read(m.join("jars/app.jar")).unwrap() == body);
+    // Closing a completely read file assembles it in the cache (in the background).
+    wait_for("the assembled file", || full_files(cache.path()) == 1);
+    s.reset_counts();
+    let reads_before = metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}");
+    let mut a = fs::File::open(m.join("jars/app.jar")).unwrap();
+    let b = fs::File::open(m.join("jars/app.jar")).unwrap();
+    assert_eq!(metric(port, "s3cachefs_passthrough_opens_total"), 2.0, "{}", m.log());
+    let mut got = Vec::new();
+    a.read_to_end(&mut got).unwrap();
+    assert!(got == body);
+    let mut tail = vec![0u8; 1000];
+    b.read_exact_at(&mut tail, body.len() as u64 - 1000).unwrap();
+    assert!(tail == body[body.len() - 1000..]);
+    assert_eq!(
+        metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}"),
+        reads_before,
+        "reads went to the backing file, not the daemon"
+    );
+    assert_eq!(s.counts().total(), 0);
+    // The block files were folded into the assembled file.
+    assert_eq!(
+        fs::read_dir(cache.path().join("v1/blocks"))
+            .unwrap()
+            .flatten()
+            .map(|d| fs::read_dir(d.path()).unwrap().count())
+            .sum::<usize>(),
+        0
+    );
+}
+
+#[test]
+fn without_passthrough_assembled_files_are_read_through_the_daemon() {
+    let s = server();
+    let body = data(3 * MIB + 5, 9);
+    s.put(BUCKET, "f.bin", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap();
+    {
+        let m = Mount::new(&s, BUCKET, &["--cache", c]);
+        assert!(fs::read(m.join("f.bin")).unwrap() == body);
+        wait_for("the assembled file", || full_files(cache.path()) == 1);
+    }
+    let port = free_port();
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            c,
+            "--no-passthrough",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    s.reset_counts();
+    assert!(fs::read(m.join("f.bin")).unwrap() == body);
+    assert_eq!(s.counts().get, 0, "served from the assembled file");
+    assert_eq!(metric(port, "s3cachefs_passthrough_opens_total"), 0.0);
+    assert!(metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}") > 0.0);
+    assert_eq!(
+        metric(port, "s3cachefs_cache_hits_total"),
+        4.0,
+        "four blocks from the assembled file"
+    );
+    // A corrupted assembled file is detected, dropped and refetched: never served.
+    drop(m);
+    let shard = fs::read_dir(cache.path().join("v1/full"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let data_file = fs::read_dir(&shard)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_none())
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&data_file).unwrap();
+    bytes[MIB + 10] ^= 1;
+    fs::write(&data_file, bytes).unwrap();
+    for flags in [vec!["--no-passthrough"], vec![]] {
+        let mut args = vec!["--cache", c];
+        args.extend(flags);
+        let m = Mount::new(&s, BUCKET, &args);
+        assert!(fs::read(m.join("f.bin")).unwrap() == body);
+    }
+}
+
+/// Peak resident memory of a process, in bytes.
+fn vm_hwm(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn memory_stays_bounded_under_32_concurrent_readers() {
+    let s = server();
+    let bodies: Vec<Vec<u8>> = (0..32).map(|i| data(8 * MIB, 1000 + i)).collect();
+    for (i, b) in bodies.iter().enumerate() {
+        s.put(BUCKET, &format!("data/part-{i:02}"), b.clone());
+    }
+    s.set_latency(Duration::from_millis(10));
+    let m = Mount::new(&s, BUCKET, &["--max-prefetch-memory", "64MiB"]);
+    let idle = vm_hwm(m.pid());
+    std::thread::scope(|scope| {
+        for (i, body) in bodies.iter().enumerate() {
+            let m = &m;
+            scope.spawn(move || {
+                let got = fs::read(m.join(&format!("data/part-{i:02}"))).unwrap();
+                assert!(got == *body);
+            });
+        }
+    });
+    assert_eq!(
+        s.counts().get,
+        32 * 8,
+        "no block fetched twice: prefetch never outran the memory"
+    );
+    let peak = vm_hwm(m.pid());
+    eprintln!(
+        "daemon peak RSS: {} MiB idle, {} MiB with 32 readers, 64 MiB prefetch memory",
+        idle >> 20,
+        peak >> 20
+    );
+    assert!(
+        peak <= (64 + 64) << 20,
+        "peak RSS {} MiB exceeds --max-prefetch-memory + 64 MiB",
+        peak >> 20
+    );
+}
