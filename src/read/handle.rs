@@ -5,7 +5,8 @@
 //! from whole blocks, and the next `window` blocks are prefetched in parallel. The window
 //! starts at one block and doubles with each sequential read up to the reader's maximum.
 //! A read elsewhere resets the window and is served exactly (`BlockReader::read_exact`), so
-//! random access (Parquet footers, column chunks) fetches what it reads and little more.
+//! random access (Parquet footers, column chunks) fetches what it reads and little more; a
+//! block read at random twice is then fetched whole and cached like any other.
 //! A first read near offset 0 counts as sequential: whole-file reads are the common case.
 
 use std::sync::atomic::Ordering;
@@ -153,11 +154,11 @@ mod tests {
 
     #[tokio::test]
     async fn random_reads_fetch_about_what_they_read() {
-        let (s, r, meta, d) = setup(256 * BS as usize).await;
+        let (s, r, meta, d) = setup(1024 * BS as usize).await;
         let h = r.handle(meta.clone());
         let mut x = 12345u64;
         let mut read = 0u64;
-        for _ in 0..100 {
+        for _ in 0..50 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             let off = (x >> 11) % (meta.size - 8192);
             check(&h, &d, off, 4096).await;
@@ -165,6 +166,19 @@ mod tests {
         }
         let fetched = s.inner().get_bytes.load(Ordering::Relaxed);
         assert!(fetched <= 2 * read, "fetched {fetched} for {read} read");
+    }
+
+    #[tokio::test]
+    async fn a_block_read_at_random_twice_is_cached_whole() {
+        let (s, r, meta, d) = setup(64 * BS as usize).await;
+        let footer = meta.size - 10_000;
+        for _ in 0..5 {
+            let h = r.handle(meta.clone()); // a new open each time, like many executors
+            check(&h, &d, footer, 8).await;
+        }
+        // First touch: 8 bytes; second: the whole last block; then from the cache.
+        assert_eq!(s.inner().gets.load(Ordering::Relaxed), 2);
+        assert_eq!(s.inner().get_bytes.load(Ordering::Relaxed), 8 + BS);
     }
 
     #[tokio::test]

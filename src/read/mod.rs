@@ -57,11 +57,17 @@ pub struct BlockReader {
     /// Bounds every block being fetched or read from disk at once (demand and prefetch), so
     /// that blocks in flight plus the memory cache stay within the configured memory.
     fetch_slots: Semaphore,
+    /// 64 KiB regions a random read touched once (and fetched only in part).
+    touched: moka::sync::Cache<(BlockKey, u64), ()>,
     /// Largest read-ahead window of one handle, in blocks; shared out between the handles
     /// reading sequentially at the same time (`sequential_handles`).
     max_window: u64,
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Random reads of one 64 KiB region twice make it hot; random reads elsewhere in a large
+/// file rarely share a region, so they stay exact.
+const TOUCH_REGION_BITS: u32 = 16;
 
 /// Default prefetch GETs in flight: enough to hide ~20 ms of S3 latency per 1 MiB block at
 /// several hundred MB/s, few enough to be polite to the bucket and bound memory.
@@ -99,6 +105,8 @@ impl BlockReader {
             disk,
             prefetch_slots: Arc::new(Semaphore::new(DEFAULT_PREFETCH_CONCURRENCY)),
             fetch_slots: Semaphore::new(in_flight as usize),
+            // Remembering 64k blocks costs a few MiB at most.
+            touched: moka::sync::Cache::new(1 << 16),
             max_window,
             sequential_handles: Arc::default(),
         }
@@ -176,6 +184,19 @@ impl BlockReader {
         if cached.len() as u64 == last - first + 1 {
             return Ok(self.assemble(obj, offset, end, first, &cached));
         }
+        // The same region read at random a second time is hot (a Parquet footer every
+        // executor reads, say): fetch and cache its blocks whole, in memory and on disk.
+        let region = (
+            BlockKey {
+                id: obj.id(),
+                index: first,
+            },
+            offset >> TOUCH_REGION_BITS,
+        );
+        if self.touched.contains_key(&region) {
+            return self.read(obj, offset, len).await;
+        }
+        self.touched.insert(region, ());
         let range = crate::object::ByteRange::new(offset, end);
         let _slot = self.fetch_slots.acquire().await.expect("semaphore is never closed");
         let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
