@@ -25,7 +25,7 @@ use s3cachefs_testserver::{Counts, TestServer};
 
 use support::daemon::{Daemon, Target};
 use support::report::{MB, Row, markdown_table, median, percentile};
-use support::sys;
+use support::sys::{self, CpuSnapshot, CpuUse};
 use support::workload::{self, BUCKET, Object, Offsets, Workload};
 
 /// Every scenario, in the order they run.
@@ -78,7 +78,7 @@ struct Args {
     #[arg(long)]
     no_drop_caches: bool,
     /// Passes of the warm rows (jars warm, jars local warm); the median is reported
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     repeat: usize,
     /// Number of random reads
     #[arg(long, default_value_t = 200)]
@@ -160,6 +160,9 @@ fn main() -> anyhow::Result<()> {
         refs: HashMap::new(),
         problems: Vec::new(),
         seq: 0,
+        daemons_started: 0,
+        load_start: sys::loadavg(),
+        local_dir: None,
         args,
     };
     println!("temp dir: {}\n", b.root.display());
@@ -217,15 +220,62 @@ struct Bench {
     /// (daemon name, WARN/ERROR lines of its log).
     problems: Vec<(String, Vec<String>)>,
     seq: usize,
+    daemons_started: usize,
+    load_start: String,
+    /// The local copy of the JARs, once written.
+    local_dir: Option<PathBuf>,
+}
+
+/// Result of repeated warm passes over one root.
+struct Warm {
+    median: Duration,
+    /// Per pass.
+    cpu: CpuUse,
+    /// Median time to only open and close every file.
+    open_close: Duration,
 }
 
 /// Read buffer of every sequential reader (local and mounted alike).
 const READ_BUF: usize = 1 << 20;
 
+/// Wall time and CPU time of the timed part of a row.
+struct Measure {
+    t: Instant,
+    cpu: CpuSnapshot,
+    pids: Vec<u32>,
+}
+
+impl Measure {
+    fn start(daemons: &[&Daemon]) -> Measure {
+        let pids: Vec<u32> = daemons.iter().filter_map(|d| d.pid()).collect();
+        let cpu = CpuSnapshot::take(&pids);
+        Measure {
+            t: Instant::now(),
+            cpu,
+            pids,
+        }
+    }
+
+    fn stop(&self) -> (Duration, CpuUse) {
+        let elapsed = self.t.elapsed();
+        (elapsed, self.cpu.until(&CpuSnapshot::take(&self.pids)))
+    }
+}
+
+/// CPU use per pass of a repeated row.
+fn per_pass(c: CpuUse, passes: usize) -> CpuUse {
+    let n = passes as f64;
+    CpuUse {
+        daemons: c.daemons / n,
+        bench: c.bench / n,
+        other: c.other / n,
+    }
+}
+
 impl Bench {
     fn run(&mut self, on: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
         if on("local") {
-            self.local()?;
+            self.local(on("warm"))?;
         }
         if on("cold") {
             self.jars(on("warm"), on("remount"))?;
@@ -260,6 +310,7 @@ impl Bench {
         let mnt = self.fresh_dir(&format!("mnt-{name}"));
         let logs = self.root.join("logs");
         let id = format!("{name}-{}", self.seq);
+        self.daemons_started += 1;
         Daemon::spawn(&self.target, &id, &mnt, cache, &logs)
     }
 
@@ -318,14 +369,28 @@ impl Bench {
             .map(|r| format!("{:.2}× {label}", r.as_secs_f64() / elapsed.as_secs_f64()))
     }
 
-    fn push(&mut self, row: Row) {
+    fn push(&mut self, mut row: Row) {
+        if row.counts.errors > 0 {
+            // Which requests failed, e.g. "S3 errors: HEAD 404 ×2" (HEADs of directory names).
+            let mut groups: Vec<(String, usize)> = Vec::new();
+            for r in self.server.requests().iter().filter(|r| r.status >= 400) {
+                let g = format!("{:?} {}", r.op, r.status).to_uppercase();
+                match groups.iter_mut().find(|(k, _)| *k == g) {
+                    Some((_, n)) => *n += 1,
+                    None => groups.push((g, 1)),
+                }
+            }
+            let list: Vec<String> = groups.iter().map(|(g, n)| format!("{g} ×{n}")).collect();
+            let sep = if row.notes.is_empty() { "" } else { "; " };
+            row.notes = format!("{}{sep}S3 error responses: {}", row.notes, list.join(", "));
+        }
         println!("{}", row.line());
         self.rows.push(row);
     }
 
     /// `jars local`: the JARs written to a local directory on the same disk as the caches,
     /// read with the page cache dropped, then warm (median of --repeat passes).
-    fn local(&mut self) -> anyhow::Result<()> {
+    fn local(&mut self, with_warm_mount: bool) -> anyhow::Result<()> {
         let dir = self.root.join("local");
         for o in &self.w.jars {
             let p = dir.join(&o.key);
@@ -337,9 +402,9 @@ impl Bench {
         let total = self.w.jar_bytes();
         let page_cache = self.cold_start();
         self.reset();
-        let t = Instant::now();
+        let m = Measure::start(&[]);
         read_tree(&dir, &self.w.jars, false)?;
-        let cold = t.elapsed();
+        let (cold, cpu) = m.stop();
         self.refs.insert("local cold", cold);
         self.push(Row {
             name: "jars local".into(),
@@ -350,28 +415,73 @@ impl Bench {
             counts: self.counts(),
             rss_kib: vec![],
             vs: None,
-            notes: "local ext4 directory, same disk as the caches".into(),
+            cpu: Some(cpu),
+            notes: "local directory, same disk as the caches".into(),
         });
-        let mut times = Vec::new();
-        for _ in 0..self.args.repeat {
-            let t = Instant::now();
-            read_tree(&dir, &self.w.jars, false)?;
-            times.push(t.elapsed());
+        self.local_dir = Some(dir.clone());
+        if !with_warm_mount {
+            let r = self.warm_passes(&[(dir.as_path(), &[])])?;
+            self.push_local_warm(&r[0], total, false);
         }
-        let warm = median(times);
-        self.refs.insert("local warm", warm);
+        Ok(())
+    }
+
+    fn push_local_warm(&mut self, r: &Warm, total: u64, interleaved: bool) {
+        self.refs.insert("local warm", r.median);
+        let how = if interleaved {
+            ", interleaved with the jars warm passes"
+        } else {
+            ""
+        };
         self.push(Row {
             name: "jars local (warm)".into(),
             page_cache: "warm".into(),
-            elapsed: warm,
+            elapsed: r.median,
             app_bytes: Some(total),
             needed_bytes: None,
-            counts: self.counts(),
+            counts: Counts::default(),
             rss_kib: vec![],
             vs: None,
-            notes: format!("median of {} passes", self.args.repeat),
+            cpu: Some(r.cpu),
+            notes: format!(
+                "median of {} passes{how}; open+close only: {:.1} ms",
+                self.args.repeat,
+                r.open_close.as_secs_f64() * 1e3
+            ),
         });
-        Ok(())
+    }
+
+    /// `--repeat` warm passes over each root in turn (interleaved, so that a change in machine
+    /// load affects all of them alike), then as many passes that only open and close each file.
+    fn warm_passes(&self, roots: &[(&Path, &[&Daemon])]) -> anyhow::Result<Vec<Warm>> {
+        let mut times = vec![Vec::new(); roots.len()];
+        let mut cpu = vec![CpuUse::default(); roots.len()];
+        let mut open_close = vec![Vec::new(); roots.len()];
+        for _ in 0..self.args.repeat {
+            for (i, (root, daemons)) in roots.iter().enumerate() {
+                let m = Measure::start(daemons);
+                read_tree(root, &self.w.jars, false)?;
+                let (t, c) = m.stop();
+                times[i].push(t);
+                cpu[i] = cpu[i].plus(c);
+            }
+        }
+        for _ in 0..self.args.repeat {
+            for (i, (root, _)) in roots.iter().enumerate() {
+                let t = Instant::now();
+                for o in &self.w.jars {
+                    drop(File::open(root.join(&o.key))?);
+                }
+                open_close[i].push(t.elapsed());
+            }
+        }
+        Ok((0..roots.len())
+            .map(|i| Warm {
+                median: median(times[i].clone()),
+                cpu: per_pass(cpu[i], self.args.repeat),
+                open_close: median(open_close[i].clone()),
+            })
+            .collect())
     }
 
     /// `jars cold`, `jars warm` (same mount) and `jars remount` (same cache, new daemon).
@@ -382,9 +492,9 @@ impl Bench {
         let mnt = d.mnt().to_path_buf();
         let page_cache = self.cold_start();
         self.reset();
-        let t = Instant::now();
+        let m = Measure::start(&[&d]);
         read_tree(&mnt, &self.w.jars, true)?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = m.stop();
         let row = Row {
             name: "jars cold".into(),
             page_cache,
@@ -394,31 +504,40 @@ impl Bench {
             counts: self.counts(),
             rss_kib: d.peak_rss_kib().into_iter().collect(),
             vs: self.vs(elapsed, "local cold", "jars local"),
+            cpu: Some(cpu),
             notes: "empty --cache dir; mount time excluded; bytes verified".into(),
         };
         self.push(row);
 
         if warm {
             self.reset();
-            let mut times = Vec::new();
-            for _ in 0..self.args.repeat {
-                let t = Instant::now();
-                read_tree(&mnt, &self.w.jars, false)?;
-                times.push(t.elapsed());
+            let local = self.local_dir.clone();
+            let mut roots: Vec<(&Path, &[&Daemon])> = Vec::new();
+            let with_d: [&Daemon; 1] = [&d];
+            if let Some(l) = &local {
+                roots.push((l.as_path(), &[]));
             }
-            let elapsed = median(times);
+            roots.push((mnt.as_path(), &with_d));
+            let r = self.warm_passes(&roots)?;
+            let counts = self.counts();
+            if local.is_some() {
+                self.push_local_warm(&r[0], total, true);
+            }
+            let w = r.last().expect("mount pass");
             let row = Row {
                 name: "jars warm".into(),
                 page_cache: "warm (same mount)".into(),
-                elapsed,
+                elapsed: w.median,
                 app_bytes: Some(total),
                 needed_bytes: Some(total),
-                counts: self.counts(),
+                counts,
                 rss_kib: d.peak_rss_kib().into_iter().collect(),
-                vs: self.vs(elapsed, "local warm", "jars local (warm)"),
+                vs: self.vs(w.median, "local warm", "jars local (warm)"),
+                cpu: Some(w.cpu),
                 notes: format!(
-                    "median of {} passes; S3 counts summed over all passes",
-                    self.args.repeat
+                    "median of {} passes; S3 counts summed over all passes; open+close only: {:.1} ms",
+                    self.args.repeat,
+                    w.open_close.as_secs_f64() * 1e3
                 ),
             };
             self.push(row);
@@ -430,9 +549,9 @@ impl Bench {
             let mnt = d.mnt().to_path_buf();
             let page_cache = self.cold_start();
             self.reset();
-            let t = Instant::now();
+            let m = Measure::start(&[&d]);
             read_tree(&mnt, &self.w.jars, false)?;
-            let elapsed = t.elapsed();
+            let (elapsed, cpu) = m.stop();
             let counts = self.counts();
             // Verified after the timed pass, so the comparison with the local read is fair.
             read_tree(&mnt, &self.w.jars, true)?;
@@ -445,6 +564,7 @@ impl Bench {
                 counts,
                 rss_kib: d.peak_rss_kib().into_iter().collect(),
                 vs: self.vs(elapsed, "local cold", "jars local"),
+                cpu: Some(cpu),
                 notes: "new daemon, same --cache dir; mount time excluded; verified afterwards".into(),
             };
             self.push(row);
@@ -455,7 +575,7 @@ impl Bench {
     }
 
     /// Runs `readers` threads, each reading all JARs under its root, started together.
-    fn concurrent_jars(&self, roots: &[PathBuf]) -> anyhow::Result<Duration> {
+    fn concurrent_jars(&self, roots: &[PathBuf], daemons: &[&Daemon]) -> anyhow::Result<(Duration, CpuUse)> {
         let barrier = Barrier::new(roots.len() + 1);
         let jars = &self.w.jars;
         std::thread::scope(|s| {
@@ -469,12 +589,12 @@ impl Bench {
                     })
                 })
                 .collect();
+            let m = Measure::start(daemons);
             barrier.wait();
-            let t = Instant::now();
             for h in handles {
                 h.join().expect("reader thread panicked")?;
             }
-            Ok(t.elapsed())
+            Ok(m.stop())
         })
     }
 
@@ -485,7 +605,7 @@ impl Bench {
         let roots = vec![d.mnt().to_path_buf(); 4];
         let page_cache = self.cold_start();
         self.reset();
-        let elapsed = self.concurrent_jars(&roots)?;
+        let (elapsed, cpu) = self.concurrent_jars(&roots, &[&d])?;
         let row = Row {
             name: "4 readers 1 mount".into(),
             page_cache,
@@ -495,6 +615,7 @@ impl Bench {
             counts: self.counts(),
             rss_kib: d.peak_rss_kib().into_iter().collect(),
             vs: None,
+            cpu: Some(cpu),
             notes: "empty --cache dir; 4 threads, same file order; MB/s is the aggregate".into(),
         };
         self.push(row);
@@ -519,7 +640,7 @@ impl Bench {
         let roots: Vec<PathBuf> = daemons.iter().map(|d| d.mnt().to_path_buf()).collect();
         let page_cache = self.cold_start();
         self.reset();
-        let elapsed = self.concurrent_jars(&roots)?;
+        let (elapsed, cpu) = self.concurrent_jars(&roots, &daemons.iter().collect::<Vec<_>>())?;
         let row = Row {
             name: "4 mounts shared cache".into(),
             page_cache,
@@ -529,6 +650,7 @@ impl Bench {
             counts: self.counts(),
             rss_kib: daemons.iter().filter_map(|d| d.peak_rss_kib()).collect(),
             vs: None,
+            cpu: Some(cpu),
             notes: "4 daemons, one empty --cache dir, one reader each; MB/s is the aggregate".into(),
         };
         self.push(row);
@@ -550,9 +672,9 @@ impl Bench {
                 "warm (same mount)".into()
             };
             self.reset();
-            let t = Instant::now();
+            let m = Measure::start(&[&d]);
             let (entries, files, bytes) = walk(&dir)?;
-            let elapsed = t.elapsed();
+            let (elapsed, cpu) = m.stop();
             let want: u64 = self.w.small.iter().map(|o| o.data.len() as u64).sum();
             ensure!(
                 files == self.w.small.len() && bytes == want,
@@ -568,6 +690,7 @@ impl Bench {
                 counts: self.counts(),
                 rss_kib: d.peak_rss_kib().into_iter().collect(),
                 vs: None,
+                cpu: Some(cpu),
                 notes: format!(
                     "{entries} entries in {} dirs (readdir + lstat each), {:.0} entries/s",
                     workload::SMALL_DIRS,
@@ -593,7 +716,8 @@ impl Bench {
         let endpoint = self.target.endpoint.clone();
         self.reset();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let elapsed = rt.block_on(async move {
+        let m = Measure::start(&[]);
+        rt.block_on(async move {
             use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
             use futures::StreamExt;
             let conf = aws_sdk_s3::Config::builder()
@@ -605,7 +729,6 @@ impl Bench {
                 .build();
             let client = aws_sdk_s3::Client::from_conf(conf);
             let size = data.len() as u64;
-            let t = Instant::now();
             let results: Vec<anyhow::Result<()>> = futures::stream::iter((0..size.div_ceil(part)).map(|i| {
                 let (client, key, data) = (client.clone(), key.clone(), data.clone());
                 async move {
@@ -632,8 +755,9 @@ impl Bench {
             for r in results {
                 r?;
             }
-            anyhow::Ok(t.elapsed())
+            anyhow::Ok(())
         })?;
+        let (elapsed, cpu) = m.stop();
         self.refs.insert("ceiling", elapsed);
         let bytes = self.big().data.len() as u64;
         let row = Row {
@@ -645,6 +769,7 @@ impl Bench {
             counts: self.counts(),
             rss_kib: vec![],
             vs: None,
+            cpu: Some(cpu),
             notes: format!(
                 "aws-sdk-s3 in the bench process, {concurrency} concurrent {} MiB ranged GETs; bytes verified",
                 self.args.ceiling_part_mib
@@ -661,10 +786,10 @@ impl Bench {
         let path = d.mnt().join(&key);
         let page_cache = self.cold_start();
         self.reset();
-        let t = Instant::now();
         let mut buf = vec![0u8; READ_BUF];
+        let m = Measure::start(&[&d]);
         read_file(&path, &self.big().data, true, &mut buf)?;
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = m.stop();
         let row = Row {
             name: format!("{} sequential cold", human(len)),
             page_cache,
@@ -674,6 +799,7 @@ impl Bench {
             counts: self.counts(),
             rss_kib: d.peak_rss_kib().into_iter().collect(),
             vs: self.vs(elapsed, "ceiling", "ceiling"),
+            cpu: Some(cpu),
             notes: "fresh mount, empty --cache dir, 1 MiB read()s; bytes verified".into(),
         };
         self.push(row);
@@ -696,7 +822,7 @@ impl Bench {
         let mut offsets = Offsets::new(0xBEEF);
         let mut buf = vec![0u8; len as usize];
         let mut lat = Vec::with_capacity(n);
-        let t = Instant::now();
+        let m = Measure::start(&[&d]);
         for _ in 0..n {
             let off = offsets.below(data.len() as u64 - len + 1);
             let t = Instant::now();
@@ -707,7 +833,7 @@ impl Bench {
                 "random read at {off}: bytes differ"
             );
         }
-        let elapsed = t.elapsed();
+        let (elapsed, cpu) = m.stop();
         drop(f);
         let mean = lat.iter().sum::<Duration>() / n as u32;
         lat.sort();
@@ -721,6 +847,7 @@ impl Bench {
             counts: self.counts(),
             rss_kib: d.peak_rss_kib().into_iter().collect(),
             vs: None,
+            cpu: Some(cpu),
             notes: format!(
                 "per read: p50 {:.1} ms, p99 {:.1} ms, mean {:.1} ms, max {:.1} ms; uniform offsets in the {}; fresh mount, empty cache; S3 bytes ÷ needed = fetched ÷ read",
                 ms(percentile(&lat, 0.5)),
@@ -754,30 +881,43 @@ impl Bench {
         for (k, v) in sys::machine_description(&self.root) {
             let _ = writeln!(s, "- {k}: {v}");
         }
+        let _ = writeln!(
+            s,
+            "- load average (1/5/15 min): {} at start, {} at end",
+            self.load_start,
+            sys::loadavg()
+        );
         let _ = writeln!(s, "\n### Daemon log warnings and errors\n");
-        if self.problems.is_empty() {
-            let _ = writeln!(s, "none");
-        }
+        let daemons = self.daemons_started;
+        // (message without timestamp, occurrences, daemons that logged it)
+        let mut distinct: Vec<(String, usize, Vec<&str>)> = Vec::new();
         for (name, lines) in &self.problems {
-            let mut distinct: Vec<(String, usize)> = Vec::new();
             for l in lines {
-                // Drop the timestamp so repeats group together.
                 let msg = l
                     .split_once(' ')
                     .map_or(l.as_str(), |(_, rest)| rest.trim())
                     .to_string();
-                match distinct.iter_mut().find(|(m, _)| *m == msg) {
-                    Some((_, n)) => *n += 1,
-                    None => distinct.push((msg, 1)),
+                match distinct.iter_mut().find(|(m, _, _)| *m == msg) {
+                    Some((_, n, who)) => {
+                        *n += 1;
+                        if !who.contains(&name.as_str()) {
+                            who.push(name);
+                        }
+                    }
+                    None => distinct.push((msg, 1, vec![name])),
                 }
             }
-            for (msg, n) in distinct.iter().take(10) {
-                let _ = writeln!(
-                    s,
-                    "- {name}: {msg}{}",
-                    if *n > 1 { format!(" (×{n})") } else { String::new() }
-                );
-            }
+        }
+        if distinct.is_empty() {
+            let _ = writeln!(s, "none ({daemons} daemons)");
+        }
+        for (msg, n, who) in &distinct {
+            let expected = if msg.contains("/nonexistent/aws-") {
+                " — expected: the bench sets AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE=/nonexistent for hermetic runs"
+            } else {
+                ""
+            };
+            let _ = writeln!(s, "- `{msg}` ×{n}, in {} of {daemons} daemons{expected}", who.len());
         }
         println!("{s}");
         if let Some(out) = &self.args.out {
@@ -789,7 +929,7 @@ impl Bench {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{}GiB", bytes >> 30)
     } else {
         format!("{:.0}MB", bytes as f64 / MB)

@@ -211,7 +211,8 @@ impl Daemon {
         };
         let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
         if let Some(c) = &cfg.cache {
-            ns = ns.persisted(&c.dir, &store_id(&cfg.s3, &cfg.source));
+            let space = disk.clone().map(|d| d as Arc<dyn crate::object::DiskSpace>);
+            ns = ns.persisted(&c.dir, &store_id(&cfg.s3, &cfg.source), space);
         }
         let ns = Arc::new(ns);
         let reader = Arc::new(

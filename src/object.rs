@@ -59,6 +59,21 @@ impl ByteRange {
     }
 }
 
+/// The space of one cache directory, shared by everything stored in it (data blocks,
+/// assembled objects, persisted metadata), so that one bound holds for all of it. A writer
+/// reserves bytes before writing and holds the returned guard until its file is in place.
+pub trait DiskSpace: Send + Sync {
+    /// `None` when the bound cannot be met (after evicting what can be evicted).
+    fn reserve(&self, bytes: u64) -> Option<Box<dyn std::any::Any + Send>>;
+    /// Gives back bytes that were reserved, or that a removed file occupied.
+    fn release(&self, bytes: u64);
+}
+
+/// Bytes a file of `len` bytes occupies on a filesystem with 4 KiB blocks.
+pub fn alloc_size(len: u64) -> u64 {
+    len.div_ceil(4096) * 4096
+}
+
 /// Index of the block that holds `offset`, for a given block size.
 pub fn block_index(offset: u64, block_size: u64) -> u64 {
     offset / block_size

@@ -200,6 +200,7 @@ fn systemd_notify_ready_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mnt = d.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
+    let _cleanup = UnmountOnDrop(mnt.clone());
     let mut child = command()
         .args(["mount", BUCKET])
         .arg(&mnt)
@@ -249,6 +250,7 @@ fn stale_mount_of_a_killed_daemon_is_cleared_on_the_next_mount() {
     s.put(BUCKET, "f", b"x".to_vec());
     let mut m = Mount::new(&s, BUCKET, &[]);
     let path = m.path().to_path_buf();
+    let _cleanup = UnmountOnDrop(path.clone());
     m.signal_and_wait(libc::SIGKILL);
     let err = fs::metadata(&path).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "a stale mount is left behind");
@@ -261,6 +263,17 @@ fn stale_mount_of_a_killed_daemon_is_cleared_on_the_next_mount() {
     assert_eq!(fs::read(path.join("f")).unwrap(), b"x");
     assert!(Command::new("umount").arg(&path).status().unwrap().success());
     drop(m);
+}
+
+/// Lazily unmounts a path on drop, for tests that start a daemon without `Mount`.
+struct UnmountOnDrop(PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
 }
 
 /// /sbin/mount.fuse.s3cachefs → the binary under test, removed on drop.
@@ -296,6 +309,7 @@ fn mount_dash_t_and_an_fstab_line_work() {
     // mount -t
     let mnt = d.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
+    let _cleanup = UnmountOnDrop(mnt.clone());
     let out = Command::new("mount")
         .args(["-t", "fuse.s3cachefs", BUCKET])
         .arg(&mnt)

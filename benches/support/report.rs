@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use s3cachefs_testserver::Counts;
 
+use super::sys::CpuUse;
+
 pub const MB: f64 = 1e6;
 
 pub struct Row {
@@ -21,6 +23,8 @@ pub struct Row {
     pub rss_kib: Vec<u64>,
     /// E.g. "0.97× jars local (warm)".
     pub vs: Option<String>,
+    /// CPU seconds used during the timed part (per pass for repeated rows).
+    pub cpu: Option<CpuUse>,
     pub notes: String,
 }
 
@@ -57,14 +61,6 @@ impl Row {
                 if notes.is_empty() { "" } else { "; " }
             );
         }
-        if c.errors > 0 {
-            let _ = write!(
-                notes,
-                "{}{} S3 error responses",
-                if notes.is_empty() { "" } else { "; " },
-                c.errors
-            );
-        }
         vec![
             self.name.clone(),
             self.page_cache.clone(),
@@ -78,6 +74,9 @@ impl Row {
             self.amplification(),
             self.rss(),
             self.vs.clone().unwrap_or_else(|| "–".into()),
+            self.cpu.map_or("–".into(), |c| {
+                format!("{:.2} / {:.2} / {:.2}", c.daemons, c.bench, c.other)
+            }),
             notes,
         ]
     }
@@ -86,13 +85,13 @@ impl Row {
     pub fn line(&self) -> String {
         let c = self.cells();
         format!(
-            "{:<26} {:>8}s {:>9} MB/s  LIST {:>4} HEAD {:>4} GET {:>6}  S3 {:>9} MB ({:>6})  RSS {:>8} MiB  {}  {}",
-            c[0], c[2], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12]
+            "{:<26} {:>8}s {:>9} MB/s  LIST {:>4} HEAD {:>4} GET {:>6}  S3 {:>9} MB ({:>6})  RSS {:>8} MiB  {}  CPU {}  {}",
+            c[0], c[2], c[4], c[5], c[6], c[7], c[8], c[9], c[10], c[11], c[12], c[13]
         )
     }
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 14] = [
     "scenario",
     "page cache before",
     "time (s)",
@@ -105,6 +104,7 @@ const HEADER: [&str; 13] = [
     "S3 bytes ÷ needed",
     "daemon peak RSS (MiB)",
     "vs reference",
+    "CPU s: daemon / bench+S3 / other",
     "notes",
 ];
 
@@ -114,7 +114,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     let align: Vec<&str> = HEADER
         .iter()
         .enumerate()
-        .map(|(i, _)| if i <= 1 || i >= 11 { "---" } else { "---:" })
+        .map(|(i, _)| if i <= 1 || i == 11 || i == 13 { "---" } else { "---:" })
         .collect();
     let _ = writeln!(s, "|{}|", align.join("|"));
     for r in rows {

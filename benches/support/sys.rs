@@ -76,3 +76,86 @@ pub fn machine_description(dir: &Path) -> Vec<(String, String)> {
         ("rustc".into(), rustc),
     ]
 }
+
+/// CPU time in clock ticks: the whole machine's busy time, this process's (the bench, its
+/// reader threads and the in-process S3 server), and that of given daemons.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSnapshot {
+    pub machine_busy: u64,
+    pub this_process: u64,
+    pub daemons: u64,
+}
+
+/// CPU time consumed between two snapshots, in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    pub daemons: f64,
+    pub bench: f64,
+    /// Everything else on the machine (other users' builds, kernel threads).
+    pub other: f64,
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime of a process (all threads), in ticks.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next().and_then(|l| l.strip_prefix("cpu ")) else {
+        return 0;
+    };
+    let v: Vec<u64> = cpu.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum()
+}
+
+impl CpuUse {
+    pub fn plus(self, o: CpuUse) -> CpuUse {
+        CpuUse {
+            daemons: self.daemons + o.daemons,
+            bench: self.bench + o.bench,
+            other: self.other + o.other,
+        }
+    }
+}
+
+impl CpuSnapshot {
+    pub fn take(daemon_pids: &[u32]) -> CpuSnapshot {
+        CpuSnapshot {
+            machine_busy: machine_busy_ticks(),
+            this_process: process_ticks("self").unwrap_or(0),
+            daemons: daemon_pids.iter().filter_map(|p| process_ticks(&p.to_string())).sum(),
+        }
+    }
+
+    /// CPU used from `self` to `later` (both taken with the same daemons alive).
+    pub fn until(&self, later: &CpuSnapshot) -> CpuUse {
+        let hz = ticks_per_sec();
+        let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / hz;
+        let daemons = d(self.daemons, later.daemons);
+        let bench = d(self.this_process, later.this_process);
+        let machine = d(self.machine_busy, later.machine_busy);
+        CpuUse {
+            daemons,
+            bench,
+            other: (machine - daemons - bench).max(0.0),
+        }
+    }
+}
+
+/// /proc/loadavg's 1, 5 and 15 minute averages.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -239,7 +239,9 @@ impl DiskCache {
         let locs: Vec<Location> = (0..n)
             .map(|i| self.locate(obj, i, block_range(i, self.cfg.block_size, obj.size)))
             .collect();
-        if n == 0 || !locs.iter().all(|l| l.path.exists()) {
+        // Assembling needs room for a second copy until the blocks are removed: leave objects
+        // larger than a quarter of the cache as blocks rather than evict half of it.
+        if n == 0 || alloc_size(obj.size) > self.limit() / 4 || !locs.iter().all(|l| l.path.exists()) {
             return Ok(false);
         }
         // One assembler per object across processes.

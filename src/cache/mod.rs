@@ -98,8 +98,28 @@ struct Location {
     len: u64,
 }
 
-fn alloc_size(len: u64) -> u64 {
-    len.div_ceil(4096) * 4096
+use crate::object::alloc_size;
+
+impl crate::object::DiskSpace for DiskCache {
+    fn reserve(&self, bytes: u64) -> Option<Box<dyn std::any::Any + Send>> {
+        DiskCache::reserve(self, bytes).map(|guard| Box::new(guard) as Box<dyn std::any::Any + Send>)
+    }
+
+    fn release(&self, bytes: u64) {
+        self.usage.sub(bytes);
+    }
+}
+
+/// Bytes on disk of everything under `path` (not following symlinks).
+fn tree_size(path: &Path) -> u64 {
+    let Ok(m) = fs::symlink_metadata(path) else { return 0 };
+    let mut total = m.blocks() * 512;
+    if m.is_dir()
+        && let Ok(entries) = fs::read_dir(path)
+    {
+        total += entries.flatten().map(|e| tree_size(&e.path())).sum::<u64>();
+    }
+    total
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -546,6 +566,8 @@ impl DiskCache {
             }
         }
         total += self.scan_full(&mut blocks, &mut shard_dirs, now);
+        // Persisted metadata (v1/meta) counts toward the bound but is not evicted here.
+        total += tree_size(&self.root.join("meta"));
         let files = blocks.len() as u64;
         if total > target {
             blocks.sort_unstable_by_key(|b| b.0);

@@ -41,7 +41,7 @@ use tracing::{info, warn};
 pub use persist::MetaStore;
 
 use crate::config::Ttl;
-use crate::object::ObjectMeta;
+use crate::object::{DiskSpace, ObjectMeta};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
 /// What a name in a directory is.
@@ -230,10 +230,13 @@ impl Namespace {
     /// Persists metadata under the cache directory `cache_dir` for the store `store_id`
     /// (endpoint and bucket), and starts the background cleanup of old records. If the
     /// directory cannot be used, logs why and keeps metadata in memory only.
-    pub fn persisted(self, cache_dir: &Path, store_id: &str) -> Namespace {
+    pub fn persisted(self, cache_dir: &Path, store_id: &str, space: Option<Arc<dyn DiskSpace>>) -> Namespace {
         match MetaStore::open(cache_dir, store_id) {
             Ok(p) => {
-                let p = Arc::new(p);
+                let p = Arc::new(match space {
+                    Some(s) => p.with_space(s),
+                    None => p,
+                });
                 info!(dir = %p.root().display(), "persisting metadata");
                 p.start_background();
                 self.with_persistence(p)

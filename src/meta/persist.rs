@@ -44,6 +44,7 @@ use tracing::{debug, warn};
 
 use super::format::{self, FormatError, RecordId};
 use super::{Entries, Entry, Lookup};
+use crate::object::{DiskSpace, alloc_size};
 
 /// Temp files older than this belong to a writer that died.
 const STALE_TMP: Duration = Duration::from_secs(600);
@@ -61,6 +62,8 @@ const LOOKUPS: &str = "k";
 pub struct MetaStore {
     root: PathBuf,
     store_id: String,
+    /// The cache directory's shared space bound, when there is one.
+    space: Option<Arc<dyn DiskSpace>>,
     /// Last warning and how many were suppressed since.
     warned: Mutex<(Option<Instant>, u64)>,
 }
@@ -113,8 +116,15 @@ impl MetaStore {
         Ok(MetaStore {
             root,
             store_id: store_id.to_string(),
+            space: None,
             warned: Mutex::new((None, 0)),
         })
+    }
+
+    /// Counts records against the cache directory's space bound.
+    pub fn with_space(mut self, space: Arc<dyn DiskSpace>) -> MetaStore {
+        self.space = Some(space);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -326,8 +336,9 @@ impl MetaStore {
             return;
         };
         for path in [self.listing_path(generation, dir), self.lookup_path(generation, key)] {
+            let size = fs::symlink_metadata(&path).map(|m| m.blocks() * 512).unwrap_or(0);
             match fs::remove_file(&path) {
-                Ok(()) => {}
+                Ok(()) => self.released(size),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => self.warn(format_args!("cannot delete persisted metadata {}: {e}", path.display())),
             }
@@ -367,8 +378,17 @@ impl MetaStore {
             "discarding invalid persisted metadata {} ({why}); fetching it from S3",
             path.display()
         ));
-        if fs::remove_file(path).is_err() {
-            let _ = fs::remove_dir_all(path);
+        let size = fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+        if fs::remove_file(path).is_ok() {
+            self.released(size);
+        } else {
+            let _ = fs::remove_dir_all(path); // over-counted until the cache's next scan
+        }
+    }
+
+    fn released(&self, bytes: u64) {
+        if let Some(space) = &self.space {
+            space.release(bytes);
         }
     }
 
@@ -410,13 +430,35 @@ impl MetaStore {
 
     /// Writes a record atomically (best effort: failures are logged, never returned).
     fn write_record(&self, path: &Path, bytes: &[u8]) {
+        // Reserve the record and any directory it needs within the cache's bound.
+        let parent = path.parent().expect("record path has a parent");
+        let new_dirs = parent
+            .ancestors()
+            .take_while(|d| *d != self.root && !d.exists())
+            .count() as u64;
+        let size = alloc_size(bytes.len() as u64) + new_dirs * 4096;
+        let _reservation = match &self.space {
+            Some(space) => match space.reserve(size) {
+                Some(guard) => Some(guard),
+                None => return, // the cache is full: keep this answer in memory only
+            },
+            None => None,
+        };
+        let replaced = fs::symlink_metadata(path).ok().map(|m| m.blocks() * 512);
         let result = self.write_tmp(bytes).and_then(|tmp| {
-            let r = mkdir(path.parent().expect("record path has a parent")).and_then(|()| fs::rename(&tmp, path));
+            let r = mkdir(parent).and_then(|()| fs::rename(&tmp, path));
             if r.is_err() {
                 let _ = fs::remove_file(&tmp);
             }
             r
         });
+        if let Some(space) = &self.space {
+            match (&result, replaced) {
+                (Ok(()), Some(old)) => space.release(old),
+                (Ok(()), None) => {}
+                (Err(_), _) => space.release(size),
+            }
+        }
         if let Err(e) = result {
             self.warn(format_args!(
                 "cannot persist metadata to {} ({e}); continuing without",
