@@ -234,7 +234,7 @@ pub fn sum(parsed: &[(String, f64)], name: &str, labels: &[&str]) -> f64 {
             n == name && labels.iter().all(|want| l.contains(want))
         })
         .map(|(_, v)| v)
-        .sum()
+        .fold(0.0, |a, b| a + b) // not `sum`: an empty f64 sum is -0.0, printed "-0"
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobSet, GlobSetBuilder};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cache::{CacheConfig, DiskCache};
@@ -25,7 +25,9 @@ fn globs(patterns: &[String], what: &str) -> anyhow::Result<Option<GlobSet>> {
     }
     let mut b = GlobSetBuilder::new();
     for p in patterns {
-        b.add(Glob::new(p).with_context(|| format!("{what}: invalid glob {p:?}"))?);
+        // `*` stays within one path segment, `**` crosses `/`: the usual shell meaning.
+        let glob = globset::GlobBuilder::new(p).literal_separator(true).build();
+        b.add(glob.with_context(|| format!("{what}: invalid glob {p:?}"))?);
     }
     Ok(Some(b.build()?))
 }
@@ -101,30 +103,24 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
             }
         }
         progress.finish();
+        let mut failed_selected = 0;
         for (o, e) in selected.iter().zip(&errors) {
             if let Some(e) = e {
                 failed.push((o.key.to_string(), e.to_string()));
+                failed_selected += 1;
             }
         }
         let c = &metrics.cache;
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
             "warmed {} objects ({:.1} MiB) in {:.1}s: {} blocks fetched from S3 ({:.1} MiB), {} already cached",
-            selected.len() - failed.len().min(selected.len()),
+            selected.len() - failed_selected,
             mib(total_bytes),
             started.elapsed().as_secs_f64(),
             c.misses.get(),
             mib(metrics.s3_bytes.get()),
             c.hits.get(),
         );
-        if c.skipped_full.get() > 0 || c.write_failures.get() > 0 {
-            println!(
-                "warning: {} blocks could not be stored (cache full: {}, write failures: {})",
-                c.skipped_full.get() + c.write_failures.get(),
-                c.skipped_full.get(),
-                c.write_failures.get()
-            );
-        }
         if !failed.is_empty() {
             for (key, e) in &failed {
                 eprintln!("failed: {key}: {e}");
@@ -135,6 +131,16 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
                 failed.len(),
                 names.join(", "),
                 if failed.len() > 10 { ", ..." } else { "" }
+            );
+        }
+        let unstored = c.skipped_full.get() + c.write_failures.get();
+        if unstored > 0 {
+            // Read but not kept: the mounts would fetch these blocks again.
+            bail!(
+                "{unstored} block(s) could not be stored in the cache (cache full: {}, write failures: {}); \
+                 raise --max-cache-size or free disk space",
+                c.skipped_full.get(),
+                c.write_failures.get()
             );
         }
         Ok(())

@@ -188,6 +188,11 @@ pub struct Namespace {
     negative_ttl: Option<Duration>,
     lookups: Cache<Arc<str>, Resolved>,
     dirs: Cache<Arc<str>, Arc<DirListing>>,
+    /// Directories known to hold more than one listing page: names in them are looked up
+    /// one by one instead of by listing the directory.
+    large_dirs: moka::sync::Cache<Arc<str>, ()>,
+    /// Answer lookups in small directories by listing them (see `lookup`).
+    list_small_dirs: bool,
     hidden_logged: Mutex<HashSet<String>>,
     persist: Option<Arc<MetaStore>>,
     /// Set when persisted records could not be invalidated: never read them again.
@@ -215,10 +220,25 @@ impl Namespace {
             negative_ttl: negative_ttl.duration(),
             lookups,
             dirs,
+            large_dirs: {
+                let b = moka::sync::Cache::builder().max_capacity(100_000);
+                match ttl.duration() {
+                    Some(t) => b.time_to_live(t.max(Duration::from_secs(1))).build(),
+                    None => b.build(),
+                }
+            },
+            list_small_dirs: true,
             hidden_logged: Mutex::new(HashSet::new()),
             persist: None,
             persist_off: AtomicBool::new(false),
         }
+    }
+
+    /// Resolves every name with its own HeadObject and one-key ListObjectsV2, never by
+    /// listing its directory.
+    pub fn one_name_at_a_time(mut self) -> Namespace {
+        self.list_small_dirs = false;
+        self
     }
 
     /// Also persists what is learned in `persist`, and answers misses from it.
@@ -345,6 +365,18 @@ impl Namespace {
                 } else {
                     None
                 };
+                // A directory that fits in one listing page is listed whole: one request
+                // answers every name in it (a JAR directory opened file by file costs one
+                // LIST, not a HEAD and a LIST per JAR).
+                if self.list_small_dirs && !self.large_dirs.contains_key(dir) {
+                    let listing = self
+                        .dirs
+                        .optionally_get_with(dir.into(), async { self.fetch_small_listing(dir, generation).await })
+                        .await;
+                    if let Some(r) = listing.and_then(|l| self.answer_from(&l, name)) {
+                        return Ok(r);
+                    }
+                }
                 let stamp = Stamp::now();
                 let entry = self.fetch_lookup(key.clone()).await?;
                 let ttl = if entry.is_some() { self.ttl } else { self.negative_ttl };
@@ -423,10 +455,51 @@ impl Namespace {
             .map_err(|e: Arc<StoreError>| (*e).clone())
     }
 
+    /// The listing of `dir` if it fits in one page (persisted like any listing); `None` when
+    /// it does not (remembered) or the request failed (the per-name path reports errors).
+    async fn fetch_small_listing(&self, dir: &str, generation: Option<u64>) -> Option<Arc<DirListing>> {
+        let stamp = Stamp::now();
+        match self.fetch_listing_pages(dir, stamp.instant, Some(1)).await {
+            Ok(Some(listing)) => {
+                if let Some(g) = generation
+                    && self.ttl != Some(Duration::ZERO)
+                {
+                    let (d, l) = (dir.to_string(), listing.clone());
+                    self.on_disk(move |p| {
+                        p.save_listing(g, &d, stamp.wall, &l.entries);
+                        Some(())
+                    })
+                    .await;
+                }
+                Some(listing)
+            }
+            Ok(None) => {
+                self.large_dirs.insert(dir.into(), ());
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     async fn fetch_listing(&self, dir: &str, fetched: Instant) -> Result<Arc<DirListing>, StoreError> {
+        Ok(self
+            .fetch_listing_pages(dir, fetched, None)
+            .await?
+            .expect("no page limit"))
+    }
+
+    /// Lists `dir` whole, or `None` when it has more than `max_pages` pages.
+    async fn fetch_listing_pages(
+        &self,
+        dir: &str,
+        fetched: Instant,
+        max_pages: Option<usize>,
+    ) -> Result<Option<Arc<DirListing>>, StoreError> {
         let mut entries: BTreeMap<Arc<str>, Entry> = BTreeMap::new();
         let mut continuation = None;
+        let mut pages = 0;
         loop {
+            pages += 1;
             let page = self
                 .store
                 .list(ListRequest {
@@ -461,11 +534,14 @@ impl Namespace {
             if continuation.is_none() {
                 break;
             }
+            if max_pages.is_some_and(|m| pages >= m) {
+                return Ok(None);
+            }
         }
-        Ok(Arc::new(DirListing {
+        Ok(Some(Arc::new(DirListing {
             entries: entries.into_iter().collect(),
             fetched,
-        }))
+        })))
     }
 
     /// Forgets what is cached about `name` in `dir` (and the listing of `dir`), in memory and
@@ -520,7 +596,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     fn ns(store: &Arc<MemoryStore>, ttl: Ttl) -> Namespace {
-        Namespace::new(store.clone(), ttl, ttl)
+        Namespace::new(store.clone(), ttl, ttl).one_name_at_a_time()
     }
 
     fn names(l: &DirListing) -> Vec<(&str, bool)> {
@@ -619,7 +695,7 @@ mod tests {
         let s = Arc::new(crate::store::fault::FaultStore::new(MemoryStore::new()));
         s.inner().put("k", "v");
         s.set_latency(Duration::from_millis(50));
-        let ns = Arc::new(Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite));
+        let ns = Arc::new(Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).one_name_at_a_time());
         let tasks: Vec<_> = (0..16)
             .map(|_| {
                 let ns = ns.clone();
@@ -634,10 +710,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn lookups_in_small_directories_list_them_once() {
+        let s = Arc::new(MemoryStore::new());
+        for i in 0..60 {
+            s.put(&format!("jars/lib{i}.jar"), "x");
+        }
+        s.put("jars/sub/a", "y");
+        let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite);
+        for i in 0..60 {
+            assert!(matches!(
+                ns.lookup("jars/", &format!("lib{i}.jar")).await.unwrap().entry,
+                Some(Entry::File(_))
+            ));
+        }
+        assert_eq!(ns.lookup("jars/", "sub").await.unwrap().entry, Some(Entry::Dir));
+        assert_eq!(ns.lookup("jars/", "missing.jar").await.unwrap().entry, None);
+        assert_eq!(
+            (s.lists.load(Ordering::Relaxed), s.heads.load(Ordering::Relaxed)),
+            (1, 0),
+            "one LIST for 62 names"
+        );
+        // A directory larger than one page (1,000 entries) is not listed for a lookup.
+        for i in 0..1001 {
+            s.put(&format!("big/f{i:04}"), "z");
+        }
+        let before = s.requests();
+        assert!(matches!(
+            ns.lookup("big/", "f0500").await.unwrap().entry,
+            Some(Entry::File(_))
+        ));
+        assert!(matches!(
+            ns.lookup("big/", "f0501").await.unwrap().entry,
+            Some(Entry::File(_))
+        ));
+        assert_eq!(s.requests() - before, 1 + 2 + 2, "one page, then HEAD+LIST per name");
+    }
+
+    #[tokio::test]
     async fn errors_are_not_cached() {
         let s = Arc::new(crate::store::fault::FaultStore::new(MemoryStore::new()));
         s.inner().put("k", "v");
-        let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite);
+        let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).one_name_at_a_time();
         s.fail_next(1, StoreError::Timeout);
         assert_eq!(ns.lookup("", "k").await.map(|r| r.entry), Err(StoreError::Timeout));
         assert!(matches!(
@@ -650,7 +763,8 @@ mod tests {
     async fn listing_negatives_expire_with_the_negative_ttl_and_ttls_count_down() {
         let s = Arc::new(MemoryStore::new());
         s.put("d/a", "1");
-        let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Finite(Duration::from_millis(200)));
+        let ns =
+            Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Finite(Duration::from_millis(200))).one_name_at_a_time();
         ns.list_dir("d/").await.unwrap();
         assert_eq!(ns.lookup("d/", "b").await.unwrap().entry, None);
         s.put("d/b", "2");
@@ -661,7 +775,7 @@ mod tests {
         ));
         let r = ns.lookup("d/", "a").await.unwrap();
         assert_eq!(ns.valid_for(&r), None, "indefinite");
-        let ns = Namespace::new(s.clone(), Ttl::Finite(Duration::from_secs(10)), Ttl::Indefinite);
+        let ns = Namespace::new(s.clone(), Ttl::Finite(Duration::from_secs(10)), Ttl::Indefinite).one_name_at_a_time();
         let r = ns.lookup("d/", "a").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let left = ns.valid_for(&ns.lookup("d/", "a").await.unwrap()).unwrap();
@@ -683,7 +797,9 @@ mod tests {
     }
 
     fn persisted(s: &Arc<MemoryStore>, dir: &tempfile::TempDir, ttl: Ttl, negative: Ttl) -> Namespace {
-        Namespace::new(s.clone(), ttl, negative).with_persistence(meta_store(dir))
+        Namespace::new(s.clone(), ttl, negative)
+            .one_name_at_a_time()
+            .with_persistence(meta_store(dir))
     }
 
     fn meta(key: &str, size: u64) -> Entry {
@@ -903,7 +1019,11 @@ mod tests {
         s.set_latency(Duration::from_millis(300));
         let cache = tempfile::tempdir().unwrap();
         let m = meta_store(&cache);
-        let ns = Arc::new(Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).with_persistence(m.clone()));
+        let ns = Arc::new(
+            Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite)
+                .one_name_at_a_time()
+                .with_persistence(m.clone()),
+        );
         let slow = {
             let ns = ns.clone();
             tokio::spawn(async move { ns.lookup("", "k").await.unwrap() })
@@ -920,6 +1040,8 @@ mod tests {
     }
 
     fn persisted_with(s: &Arc<crate::store::fault::FaultStore<MemoryStore>>, m: &Arc<MetaStore>) -> Namespace {
-        Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).with_persistence(m.clone())
+        Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite)
+            .one_name_at_a_time()
+            .with_persistence(m.clone())
     }
 }

@@ -95,8 +95,8 @@ impl BlockReader {
             // favour of older, more often read blocks (TinyLFU's default).
             .eviction_policy(EvictionPolicy::lru())
             .build();
-        // The window may fill at most a quarter of the memory cache, so that prefetched blocks
-        // are still there when the reader arrives, and never more than 64 MiB per handle.
+        // All windows together may fill at most half the memory, so that prefetched blocks are
+        // still there when their readers arrive, and one window never more than 64 MiB.
         let max_window = (memory_bytes / 2).min(64 << 20) / block_size;
         BlockReader {
             store,
