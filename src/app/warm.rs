@@ -104,12 +104,24 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
         }
         progress.finish();
         let mut failed_selected = 0;
+        let mut complete = Vec::new();
         for (o, e) in selected.iter().zip(&errors) {
-            if let Some(e) = e {
-                failed.push((o.key.to_string(), e.to_string()));
-                failed_selected += 1;
+            match e {
+                Some(e) => {
+                    failed.push((o.key.to_string(), e.to_string()));
+                    failed_selected += 1;
+                }
+                None => complete.push(o.clone()),
             }
         }
+        // Whole objects, so that mounts can hand them to the kernel (passthrough) at first open.
+        let assembler = cache.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for o in complete {
+                let _ = assembler.assemble(&o);
+            }
+        })
+        .await;
         let c = &metrics.cache;
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size, is_shard_name};
 use crate::object::{ObjectMeta, block_range};
@@ -312,7 +312,7 @@ impl DiskCache {
                         self.usage.sub(m.blocks() * 512);
                     }
                 }
-                info!(key = %obj.key, bytes = obj.size, "assembled in the disk cache");
+                debug!(key = %obj.key, bytes = obj.size, "assembled in the disk cache");
                 Ok(true)
             }
             other => {
