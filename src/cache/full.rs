@@ -104,7 +104,7 @@ impl Index {
 }
 
 impl DiskCache {
-    fn full_path(&self, object: &str) -> PathBuf {
+    pub(super) fn full_path(&self, object: &str) -> PathBuf {
         self.root.join("full").join(&object[..3]).join(object)
     }
 
@@ -112,6 +112,9 @@ impl DiskCache {
     /// `want` (key, ETag, size). `None` when absent or not valid (an invalid one is removed).
     fn open_full(&self, object: &str, key: &str, etag: &str, size: u64) -> Option<(File, Index)> {
         let path = self.full_path(object);
+        if !self.real_parents(&path) {
+            return None;
+        }
         let file = match fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -259,7 +262,7 @@ impl DiskCache {
         };
         let idx_len = index.encode().len() as u64 + 4 * n;
         let shard = path.parent().expect("full path has a shard");
-        let new_shard = !shard.is_dir();
+        let new_shard = !self.real_parents(&path);
         let size = alloc_size(obj.size) + alloc_size(idx_len) + if new_shard { DIR_BYTES } else { 0 };
         let Some(_reservation) = self.reserve(size) else {
             return Ok(false);
@@ -268,6 +271,11 @@ impl DiskCache {
         let tmp = self.root.join("tmp").join(format!("{}.{seq}.full", std::process::id()));
         let tmp_idx = tmp.with_extension("idx");
         let result = (|| -> io::Result<bool> {
+            if !self.real_parents(&tmp) {
+                return Err(io::Error::other(
+                    "the cache's tmp directory is missing or not a directory",
+                ));
+            }
             let mut out = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -296,6 +304,9 @@ impl DiskCache {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_shard => self.usage.sub(DIR_BYTES),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
+            }
+            if !self.real_parents(&path) {
+                return Err(io::Error::other("an assembled-object directory is not a directory"));
             }
             // The index first: a data file is only ever seen with its index in place.
             fs::rename(&tmp_idx, path.with_extension("idx"))?;
@@ -408,5 +419,74 @@ mod tests {
         }
         assert_eq!(Index::decode(&b[..b.len() - 1]), None);
         assert_eq!(Index::decode(b""), None);
+    }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn with_crc(mut body: Vec<u8>) -> Vec<u8> {
+            let crc = crc32c::crc32c(&body);
+            body.extend_from_slice(&crc.to_le_bytes());
+            body
+        }
+
+        fn index() -> impl Strategy<Value = Index> {
+            (
+                any::<String>(),
+                any::<String>(),
+                any::<String>(),
+                0u64..1 << 40,
+                1u64..1 << 30,
+            )
+                .prop_flat_map(|(store, key, etag, size, block_size)| {
+                    let n = size.div_ceil(block_size).min(64);
+                    let size = size.min(n * block_size);
+                    proptest::collection::vec(any::<u32>(), n as usize).prop_map(move |crcs| Index {
+                        store: store.chars().take(100).collect(),
+                        key: key.chars().take(300).collect(),
+                        etag: etag.chars().take(100).collect(),
+                        size,
+                        block_size,
+                        crcs,
+                    })
+                })
+        }
+
+        proptest! {
+            /// Arbitrary bytes never panic and never validate.
+            #[test]
+            fn arbitrary_bytes_never_validate(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+                prop_assert_eq!(Index::decode(&bytes), None);
+            }
+
+            /// Bytes that get past the checksum (a file with a valid crc but garbage inside)
+            /// never panic, and validate only as the one encoding of what they decode to.
+            #[test]
+            fn checksummed_garbage_never_panics(
+                magic in prop_oneof![Just(MAGIC.to_vec()), proptest::collection::vec(any::<u8>(), 8)],
+                rest in proptest::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let mut body = magic;
+                body.extend_from_slice(&VERSION.to_le_bytes());
+                body.extend_from_slice(&rest);
+                let file = with_crc(body);
+                if let Some(i) = Index::decode(&file) {
+                    prop_assert_eq!(i.encode(), file);
+                }
+            }
+
+            /// Every valid index round-trips; any flipped bit or truncation is rejected.
+            #[test]
+            fn round_trip_and_any_damage_is_rejected(i in index(), pos in any::<usize>(), bit in 0u8..8, cut in any::<usize>()) {
+                let b = i.encode();
+                prop_assert!(Index::decode(&b) == Some(i));
+                let mut flipped = b.clone();
+                let pos = pos % b.len();
+                flipped[pos] ^= 1 << bit;
+                prop_assert_eq!(Index::decode(&flipped), None);
+                prop_assert_eq!(Index::decode(&b[..cut % b.len()]), None);
+            }
+        }
     }
 }

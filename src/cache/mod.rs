@@ -344,6 +344,10 @@ impl DiskCache {
     fn load_block(&self, loc: &Location) -> Option<Bytes> {
         let id = self.block_id(loc);
         let expected = format::file_len(&id, loc.len);
+        if !self.real_parents(&loc.path) {
+            // No shard directory: the block is absent, or in the object's assembled file.
+            return self.read_from_full(loc);
+        }
         let mut file = match fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
@@ -393,6 +397,29 @@ impl DiskCache {
         }
     }
 
+    /// Whether every directory between the cache root and `path` is a real directory. The cache
+    /// never goes through a symlink planted in its tree (it could lead outside the cache): one
+    /// found in place of a directory is removed with a warning. Absent directories are not real
+    /// either (a writer creates them).
+    fn real_parents(&self, path: &Path) -> bool {
+        let Some(rel) = path.parent().and_then(|p| p.strip_prefix(&self.root).ok()) else {
+            return false;
+        };
+        let mut dir = self.root.clone();
+        for part in rel.components() {
+            dir.push(part);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) => {
+                    self.reject(&dir, Some(&m), "not a directory (a symlink?) in the cache tree");
+                    return false;
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Stores one block (best effort: failures are counted and logged, never returned).
     fn write_block(&self, loc: &Location, data: &Bytes) {
         let id = self.block_id(loc);
@@ -404,8 +431,9 @@ impl DiskCache {
             }
         };
         let shard = loc.path.parent().expect("block path has a shard");
-        // A new shard directory takes space too: reserve it with the block.
-        let new_shard = !shard.is_dir();
+        // A new shard directory takes space too: reserve it with the block. (A symlink in its
+        // place is removed here: the shard is then created as a real directory.)
+        let new_shard = !self.real_parents(&loc.path);
         let size = alloc_size((header.len() + data.len()) as u64) + if new_shard { DIR_BYTES } else { 0 };
         let Some(_reservation) = self.reserve(size) else {
             self.stats.skipped_full.inc();
@@ -420,6 +448,11 @@ impl DiskCache {
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| -> io::Result<()> {
+            if !self.real_parents(&tmp) {
+                return Err(io::Error::other(
+                    "the cache's tmp directory is missing or not a directory",
+                ));
+            }
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -435,6 +468,9 @@ impl DiskCache {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_shard => self.usage.sub(DIR_BYTES),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
+            }
+            if !self.real_parents(&loc.path) {
+                return Err(io::Error::other("a block directory is not a directory"));
             }
             let replaced = fs::symlink_metadata(&loc.path).ok().map(|m| m.blocks() * 512);
             fs::rename(&tmp, &loc.path)?;

@@ -181,6 +181,51 @@ async fn symlink_in_place_of_a_block_is_never_followed() {
     assert!(outside.exists(), "the symlink target is untouched");
 }
 
+#[tokio::test]
+async fn symlinked_directories_in_the_cache_tree_are_never_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("c");
+    let outside = d.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let c = DiskCache::open_for_test(cfg(&dir, None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("k", "\"e\"", 3 * BS);
+    get(&c, &o, 0, &fetches).await;
+    // The shard of block 0 moved outside and replaced by a symlink to it (a valid block
+    // there); every other shard a symlink to the outside directory.
+    let file = block_files(&dir).pop().unwrap();
+    let shard = file.parent().unwrap().to_path_buf();
+    fs::rename(&shard, outside.join("moved")).unwrap();
+    std::os::unix::fs::symlink(outside.join("moved"), &shard).unwrap();
+    for n in 0..SHARDS {
+        let s = dir.join(format!("v1/blocks/{n:03x}"));
+        if !s.exists() {
+            std::os::unix::fs::symlink(&outside, &s).unwrap();
+        }
+    }
+    for i in 0..3 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        4,
+        "the block behind the symlink was not trusted"
+    );
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside");
+    assert_eq!(fs::read_dir(outside.join("moved")).unwrap().count(), 1);
+    assert!(
+        fs::symlink_metadata(&shard).unwrap().is_dir(),
+        "the symlink was replaced by a directory"
+    );
+    // The temp directory replaced by a symlink: writes fail, reads go on, nothing outside.
+    fs::remove_dir(dir.join("v1/tmp")).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("v1/tmp")).unwrap();
+    let o2 = obj("k2", "\"e\"", BS);
+    assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside");
+    assert!(c.stats().write_failures.get() >= 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_misses_across_instances_fetch_once() {
     let d = tempfile::tempdir().unwrap();
@@ -314,6 +359,42 @@ fn key_to_path_mapping_is_stable_distinct_and_confined() {
                     loc.path
                 );
             }
+        }
+    }
+}
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Any key, ETag and index (".." segments, NUL, slashes, any Unicode, any length) maps
+        /// to a block file and an assembled file two levels under the cache root, with names
+        /// the cache's own scan recognizes: a key can never name a path outside the cache.
+        #[test]
+        fn locate_stays_under_the_cache_root(
+            key in any::<String>(),
+            etag in any::<String>(),
+            index in any::<u64>(),
+            size in 1u64..u64::MAX,
+        ) {
+            let d = tempfile::tempdir().unwrap();
+            let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+            let o = obj(&key, &etag, size);
+            let loc = c.locate(&o, index, ByteRange::new(0, 1));
+            let blocks = d.path().join("v1/blocks");
+            let rel = loc.path.strip_prefix(&blocks).unwrap();
+            prop_assert_eq!(rel.components().count(), 2);
+            prop_assert!(rel.components().all(|p| matches!(p, std::path::Component::Normal(_))));
+            prop_assert!(is_shard_name(rel.parent().unwrap().as_os_str()));
+            prop_assert!(is_block_name(loc.path.file_name().unwrap()));
+            let full = c.full_path(&loc.object);
+            let rel = full.strip_prefix(d.path().join("v1/full")).unwrap();
+            prop_assert_eq!(rel.components().count(), 2);
+            prop_assert!(is_shard_name(rel.parent().unwrap().as_os_str()));
+            prop_assert!(loc.object.len() == 32 && loc.object.bytes().all(|b| b.is_ascii_hexdigit()));
         }
     }
 }

@@ -369,10 +369,21 @@ impl Namespace {
                 // answers every name in it (a JAR directory opened file by file costs one
                 // LIST, not a HEAD and a LIST per JAR).
                 if self.list_small_dirs && !self.large_dirs.contains_key(dir) {
+                    // A failed listing fails the lookup (rather than trying HEAD+LIST next and
+                    // doubling the time it takes to report an unreachable S3).
+                    let failed = Mutex::new(None);
                     let listing = self
                         .dirs
-                        .optionally_get_with(dir.into(), async { self.fetch_small_listing(dir, generation).await })
+                        .optionally_get_with(dir.into(), async {
+                            self.fetch_small_listing(dir, generation).await.unwrap_or_else(|e| {
+                                *failed.lock().unwrap() = Some(e);
+                                None
+                            })
+                        })
                         .await;
+                    if let Some(e) = failed.into_inner().unwrap() {
+                        return Err(e);
+                    }
                     if let Some(r) = listing.and_then(|l| self.answer_from(&l, name)) {
                         return Ok(r);
                     }
@@ -456,11 +467,15 @@ impl Namespace {
     }
 
     /// The listing of `dir` if it fits in one page (persisted like any listing); `None` when
-    /// it does not (remembered) or the request failed (the per-name path reports errors).
-    async fn fetch_small_listing(&self, dir: &str, generation: Option<u64>) -> Option<Arc<DirListing>> {
+    /// it does not (remembered, so its names are looked up one by one).
+    async fn fetch_small_listing(
+        &self,
+        dir: &str,
+        generation: Option<u64>,
+    ) -> Result<Option<Arc<DirListing>>, StoreError> {
         let stamp = Stamp::now();
-        match self.fetch_listing_pages(dir, stamp.instant, Some(1)).await {
-            Ok(Some(listing)) => {
+        Ok(match self.fetch_listing_pages(dir, stamp.instant, Some(1)).await? {
+            Some(listing) => {
                 if let Some(g) = generation
                     && self.ttl != Some(Duration::ZERO)
                 {
@@ -473,12 +488,11 @@ impl Namespace {
                 }
                 Some(listing)
             }
-            Ok(None) => {
+            None => {
                 self.large_dirs.insert(dir.into(), ());
                 None
             }
-            Err(_) => None,
-        }
+        })
     }
 
     async fn fetch_listing(&self, dir: &str, fetched: Instant) -> Result<Arc<DirListing>, StoreError> {
@@ -744,6 +758,20 @@ mod tests {
             Some(Entry::File(_))
         ));
         assert_eq!(s.requests() - before, 1 + 2 + 2, "one page, then HEAD+LIST per name");
+    }
+
+    #[tokio::test]
+    async fn a_failed_directory_listing_fails_the_lookup_at_once() {
+        let s = Arc::new(crate::store::fault::FaultStore::new(MemoryStore::new()));
+        s.inner().put("d/k", "v");
+        let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite);
+        s.fail_next(1, StoreError::Timeout);
+        assert_eq!(ns.lookup("d/", "k").await.map(|r| r.entry), Err(StoreError::Timeout));
+        assert_eq!(s.inner().requests(), 0, "no HEAD+LIST after the listing failed");
+        assert!(matches!(
+            ns.lookup("d/", "k").await.map(|r| r.entry),
+            Ok(Some(Entry::File(_)))
+        ));
     }
 
     #[tokio::test]

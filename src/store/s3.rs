@@ -322,3 +322,32 @@ impl ObjectStore for S3Store {
         format!("s3://{}", self.bucket)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pauses behind the documented bound (docs/SEMANTICS.md, docs/RELIABILITY.md): each
+    /// below `min(base × 2ⁿ, max_backoff)`, with a 4× larger base after `SlowDown`.
+    #[test]
+    fn backoff_is_bounded_jittered_and_longer_after_slowdown() {
+        let p = RetryPolicy::default();
+        for attempt in 1..=20 {
+            for throttled in [false, true] {
+                let base = if throttled { p.base_backoff * 4 } else { p.base_backoff };
+                let cap = base.saturating_mul(1 << attempt.min(16)).min(p.max_backoff);
+                let pauses: Vec<Duration> = (0..200).map(|_| backoff(&p, attempt, throttled)).collect();
+                assert!(pauses.iter().all(|d| *d < cap || cap.is_zero()), "attempt {attempt}");
+                // Jitter: not all equal, and some near the cap.
+                assert!(pauses.iter().any(|d| *d != pauses[0]), "attempt {attempt}: no jitter");
+                assert!(
+                    pauses.iter().any(|d| *d > cap / 2),
+                    "attempt {attempt}: never near the cap"
+                );
+            }
+        }
+        // After SlowDown the first pause may exceed anything a plain retry would wait.
+        let plain_cap = p.base_backoff * 2;
+        assert!((0..200).any(|_| backoff(&p, 1, true) > plain_cap));
+    }
+}
