@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tracing::debug;
 
-use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size, is_shard_name};
+use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
 use crate::object::{ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
@@ -344,55 +344,34 @@ impl DiskCache {
         shard_dirs: &mut Vec<(PathBuf, u64)>,
         now: SystemTime,
     ) -> u64 {
-        let mut total = 0;
-        let Ok(shards) = fs::read_dir(self.root.join("full")) else {
-            return 0;
-        };
-        for shard in shards.flatten() {
-            let Ok(sm) = shard.metadata() else { continue };
-            if !sm.is_dir() || !is_shard_name(&shard.file_name()) {
-                self.reject(&shard.path(), Some(&sm), "foreign entry in the cache");
-                let _ = fs::remove_dir_all(shard.path());
-                continue;
-            }
-            total += sm.blocks() * 512;
-            shard_dirs.push((shard.path(), sm.blocks() * 512));
-            let Ok(files) = fs::read_dir(shard.path()) else {
-                continue;
+        self.scan_shards(&self.root.join("full"), shard_dirs, |f, m| {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let (hex, is_idx) = match name.strip_suffix(".idx") {
+                Some(h) => (h.to_string(), true),
+                None => (name.clone(), false),
             };
-            for f in files.flatten() {
-                let Ok(m) = f.metadata() else { continue };
-                let name = f.file_name().to_string_lossy().into_owned();
-                let (hex, is_idx) = match name.strip_suffix(".idx") {
-                    Some(h) => (h.to_string(), true),
-                    None => (name.clone(), false),
-                };
-                if !m.is_file() || hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    self.reject(&f.path(), Some(&m), "foreign file in the cache");
-                    continue;
-                }
-                if is_idx {
-                    let data = f.path().with_extension("");
-                    let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
-                    if !data.exists() && age > STALE_TMP {
-                        let _ = fs::remove_file(f.path()); // left by an assembler that died
-                        continue;
-                    }
-                    total += m.blocks() * 512;
-                    continue;
-                }
-                let idx = f.path().with_extension("idx");
-                total += m.blocks() * 512;
-                let idx_size = fs::symlink_metadata(&idx).map(|m| m.blocks() * 512).unwrap_or(0);
-                candidates.push((
-                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                    m.blocks() * 512 + idx_size,
-                    f.path(),
-                    Some(idx),
-                ));
+            if !m.is_file() || hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.reject(&f.path(), Some(m), "foreign file in the cache");
+                return 0;
             }
-        }
-        total
+            if is_idx {
+                let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
+                if !f.path().with_extension("").exists() && age > STALE_TMP {
+                    let _ = fs::remove_file(f.path()); // left by an assembler that died
+                    return 0;
+                }
+                return m.blocks() * 512;
+            }
+            let idx = f.path().with_extension("idx");
+            let idx_size = fs::symlink_metadata(&idx).map(|m| m.blocks() * 512).unwrap_or(0);
+            candidates.push((
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.blocks() * 512 + idx_size,
+                f.path(),
+                Some(idx),
+            ));
+            m.blocks() * 512
+        })
     }
 }
 

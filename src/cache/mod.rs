@@ -576,31 +576,15 @@ impl DiskCache {
             }
         }
         let mut shard_dirs: Vec<(PathBuf, u64)> = Vec::new();
-        if let Ok(shards) = fs::read_dir(self.root.join("blocks")) {
-            for shard in shards.flatten() {
-                let Ok(sm) = shard.metadata() else { continue };
-                if !sm.is_dir() || !is_shard_name(&shard.file_name()) {
-                    self.reject(&shard.path(), Some(&sm), "foreign entry in the cache");
-                    let _ = fs::remove_dir_all(shard.path());
-                    continue;
-                }
-                total += sm.blocks() * 512;
-                shard_dirs.push((shard.path(), sm.blocks() * 512));
-                let Ok(files) = fs::read_dir(shard.path()) else {
-                    continue;
-                };
-                for f in files.flatten() {
-                    let Ok(m) = f.metadata() else { continue };
-                    if !m.is_file() || !is_block_name(&f.file_name()) {
-                        self.reject(&f.path(), Some(&m), "foreign file in the cache");
-                        continue;
-                    }
-                    let size = m.blocks() * 512;
-                    total += size;
-                    blocks.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), size, f.path(), None));
-                }
+        total += self.scan_shards(&self.root.join("blocks"), &mut shard_dirs, |f, m| {
+            if !m.is_file() || !is_block_name(&f.file_name()) {
+                self.reject(&f.path(), Some(m), "foreign file in the cache");
+                return 0;
             }
-        }
+            let size = m.blocks() * 512;
+            blocks.push((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), size, f.path(), None));
+            size
+        });
         total += self.scan_full(&mut blocks, &mut shard_dirs, now);
         // Persisted metadata (v1/meta) counts toward the bound but is not evicted here.
         total += tree_size(&self.root.join("meta"));
@@ -639,6 +623,40 @@ impl DiskCache {
             *last = Some(Instant::now());
             warn!("{msg}");
         }
+    }
+}
+
+impl DiskCache {
+    /// Walks the shard directories under `dir`: removes foreign entries, records each shard
+    /// (for removal when emptied), and hands every file to `file`, which returns the bytes it
+    /// counts. Returns the bytes of the shards and of what `file` counted.
+    fn scan_shards(
+        &self,
+        dir: &Path,
+        shard_dirs: &mut Vec<(PathBuf, u64)>,
+        mut file: impl FnMut(&fs::DirEntry, &fs::Metadata) -> u64,
+    ) -> u64 {
+        let mut total = 0;
+        let Ok(shards) = fs::read_dir(dir) else { return 0 };
+        for shard in shards.flatten() {
+            let Ok(sm) = shard.metadata() else { continue };
+            if !sm.is_dir() || !is_shard_name(&shard.file_name()) {
+                self.reject(&shard.path(), Some(&sm), "foreign entry in the cache");
+                let _ = fs::remove_dir_all(shard.path());
+                continue;
+            }
+            total += sm.blocks() * 512;
+            shard_dirs.push((shard.path(), sm.blocks() * 512));
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if let Ok(m) = f.metadata() {
+                    total += file(&f, &m);
+                }
+            }
+        }
+        total
     }
 }
 

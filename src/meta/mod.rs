@@ -450,20 +450,25 @@ impl Namespace {
                 }
                 let stamp = Stamp::now();
                 let listing = self.fetch_listing(dir, stamp.instant).await?;
-                if let Some(g) = generation
-                    && self.ttl != Some(Duration::ZERO)
-                {
-                    let (d, l) = (dir.to_string(), listing.clone());
-                    self.on_disk(move |p| {
-                        p.save_listing(g, &d, stamp.wall, &l.entries);
-                        Some(())
-                    })
-                    .await;
-                }
+                self.persist_listing(generation, dir, &stamp, &listing).await;
                 Ok(listing)
             })
             .await
             .map_err(|e: Arc<StoreError>| (*e).clone())
+    }
+
+    /// Writes a listing fetched at `stamp` to the persisted generation (not with a TTL of 0).
+    async fn persist_listing(&self, generation: Option<u64>, dir: &str, stamp: &Stamp, listing: &Arc<DirListing>) {
+        if let Some(g) = generation
+            && self.ttl != Some(Duration::ZERO)
+        {
+            let (d, l, wall) = (dir.to_string(), listing.clone(), stamp.wall);
+            self.on_disk(move |p| {
+                p.save_listing(g, &d, wall, &l.entries);
+                Some(())
+            })
+            .await;
+        }
     }
 
     /// The listing of `dir` if it fits in one page (persisted like any listing); `None` when
@@ -476,16 +481,7 @@ impl Namespace {
         let stamp = Stamp::now();
         Ok(match self.fetch_listing_pages(dir, stamp.instant, Some(1)).await? {
             Some(listing) => {
-                if let Some(g) = generation
-                    && self.ttl != Some(Duration::ZERO)
-                {
-                    let (d, l) = (dir.to_string(), listing.clone());
-                    self.on_disk(move |p| {
-                        p.save_listing(g, &d, stamp.wall, &l.entries);
-                        Some(())
-                    })
-                    .await;
-                }
+                self.persist_listing(generation, dir, &stamp, &listing).await;
                 Some(listing)
             }
             None => {
