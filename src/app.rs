@@ -262,7 +262,6 @@ impl Daemon {
     /// Serves the mount on a background thread (for examples, benchmarks and embedding).
     pub fn spawn(mut self) -> BackgroundMount {
         let unmounter = self.mounted.unmounter();
-        let _ = &self.refresher;
         let thread = std::thread::Builder::new()
             .name("s3cachefs-session".into())
             .spawn(move || {
