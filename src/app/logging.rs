@@ -58,7 +58,7 @@ pub fn init(cfg: &LogConfig, foreground: bool) -> anyhow::Result<()> {
 }
 
 /// Targets of the AWS SDK and the HTTP/TLS stack (prefixes: `aws` covers `aws_sigv4`,
-/// `aws_smithy_*`, `aws_config`, `aws_sdk_s3`...).
+/// `aws_smithy_*`, `aws_config`, the S3 SDK crate...).
 const SDK_TARGETS: &[&str] = &["aws", "hyper", "h2", "rustls", "tower", "http"];
 
 /// Caps the SDK's and HTTP stack's events at `info`, on top of any filter (RUST_LOG included):
