@@ -6,27 +6,12 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::*;
 
 const MIB: usize = 1 << 20;
-
-/// Bytes on disk under `p`, as `du` counts them.
-fn du(p: &Path) -> u64 {
-    let Ok(m) = fs::symlink_metadata(p) else { return 0 };
-    let mut total = m.blocks() * 512;
-    if m.is_dir()
-        && let Ok(entries) = fs::read_dir(p)
-    {
-        for e in entries.flatten() {
-            total += du(&e.path());
-        }
-    }
-    total
-}
 
 fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
@@ -265,34 +250,12 @@ fn kill_dash_nine_while_filling_then_remount_reads_correctly() {
     read_all(&m, &objects);
 }
 
-/// A tmpfs of `size` mounted on a temporary directory; unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let d = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(d.path())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root");
-        Tmpfs(d)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn full_cache_disk_never_fails_a_read() {
     let s = server();
     let objects = seed_jars(&s, 8); // ~10 MiB
     let tmpfs = Tmpfs::new("3m");
-    let c = tmpfs.0.path().join("cache");
+    let c = tmpfs.path().join("cache");
     // No --cache-min-free headroom: writes hit ENOSPC for real.
     let m = Mount::new(
         &s,

@@ -14,14 +14,6 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn metric(port: u16, series: &str) -> f64 {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -237,13 +229,6 @@ fn without_passthrough_assembled_files_are_read_through_the_daemon() {
         let m = Mount::new(&s, BUCKET, &args);
         assert!(fs::read(m.join("f.bin")).unwrap() == body);
     }
-}
-
-/// Peak resident memory of a process, in bytes.
-fn vm_hwm(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
 #[test]

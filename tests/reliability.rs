@@ -83,10 +83,6 @@ fn vm(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
-fn vm_hwm(pid: u32) -> u64 {
-    vm(pid, "VmHWM:")
-}
-
 /// xorshift64*: deterministic choices for workloads.
 struct Rng(u64);
 
@@ -136,19 +132,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn du(p: &Path) -> u64 {
-    let Ok(m) = fs::symlink_metadata(p) else { return 0 };
-    let mut total = m.blocks() * 512;
-    if m.is_dir()
-        && let Ok(entries) = fs::read_dir(p)
-    {
-        for e in entries.flatten() {
-            total += du(&e.path());
-        }
-    }
-    total
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -834,32 +817,6 @@ fn kill_dash_nine_at_random_points_never_leaves_bad_data_or_blocks_progress() {
 // 5. The cache under pressure: full, removed, read-only, symlinks and other users' files.
 // ---------------------------------------------------------------------------------------------
 
-/// A tmpfs of `size` on a temporary directory; unmounted on drop.
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn new(size: &str) -> Tmpfs {
-        let d = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(d.path())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root");
-        Tmpfs(d)
-    }
-
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 /// `dir` bind-mounted read-only over itself; unmounted on drop.
 struct ReadOnly(PathBuf);
 
@@ -989,7 +946,13 @@ fn cache_directory_removed_or_read_only_while_mounted_still_serves_reads() {
     // Removed under a running daemon.
     let m = Mount::new(&s, BUCKET, &["--cache", c]);
     read_all_ok(&m, &objects[..2]);
-    fs::remove_dir_all(&dir).unwrap();
+    // The daemon may be writing into it (metadata, background scan): retry until it is gone.
+    let mut tries = 0;
+    while let Err(e) = fs::remove_dir_all(&dir) {
+        tries += 1;
+        assert!(tries < 50, "cannot remove the cache directory: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     read_all_ok(&m, &more_rm);
     read_all_ok(&m, &objects);
     assert!(cache_warned(&m.log()), "{}", m.log());

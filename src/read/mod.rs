@@ -242,11 +242,12 @@ impl BlockReader {
         let end = (offset + u64::from(len)).min(obj.size);
         let first = offset / self.block_size;
         let last = (end - 1) / self.block_size;
-        let blocks = if first == last {
-            vec![self.block(obj, first).await?]
-        } else {
-            futures::future::try_join_all((first..=last).map(|i| self.block(obj, i))).await?
-        };
+        if first == last {
+            // The common case (a read within one block): a slice of it, no allocation.
+            let block = self.block(obj, first).await?;
+            return Ok(self.assemble(obj, offset, end, first, std::slice::from_ref(&block)));
+        }
+        let blocks = futures::future::try_join_all((first..=last).map(|i| self.block(obj, i))).await?;
         Ok(self.assemble(obj, offset, end, first, &blocks))
     }
 

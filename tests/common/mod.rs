@@ -230,3 +230,58 @@ pub fn walk(root: &Path) -> Vec<(String, std::fs::Metadata)> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// A TCP port on 127.0.0.1 that nothing listens on (bound, noted, closed).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Bytes on disk under `p`, as `du` counts them (symlinks not followed).
+pub fn du(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+    let mut total = m.blocks() * 512;
+    if m.is_dir()
+        && let Ok(entries) = std::fs::read_dir(p)
+    {
+        total += entries.flatten().map(|e| du(&e.path())).sum::<u64>();
+    }
+    total
+}
+
+/// Peak resident memory of a process, in bytes (VmHWM).
+pub fn vm_hwm(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A tmpfs of `size` mounted on a temporary directory; unmounted on drop.
+pub struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    pub fn new(size: &str) -> Tmpfs {
+        let d = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        Tmpfs(d)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
