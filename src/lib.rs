@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod cachedir;
 pub mod cli;
 pub mod config;
 pub mod fs;

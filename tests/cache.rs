@@ -10,12 +10,13 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use common::*;
+use s3cachefs::cachedir::{Area, area_path};
 
 const MIB: usize = 1 << 20;
 
 fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
-    for shard in fs::read_dir(cache.join("v1/blocks")).unwrap() {
+    for shard in fs::read_dir(area_path(cache, Area::Blocks)).unwrap() {
         for f in fs::read_dir(shard.unwrap().path()).unwrap() {
             out.push(f.unwrap().path());
         }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use s3cachefs::cachedir::{Area, area_path};
 
 const MIB: usize = 1 << 20;
 
@@ -35,7 +36,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn full_files(cache: &Path) -> usize {
-    fs::read_dir(cache.join("v1/full"))
+    fs::read_dir(area_path(cache, Area::Full))
         .map(|shards| {
             shards
                 .flatten()
@@ -163,7 +164,7 @@ fn fully_cached_files_pass_through_to_the_kernel() {
     assert_eq!(s.counts().total(), 0);
     // The block files were folded into the assembled file.
     assert_eq!(
-        fs::read_dir(cache.path().join("v1/blocks"))
+        fs::read_dir(area_path(cache.path(), Area::Blocks))
             .unwrap()
             .flatten()
             .map(|d| fs::read_dir(d.path()).unwrap().count())
@@ -208,7 +209,7 @@ fn without_passthrough_assembled_files_are_read_through_the_daemon() {
     );
     // A corrupted assembled file is detected, dropped and refetched: never served.
     drop(m);
-    let shard = fs::read_dir(cache.path().join("v1/full"))
+    let shard = fs::read_dir(area_path(cache.path(), Area::Full))
         .unwrap()
         .next()
         .unwrap()

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use s3cachefs::cachedir::{Area, area_path};
 
 const MIB: usize = 1 << 20;
 
@@ -81,7 +82,7 @@ fn mount_source(s: &TestServer, source: &str, args: &[String]) -> Mount {
 }
 
 fn meta_dir(cache: &Path) -> PathBuf {
-    cache.join("v1/meta")
+    area_path(cache, Area::Meta)
 }
 
 /// Every persisted record file (listings and lookups of every generation).

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use s3cachefs::cachedir::{Area, EVICT_LOCK, LOCKS, SHARDS, USAGE, area_path, shard_name, version_path};
 use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op};
 
 const MIB: usize = 1 << 20;
@@ -710,7 +711,7 @@ fn age_file(path: &Path, age: Duration) {
 }
 
 fn tmp_files(cache: &Path) -> Vec<PathBuf> {
-    fs::read_dir(cache.join("v1/tmp"))
+    fs::read_dir(area_path(cache, Area::Tmp))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default()
 }
@@ -781,8 +782,8 @@ fn kill_dash_nine_at_random_points_never_leaves_bad_data_or_blocks_progress() {
     for f in &leftovers {
         age_file(f, Duration::from_secs(3600));
     }
-    let stale = cache.path().join("v1/tmp/999999.1.tmp");
-    let fresh = cache.path().join("v1/tmp/999999.2.tmp");
+    let stale = area_path(cache.path(), Area::Tmp).join("999999.1.tmp");
+    let fresh = area_path(cache.path(), Area::Tmp).join("999999.2.tmp");
     fs::write(&stale, b"left by a dead writer").unwrap();
     age_file(&stale, Duration::from_secs(11 * 60));
     fs::write(&fresh, b"a live writer's").unwrap();
@@ -982,7 +983,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, i64, u32, u32)> {
 }
 
 fn full_file_count(cache: &Path) -> usize {
-    files_under(&cache.join("v1/full")).len()
+    files_under(&area_path(cache, Area::Full)).len()
 }
 
 #[test]
@@ -1013,11 +1014,11 @@ fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
     let outside = tempfile::tempdir().unwrap();
     let empty = tempfile::tempdir().unwrap();
     let mut planted = Vec::new();
-    let files: Vec<PathBuf> = files_under(&cache.path().join("v1/blocks"))
+    let files: Vec<PathBuf> = files_under(&area_path(cache.path(), Area::Blocks))
         .into_iter()
-        .chain(files_under(&cache.path().join("v1/full")))
+        .chain(files_under(&area_path(cache.path(), Area::Full)))
         .chain(
-            files_under(&cache.path().join("v1/meta"))
+            files_under(&area_path(cache.path(), Area::Meta))
                 .into_iter()
                 .filter(|p| !p.ends_with("generation")),
         )
@@ -1044,9 +1045,9 @@ fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
     wait_for("the cache scan", Duration::from_secs(20), || {
         m.log().contains("disk cache scanned")
     });
-    for area in ["blocks", "full"] {
-        for n in 0..4096 {
-            let shard = cache.path().join(format!("v1/{area}/{n:03x}"));
+    for area in [Area::Blocks, Area::Full] {
+        for n in 0..SHARDS {
+            let shard = area_path(cache.path(), area).join(shard_name(n));
             if !shard.exists() {
                 std::os::unix::fs::symlink(empty.path(), &shard).unwrap();
             }
@@ -1061,9 +1062,9 @@ fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
     std::thread::sleep(Duration::from_millis(500)); // background assembly
     // The temp directory, then the block and assembled-object directories, replaced by
     // symlinks to the outside directory under the running daemon.
-    for dir in ["tmp", "blocks", "full"] {
-        let d = cache.path().join("v1").join(dir);
-        fs::rename(&d, cache.path().join(format!("v1/{dir}.moved"))).unwrap();
+    for area in [Area::Tmp, Area::Blocks, Area::Full] {
+        let d = area_path(cache.path(), area);
+        fs::rename(&d, d.with_extension("moved")).unwrap();
         std::os::unix::fs::symlink(empty.path(), &d).unwrap();
         reads += read_all_ok(&m, &fresh2[..3]);
     }
@@ -1096,11 +1097,11 @@ fn symlinked_cache_control_files_refuse_the_mount_and_are_not_touched() {
     let outside = tempfile::tempdir().unwrap();
     let target = outside.path().join("target");
     fs::write(&target, b"precious").unwrap();
-    for name in ["usage", "locks", "evict.lock"] {
+    for name in [USAGE, LOCKS, EVICT_LOCK] {
         let cache = tempfile::tempdir().unwrap();
         let c = cache.path().to_str().unwrap();
         drop(Mount::new(&s, BUCKET, &["--cache", c]));
-        let f = cache.path().join("v1").join(name);
+        let f = version_path(cache.path()).join(name);
         fs::remove_file(&f).unwrap();
         std::os::unix::fs::symlink(&target, &f).unwrap();
         let e = Mount::try_new(&s, BUCKET, &["--cache", c]).err().unwrap();

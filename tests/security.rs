@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use proptest::prelude::*;
+use s3cachefs::cachedir::{Area, area_path, version_path};
 use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op};
 
 /// The unprivileged "nobody" user and group.
@@ -163,18 +164,23 @@ fn cache_directory_and_files_are_private_to_the_daemon_user() {
     assert!(fs::read(m.join("jars/a.jar")).unwrap() == body);
     assert_eq!(fs::read(m.join("jars/b.jar")).unwrap(), b"b");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tree(&cache.join("v1/full")).iter().filter(|(_, m)| m.is_file()).count() < 2 {
+    while tree(&area_path(&cache, Area::Full))
+        .iter()
+        .filter(|(_, m)| m.is_file())
+        .count()
+        < 2
+    {
         assert!(Instant::now() < deadline, "no assembled file");
         std::thread::sleep(Duration::from_millis(20));
     }
     let entries = tree(&cache);
-    for area in ["v1/blocks", "v1/full", "v1/meta", "v1/tmp"] {
-        assert!(cache.join(area).is_dir(), "{area}");
+    for area in Area::ALL {
+        assert!(area_path(&cache, area).is_dir(), "{area:?}");
     }
     assert!(
         entries
             .iter()
-            .any(|(p, m)| m.is_file() && p.starts_with(cache.join("v1/meta")))
+            .any(|(p, m)| m.is_file() && p.starts_with(area_path(&cache, Area::Meta)))
     );
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -184,7 +190,7 @@ fn cache_directory_and_files_are_private_to_the_daemon_user() {
         assert_eq!(md.mode() & 0o077, 0, "{} is {:o}", p.display(), md.mode() & 0o777);
     }
     let some_file = entries.iter().find(|(_, m)| m.is_file()).unwrap().0.clone();
-    for p in [&cache, &cache.join("v1"), &some_file] {
+    for p in [&cache, &version_path(&cache), &some_file] {
         let cmd = if p.is_dir() { "ls" } else { "cat" };
         assert!(denied(&as_user(NOBODY, cmd, &[p.as_os_str()])), "{}", p.display());
     }

@@ -12,16 +12,16 @@
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use tracing::debug;
 
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
+use crate::cachedir::{Area, hex_shard};
 use crate::object::{ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
@@ -105,7 +105,7 @@ impl Index {
 
 impl DiskCache {
     pub(super) fn full_path(&self, object: &str) -> PathBuf {
-        self.root.join("full").join(&object[..3]).join(object)
+        self.dir.area(Area::Full).join(hex_shard(object)).join(object)
     }
 
     /// Opens an assembled object's data file and its index, checking that both describe
@@ -261,56 +261,32 @@ impl DiskCache {
             crcs: Vec::with_capacity(n as usize),
         };
         let idx_len = index.encode().len() as u64 + 4 * n;
-        let shard = path.parent().expect("full path has a shard");
         let new_shard = !self.real_parents(&path);
         let size = alloc_size(obj.size) + alloc_size(idx_len) + if new_shard { DIR_BYTES } else { 0 };
         let Some(_reservation) = self.reserve(size) else {
             return Ok(false);
         };
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}.{seq}.full", std::process::id()));
-        let tmp_idx = tmp.with_extension("idx");
+        let tmp_dir = self.dir.area(Area::Tmp);
         let result = (|| -> io::Result<bool> {
-            if !self.real_parents(&tmp) {
-                return Err(io::Error::other(
-                    "the cache's tmp directory is missing or not a directory",
-                ));
-            }
-            let mut out = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
+            let mut out = self.dir.temp(&tmp_dir, "full", None)?;
             for loc in &locs {
                 let Some(data) = self.load_block(loc) else {
                     return Ok(false);
                 };
                 index.crcs.push(crc32c::crc32c(&data));
-                out.write_all(&data)?;
+                out.file().write_all(&data)?;
             }
-            drop(out);
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp_idx)?;
-            f.write_all(&index.encode())?;
-            drop(f);
-            match fs::DirBuilder::new().mode(0o700).create(shard) {
-                Ok(()) if !new_shard => self.usage.add(DIR_BYTES),
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_shard => self.usage.sub(DIR_BYTES),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
+            let mut idx = self.dir.temp(&tmp_dir, "idx", None)?;
+            idx.file().write_all(&index.encode())?;
+            // The index first: a data file is only ever seen with its index in place. Placing
+            // it creates the shard directory if it is missing, never through a symlink.
+            let placed = idx.place(&path.with_extension("idx"), Some(&self.dir.area(Area::Full)))?;
+            match (placed.dirs_created > 0, new_shard) {
+                (true, false) => self.usage.add(DIR_BYTES),
+                (false, true) => self.usage.sub(DIR_BYTES),
+                _ => {}
             }
-            if !self.real_parents(&path) {
-                return Err(io::Error::other("an assembled-object directory is not a directory"));
-            }
-            // The index first: a data file is only ever seen with its index in place.
-            fs::rename(&tmp_idx, path.with_extension("idx"))?;
-            fs::rename(&tmp, &path)?;
+            out.place(&path, None)?;
             Ok(true)
         })();
         match result {
@@ -327,8 +303,6 @@ impl DiskCache {
                 Ok(true)
             }
             other => {
-                let _ = fs::remove_file(&tmp);
-                let _ = fs::remove_file(&tmp_idx);
                 self.usage.sub(size);
                 debug!(key = %obj.key, "assembly abandoned");
                 other
@@ -344,7 +318,7 @@ impl DiskCache {
         shard_dirs: &mut Vec<(PathBuf, u64)>,
         now: SystemTime,
     ) -> u64 {
-        self.scan_shards(&self.root.join("full"), shard_dirs, |f, m| {
+        self.scan_shards(&self.dir.area(Area::Full), shard_dirs, |f, m| {
             let name = f.file_name().to_string_lossy().into_owned();
             let (hex, is_idx) = match name.strip_suffix(".idx") {
                 Some(h) => (h.to_string(), true),

@@ -8,37 +8,39 @@
 //! - Writes go to `v1/tmp/` and are renamed into place: a crashed writer never leaves a file
 //!   that validates. Every read verifies the header and both checksums; anything that does
 //!   not validate is counted, removed and fetched again from S3.
-//! - A cold block is fetched under a cross-process stripe lock (`shared::StripeLocks`), then
+//! - A cold block is fetched under a cross-process stripe lock (`coord::StripeLocks`), then
 //!   the cache is checked again: N processes missing the same block issue one GET.
 //! - Bytes on disk (files, directories, temp files) are counted in a shared counter
-//!   (`shared::Usage`) and reserved before each write, so the bound holds across processes.
+//!   (`coord::Usage`) and reserved before each write, so the bound holds across processes.
 //!   When a write does not fit, the writer evicts least-recently-used blocks (access time is
 //!   the file's mtime, refreshed on every hit) down to a low watermark, under an exclusive
 //!   `evict.lock`. The scan that eviction needs also re-synchronizes the counter.
 //! - A failing cache never fails a read: errors are counted, logged (rate-limited) and the
 //!   bytes come from S3.
 
+mod coord;
 mod format;
 mod full;
-mod shared;
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use coord::{StripeLocks, Usage};
 pub use format::{BlockId, FORMAT_VERSION, FormatError};
-use shared::{StripeLocks, Usage};
 
+use crate::cachedir::{
+    self, Area, CacheDir, DIR_BYTES, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, Warnings, is_shard_name,
+};
 use crate::metrics::{CacheMetrics, Metrics};
 use crate::object::{ByteRange, ObjectMeta};
 
@@ -55,33 +57,18 @@ pub struct CacheConfig {
     pub store_id: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CacheError {
-    #[error("cache directory {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("cache directory {0} is not a directory")]
-    NotADirectory(PathBuf),
-    #[error("cache directory {path} is owned by uid {owner}, not by this user (uid {me}); refusing to use it")]
-    WrongOwner { path: PathBuf, owner: u32, me: u32 },
-}
-
-/// Temp files older than this belong to a writer that died.
-const STALE_TMP: Duration = Duration::from_secs(600);
-/// Space a directory takes (one filesystem block).
-const DIR_BYTES: u64 = 4096;
-/// Number of shard directories.
-const SHARDS: u64 = 4096;
-/// At most one warning of each kind per this period.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Why the disk cache cannot be opened: see `cachedir::OpenError`.
+pub use crate::cachedir::OpenError as CacheError;
 
 pub struct DiskCache {
+    /// `<dir>/v1`.
     root: PathBuf,
+    dir: CacheDir,
     cfg: CacheConfig,
     locks: StripeLocks,
     usage: Usage,
     stats: CacheMetrics,
-    tmp_seq: AtomicU64,
-    last_warn: Mutex<Option<Instant>>,
+    warnings: Warnings,
     /// Full files (by device and inode) whose every block this process has verified.
     verified_full: Mutex<std::collections::HashSet<(u64, u64)>>,
 }
@@ -110,18 +97,6 @@ impl crate::object::DiskSpace for DiskCache {
     }
 }
 
-/// Bytes on disk of everything under `path` (not following symlinks).
-fn tree_size(path: &Path) -> u64 {
-    let Ok(m) = fs::symlink_metadata(path) else { return 0 };
-    let mut total = m.blocks() * 512;
-    if m.is_dir()
-        && let Ok(entries) = fs::read_dir(path)
-    {
-        total += entries.flatten().map(|e| tree_size(&e.path())).sum::<u64>();
-    }
-    total
-}
-
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
     move |source| CacheError::Io {
         path: path.to_path_buf(),
@@ -133,68 +108,40 @@ impl DiskCache {
     /// Opens (creating) the cache directory. Cheap: nothing is scanned here, so mount time does
     /// not depend on the size of the cache.
     pub fn open(cfg: CacheConfig, metrics: &Metrics) -> Result<Arc<DiskCache>, CacheError> {
-        let dir = &cfg.dir;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err(dir))?;
-        let meta = fs::metadata(dir).map_err(io_err(dir))?;
-        if !meta.is_dir() {
-            return Err(CacheError::NotADirectory(dir.clone()));
+        // The version directory is named after the block format.
+        const { assert!(FORMAT_VERSION == cachedir::LAYOUT_VERSION) };
+        let dir = CacheDir::open(&cfg.dir)?;
+        let root = dir.version_path();
+        for area in [Area::Blocks, Area::Full, Area::Tmp] {
+            dir.create_dir(&dir.area(area))?;
         }
-        // SAFETY: geteuid cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != me {
-            return Err(CacheError::WrongOwner {
-                path: dir.clone(),
-                owner: meta.uid(),
-                me,
-            });
-        }
-        if meta.mode() & 0o077 != 0 {
-            info!(dir = %dir.display(), "restricting cache directory permissions to 0700");
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-        }
-        let root = dir.join(format!("v{FORMAT_VERSION}"));
-        for d in [root.clone(), root.join("blocks"), root.join("full"), root.join("tmp")] {
-            match fs::DirBuilder::new().mode(0o700).create(&d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&d)(e)),
-            }
-            let m = fs::symlink_metadata(&d).map_err(io_err(&d))?;
-            if !m.is_dir() {
-                return Err(CacheError::NotADirectory(d));
-            }
-        }
-        let usage = Usage::open(&root.join("usage")).map_err(io_err(&root))?;
+        let usage = Usage::open(&root.join(USAGE)).map_err(io_err(&root))?;
         if usage.fresh {
             // The fixed part: the directories and this counter's own file.
             let fixed: u64 = [
-                dir.clone(),
+                dir.path().to_path_buf(),
                 root.clone(),
-                root.join("blocks"),
-                root.join("full"),
-                root.join("tmp"),
-                root.join("usage"),
+                dir.area(Area::Blocks),
+                dir.area(Area::Full),
+                dir.area(Area::Tmp),
+                root.join(USAGE),
             ]
             .iter()
-            .filter_map(|p| fs::symlink_metadata(p).ok())
+            .filter_map(|p| dir.metadata(p).ok())
             .map(|m| m.blocks() * 512)
             .sum();
             usage.add(fixed);
         }
-        let locks = StripeLocks::new(root.join("locks")).map_err(io_err(&root))?;
-        shared::open_private(&root.join("evict.lock")).map_err(io_err(&root))?;
+        let locks = StripeLocks::new(root.join(LOCKS)).map_err(io_err(&root))?;
+        coord::open_private(&root.join(EVICT_LOCK)).map_err(io_err(&root))?;
         Ok(Arc::new(DiskCache {
             root,
+            dir,
             cfg,
             locks,
             usage,
             stats: metrics.cache.clone(),
-            tmp_seq: AtomicU64::new(0),
-            last_warn: Mutex::new(None),
+            warnings: Warnings::default(),
             verified_full: Mutex::new(Default::default()),
         }))
     }
@@ -206,7 +153,7 @@ impl DiskCache {
         let cache = self.clone();
         std::thread::Builder::new()
             .name("s3cachefs-cache-scan".into())
-            .spawn(move || match shared::try_exclusive(&cache.root.join("evict.lock")) {
+            .spawn(move || match coord::try_exclusive(&cache.root.join(EVICT_LOCK)) {
                 Ok(Some(_guard)) => {
                     let limit = cache.limit();
                     let t = Instant::now();
@@ -390,7 +337,7 @@ impl DiskCache {
     fn reject(&self, path: &Path, meta: Option<&fs::Metadata>, why: &str) {
         self.stats.corrupt.inc();
         warn!(path = %path.display(), reason = why, "discarding invalid disk cache block; fetching it from S3");
-        if fs::remove_file(path).is_ok()
+        if self.dir.remove_file(path).is_ok()
             && let Some(m) = meta
         {
             self.usage.sub(m.blocks() * 512);
@@ -402,22 +349,17 @@ impl DiskCache {
     /// found in place of a directory is removed with a warning. Absent directories are not real
     /// either (a writer creates them).
     fn real_parents(&self, path: &Path) -> bool {
-        let Some(rel) = path.parent().and_then(|p| p.strip_prefix(&self.root).ok()) else {
+        let Some(parent) = path.parent().filter(|p| p.starts_with(&self.root)) else {
             return false;
         };
-        let mut dir = self.root.clone();
-        for part in rel.components() {
-            dir.push(part);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) => {
-                    self.reject(&dir, Some(&m), "not a directory (a symlink?) in the cache tree");
-                    return false;
-                }
-                Err(_) => return false,
+        match self.dir.dir_state(parent) {
+            DirState::Real => true,
+            DirState::Missing => false,
+            DirState::NotADirectory(dir, meta) => {
+                self.reject(&dir, meta.as_ref(), "not a directory (a symlink?) in the cache tree");
+                false
             }
         }
-        true
     }
 
     /// Stores one block (best effort: failures are counted and logged, never returned).
@@ -430,7 +372,6 @@ impl DiskCache {
                 return;
             }
         };
-        let shard = loc.path.parent().expect("block path has a shard");
         // A new shard directory takes space too: reserve it with the block. (A symlink in its
         // place is removed here: the shard is then created as a real directory.)
         let new_shard = !self.real_parents(&loc.path);
@@ -442,39 +383,18 @@ impl DiskCache {
             ));
             return;
         };
-        let tmp = self.root.join("tmp").join(format!(
-            "{}.{}.tmp",
-            std::process::id(),
-            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
-        ));
         let result = (|| -> io::Result<()> {
-            if !self.real_parents(&tmp) {
-                return Err(io::Error::other(
-                    "the cache's tmp directory is missing or not a directory",
-                ));
+            let mut tmp = self.dir.temp(&self.dir.area(Area::Tmp), "tmp", None)?;
+            tmp.file().write_all(&header)?;
+            tmp.file().write_all(data)?;
+            // Creates the shard directory if it is missing, never through a symlink.
+            let placed = tmp.place(&loc.path, Some(&self.dir.area(Area::Blocks)))?;
+            match (placed.dirs_created > 0, new_shard) {
+                (true, false) => self.usage.add(DIR_BYTES), // removed since we looked
+                (false, true) => self.usage.sub(DIR_BYTES), // created by another writer
+                _ => {}
             }
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
-            f.write_all(&header)?;
-            f.write_all(data)?;
-            drop(f);
-            match fs::DirBuilder::new().mode(0o700).create(shard) {
-                Ok(()) if !new_shard => self.usage.add(DIR_BYTES), // removed since we looked
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_shard => self.usage.sub(DIR_BYTES),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-            if !self.real_parents(&loc.path) {
-                return Err(io::Error::other("a block directory is not a directory"));
-            }
-            let replaced = fs::symlink_metadata(&loc.path).ok().map(|m| m.blocks() * 512);
-            fs::rename(&tmp, &loc.path)?;
-            if let Some(old) = replaced {
+            if let Some(old) = placed.replaced {
                 self.usage.sub(old);
             }
             Ok(())
@@ -484,7 +404,6 @@ impl DiskCache {
                 self.stats.written_bytes.inc_by(data.len() as u64);
             }
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
                 self.usage.sub(size);
                 self.stats.write_failures.inc();
                 self.warn(format_args!(
@@ -499,7 +418,7 @@ impl DiskCache {
     fn limit(&self) -> u64 {
         let used = self.usage.get();
         let mut limit = self.cfg.max_size.unwrap_or(u64::MAX);
-        if let Some((avail, total)) = statvfs(&self.root) {
+        if let Some((avail, total)) = self.dir.space() {
             let min_free = (total as f64 * self.cfg.min_free_percent / 100.0) as u64;
             limit = limit.min((used + avail).saturating_sub(min_free));
         }
@@ -509,9 +428,9 @@ impl DiskCache {
     /// Reserves `n` bytes, evicting if needed. Returns the shared `evict.lock` to hold until
     /// the block is in place (or the reservation released), `None` if the bound cannot be met.
     fn reserve(&self, n: u64) -> Option<fs::File> {
-        let lock = self.root.join("evict.lock");
+        let lock = self.root.join(EVICT_LOCK);
         for attempt in 0..2 {
-            let guard = match shared::shared(&lock) {
+            let guard = match coord::shared(&lock) {
                 Ok(g) => g,
                 Err(e) => {
                     self.warn(format_args!("cannot lock the disk cache: {e}"));
@@ -528,7 +447,7 @@ impl DiskCache {
             }
             // Evict to a low watermark so that eviction is not needed again at once.
             let target = limit.saturating_sub(n).min(limit / 10 * 9);
-            match shared::exclusive(&lock) {
+            match coord::exclusive(&lock) {
                 Ok(_guard) => {
                     if self.usage.get().saturating_add(n) > self.limit() {
                         self.scan_and_evict(target);
@@ -549,34 +468,30 @@ impl DiskCache {
         let mut total = 0u64;
         // Eviction candidates: (last access, bytes, file, companion file removed with it).
         let mut blocks: Vec<(SystemTime, u64, PathBuf, Option<PathBuf>)> = Vec::new();
-        for p in [
-            &self.cfg.dir,
-            &self.root,
-            &self.root.join("blocks"),
-            &self.root.join("full"),
-            &self.root.join("tmp"),
-        ] {
-            total += fs::symlink_metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
-        }
-        for f in ["usage", "locks", "evict.lock"] {
-            total += fs::symlink_metadata(self.root.join(f))
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0);
+        let fixed = [
+            self.cfg.dir.clone(),
+            self.root.clone(),
+            self.dir.area(Area::Blocks),
+            self.dir.area(Area::Full),
+            self.dir.area(Area::Tmp),
+            self.root.join(USAGE),
+            self.root.join(LOCKS),
+            self.root.join(EVICT_LOCK),
+        ];
+        for p in &fixed {
+            total += self.dir.metadata(p).map(|m| m.blocks() * 512).unwrap_or(0);
         }
         let now = SystemTime::now();
-        if let Ok(entries) = fs::read_dir(self.root.join("tmp")) {
-            for e in entries.flatten() {
-                let Ok(m) = e.metadata() else { continue };
-                let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
-                if age > STALE_TMP || !m.is_file() {
-                    let _ = fs::remove_file(e.path());
-                } else {
-                    total += m.blocks() * 512;
-                }
+        for e in self.dir.read_dir(&self.dir.area(Area::Tmp)).unwrap_or_default() {
+            let age = now.duration_since(e.meta.modified().unwrap_or(now)).unwrap_or_default();
+            if age > STALE_TMP || !e.meta.is_file() {
+                let _ = self.dir.remove_file(&e.path);
+            } else {
+                total += e.meta.blocks() * 512;
             }
         }
         let mut shard_dirs: Vec<(PathBuf, u64)> = Vec::new();
-        total += self.scan_shards(&self.root.join("blocks"), &mut shard_dirs, |f, m| {
+        total += self.scan_shards(&self.dir.area(Area::Blocks), &mut shard_dirs, |f, m| {
             if !m.is_file() || !is_block_name(&f.file_name()) {
                 self.reject(&f.path(), Some(m), "foreign file in the cache");
                 return 0;
@@ -587,7 +502,7 @@ impl DiskCache {
         });
         total += self.scan_full(&mut blocks, &mut shard_dirs, now);
         // Persisted metadata (v1/meta) counts toward the bound but is not evicted here.
-        total += tree_size(&self.root.join("meta"));
+        total += self.dir.tree_size(&self.dir.area(Area::Meta));
         let files = blocks.len() as u64;
         if total > target {
             blocks.sort_unstable_by_key(|b| b.0);
@@ -618,11 +533,7 @@ impl DiskCache {
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
-        let mut last = self.last_warn.lock().unwrap();
-        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
-            warn!("{msg}");
-        }
+        self.warnings.warn(msg);
     }
 }
 
@@ -660,11 +571,6 @@ impl DiskCache {
     }
 }
 
-fn is_shard_name(name: &std::ffi::OsStr) -> bool {
-    name.to_str()
-        .is_some_and(|n| n.len() == 3 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 fn is_block_name(name: &std::ffi::OsStr) -> bool {
     name.to_str().is_some_and(|n| {
         n.split_once('.').is_some_and(|(h, i)| {
@@ -674,21 +580,6 @@ fn is_block_name(name: &std::ffi::OsStr) -> bool {
                 && i.bytes().all(|b| b.is_ascii_digit())
         })
     })
-}
-
-/// (available bytes, total bytes) of the filesystem holding `path`.
-fn statvfs(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs into a zeroed struct with a valid path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some((
-        st.f_bavail as u64 * st.f_frsize as u64,
-        st.f_blocks as u64 * st.f_frsize as u64,
-    ))
 }
 
 #[cfg(test)]

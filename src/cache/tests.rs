@@ -1,8 +1,10 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::*;
+use crate::cachedir::{area_path, shard_name};
 use crate::object::block_range;
 
 const BS: u64 = 64 << 10;
@@ -66,7 +68,7 @@ fn du(p: &Path) -> u64 {
 
 fn block_files(root: &Path) -> Vec<PathBuf> {
     let mut out = vec![];
-    for shard in fs::read_dir(root.join("v1/blocks")).unwrap() {
+    for shard in fs::read_dir(area_path(root, Area::Blocks)).unwrap() {
         for f in fs::read_dir(shard.unwrap().path()).unwrap() {
             out.push(f.unwrap().path());
         }
@@ -156,11 +158,11 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
     // Junk in the cache tree is removed by the scan and counted.
     let shard = files[0].parent().unwrap();
     fs::write(shard.join("junk.txt"), b"junk").unwrap();
-    fs::create_dir(d.path().join("v1/blocks/zzz")).unwrap();
-    let _g = shared::try_exclusive(&c.root.join("evict.lock")).unwrap().unwrap();
+    fs::create_dir(area_path(d.path(), Area::Blocks).join("zzz")).unwrap();
+    let _g = coord::try_exclusive(&c.root.join(EVICT_LOCK)).unwrap().unwrap();
     c.scan_and_evict(u64::MAX);
     assert!(!shard.join("junk.txt").exists());
-    assert!(!d.path().join("v1/blocks/zzz").exists());
+    assert!(!area_path(d.path(), Area::Blocks).join("zzz").exists());
     assert_eq!(c.stats().corrupt.get(), 5);
 }
 
@@ -198,7 +200,7 @@ async fn symlinked_directories_in_the_cache_tree_are_never_followed() {
     fs::rename(&shard, outside.join("moved")).unwrap();
     std::os::unix::fs::symlink(outside.join("moved"), &shard).unwrap();
     for n in 0..SHARDS {
-        let s = dir.join(format!("v1/blocks/{n:03x}"));
+        let s = area_path(&dir, Area::Blocks).join(shard_name(n));
         if !s.exists() {
             std::os::unix::fs::symlink(&outside, &s).unwrap();
         }
@@ -218,8 +220,8 @@ async fn symlinked_directories_in_the_cache_tree_are_never_followed() {
         "the symlink was replaced by a directory"
     );
     // The temp directory replaced by a symlink: writes fail, reads go on, nothing outside.
-    fs::remove_dir(dir.join("v1/tmp")).unwrap();
-    std::os::unix::fs::symlink(&outside, dir.join("v1/tmp")).unwrap();
+    fs::remove_dir(area_path(&dir, Area::Tmp)).unwrap();
+    std::os::unix::fs::symlink(&outside, area_path(&dir, Area::Tmp)).unwrap();
     let o2 = obj("k2", "\"e\"", BS);
     assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside");
@@ -306,8 +308,8 @@ async fn unwritable_cache_still_serves_reads() {
     let d = tempfile::tempdir().unwrap();
     let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
     // Break the temp directory: writes fail, reads go on.
-    fs::remove_dir(d.path().join("v1/tmp")).unwrap();
-    fs::write(d.path().join("v1/tmp"), b"not a dir").unwrap();
+    fs::remove_dir(area_path(d.path(), Area::Tmp)).unwrap();
+    fs::write(area_path(d.path(), Area::Tmp), b"not a dir").unwrap();
     let fetches = AtomicUsize::new(0);
     let o = obj("k", "\"e\"", 1000);
     assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
@@ -317,16 +319,13 @@ async fn unwritable_cache_still_serves_reads() {
 
 #[test]
 fn cache_owned_by_another_user_is_refused() {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return; // needs root to chown; CI runs as root
-    }
+    // The tests run as root (CI too), which may give a directory away.
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
     fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(12345), None).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), None).unwrap();
     let err = DiskCache::open_for_test(cfg(&dir, None)).err().unwrap();
-    assert!(matches!(err, CacheError::WrongOwner { owner: 12345, .. }), "{err}");
+    assert!(matches!(err, CacheError::WrongOwner { owner: 65534, .. }), "{err}");
 }
 
 #[test]
@@ -347,8 +346,8 @@ fn key_to_path_mapping_is_stable_distinct_and_confined() {
         for etag in ["\"1\"", "\"2\""] {
             for index in [0, 1, 4095, u64::MAX] {
                 let loc = c.locate(&obj(key, etag, 10), index, ByteRange::new(0, 10));
-                assert!(loc.path.starts_with(d.path().join("v1/blocks")));
-                let rel = loc.path.strip_prefix(d.path().join("v1/blocks")).unwrap();
+                assert!(loc.path.starts_with(area_path(d.path(), Area::Blocks)));
+                let rel = loc.path.strip_prefix(area_path(d.path(), Area::Blocks)).unwrap();
                 assert_eq!(rel.components().count(), 2);
                 assert!(is_shard_name(rel.parent().unwrap().as_os_str()));
                 assert!(is_block_name(loc.path.file_name().unwrap()));
@@ -384,14 +383,14 @@ mod hostile {
             let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
             let o = obj(&key, &etag, size);
             let loc = c.locate(&o, index, ByteRange::new(0, 1));
-            let blocks = d.path().join("v1/blocks");
+            let blocks = area_path(d.path(), Area::Blocks);
             let rel = loc.path.strip_prefix(&blocks).unwrap();
             prop_assert_eq!(rel.components().count(), 2);
             prop_assert!(rel.components().all(|p| matches!(p, std::path::Component::Normal(_))));
             prop_assert!(is_shard_name(rel.parent().unwrap().as_os_str()));
             prop_assert!(is_block_name(loc.path.file_name().unwrap()));
             let full = c.full_path(&loc.object);
-            let rel = full.strip_prefix(d.path().join("v1/full")).unwrap();
+            let rel = full.strip_prefix(area_path(d.path(), Area::Full)).unwrap();
             prop_assert_eq!(rel.components().count(), 2);
             prop_assert!(is_shard_name(rel.parent().unwrap().as_os_str()));
             prop_assert!(loc.object.len() == 32 && loc.object.bytes().all(|b| b.is_ascii_hexdigit()));

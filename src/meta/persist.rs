@@ -1,6 +1,7 @@
 //! Persisted metadata: the listings and lookup answers the namespace learned from S3, kept in
 //! the cache directory so that a restarted daemon (or another daemon on the same directory)
 //! can answer without S3. Owns `<cache>/v1/meta/` and nothing else of the cache directory.
+//! Every file operation goes through `cachedir::CacheDir`, so nothing in it is followed.
 //!
 //! Layout:
 //! - `generation`: the current generation (`format::encode_generation`). Every record carries
@@ -30,26 +31,21 @@
 //! Expiry is the caller's business: records keep their wall-clock fetch time and are kept
 //! until replaced, invalidated or garbage-collected with their generation.
 
-use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::format::{self, FormatError, RecordId};
 use super::{Entries, Entry, Lookup};
+use crate::cachedir::{Area, CacheDir, DIR_BYTES, STALE_TMP, Warnings, hex_shard};
 use crate::object::{DiskSpace, alloc_size};
 
-/// Temp files older than this belong to a writer that died.
-const STALE_TMP: Duration = Duration::from_secs(600);
-/// At most one warning per this period (the rest are counted in the next one).
-const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Largest record read (a listing of ~10 million names); anything bigger is not ours.
 const MAX_RECORD: u64 = 1 << 30;
 
@@ -60,21 +56,13 @@ const LOOKUPS: &str = "k";
 
 /// The persisted metadata of one store in one cache directory.
 pub struct MetaStore {
+    /// `<cache>/v1/meta`.
     root: PathBuf,
+    dir: CacheDir,
     store_id: String,
     /// The cache directory's shared space bound, when there is one.
     space: Option<Arc<dyn DiskSpace>>,
-    /// Last warning and how many were suppressed since.
-    warned: Mutex<(Option<Instant>, u64)>,
-}
-
-fn mkdir(path: &Path) -> io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
-    if fs::symlink_metadata(path)?.is_dir() {
-        Ok(())
-    } else {
-        Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"))
-    }
+    warnings: Warnings,
 }
 
 /// A fresh, unpredictable generation: the process's random hash keys over the time, the pid
@@ -108,16 +96,18 @@ fn parse_generation_dir(name: &std::ffi::OsStr) -> Option<u64> {
 
 impl MetaStore {
     /// Opens (creating) `<cache_dir>/v1/meta`. Cheap: nothing is read or scanned. The cache
-    /// directory itself is expected to have been checked (owner, mode) by the block cache.
+    /// directory's owner is checked (`CacheDir::open`).
     pub fn open(cache_dir: &Path, store_id: &str) -> io::Result<MetaStore> {
-        let root = cache_dir.join("v1").join("meta");
-        mkdir(&root)?;
-        mkdir(&root.join(TMP))?;
+        let dir = CacheDir::open(cache_dir)?;
+        let root = dir.area(Area::Meta);
+        dir.create_dir(&root)?;
+        dir.create_dir(&root.join(TMP))?;
         Ok(MetaStore {
             root,
+            dir,
             store_id: store_id.to_string(),
             space: None,
-            warned: Mutex::new((None, 0)),
+            warnings: Warnings::default(),
         })
     }
 
@@ -149,7 +139,7 @@ impl MetaStore {
     pub fn generation(&self) -> io::Result<u64> {
         let path = self.root.join(GENERATION);
         for _ in 0..3 {
-            match read_file(&path, format::GEN_LEN as u64 + 1) {
+            match self.read_file(&path, format::GEN_LEN as u64 + 1) {
                 Ok(bytes) => match format::decode_generation(&bytes) {
                     Ok(g) => return Ok(g),
                     Err(e) => {
@@ -163,14 +153,10 @@ impl MetaStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     // First use: create it without replacing one another process just made.
                     let g = random_generation();
-                    let tmp = self.write_tmp(&format::encode_generation(g))?;
-                    let linked = match fs::hard_link(&tmp, &path) {
-                        // No hard links on this filesystem: a rename can replace the generation
-                        // another process just created, which only invalidates its few records.
-                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => fs::rename(&tmp, &path),
-                        r => r,
-                    };
-                    let _ = fs::remove_file(&tmp);
+                    // Without hard links on this filesystem, this renames: that can replace the
+                    // generation another process just created, which only invalidates its few
+                    // records.
+                    let linked = self.write_tmp(&format::encode_generation(g))?.place_new(&path);
                     match linked {
                         Ok(()) => return Ok(g),
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -210,7 +196,7 @@ impl MetaStore {
             Ok(_) => true,
             Err(e) => {
                 let path = self.root.join(GENERATION);
-                let removed = fs::remove_file(&path).or_else(|e| match e.kind() {
+                let removed = self.dir.remove_file(&path).or_else(|e| match e.kind() {
                     io::ErrorKind::NotFound => Ok(()),
                     _ => Err(e),
                 });
@@ -233,11 +219,8 @@ impl MetaStore {
     /// used. Returns the new generation; old ones are deleted by `collect_garbage`.
     pub fn new_generation(&self) -> io::Result<u64> {
         let g = random_generation();
-        let tmp = self.write_tmp(&format::encode_generation(g))?;
-        if let Err(e) = fs::rename(&tmp, self.root.join(GENERATION)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        self.write_tmp(&format::encode_generation(g))?
+            .place(&self.root.join(GENERATION), None)?;
         Ok(g)
     }
 
@@ -246,22 +229,21 @@ impl MetaStore {
         let t = Instant::now();
         let mut removed = 0u64;
         let now = SystemTime::now();
-        if let Ok(entries) = fs::read_dir(self.root.join(TMP)) {
-            for e in entries.flatten() {
-                let Ok(m) = e.metadata() else { continue };
-                let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
-                if (age > STALE_TMP || !m.is_file()) && fs::remove_file(e.path()).is_ok() {
-                    removed += 1;
-                }
+        for e in self.dir.read_dir(&self.root.join(TMP)).unwrap_or_default() {
+            let age = now.duration_since(e.meta.modified().unwrap_or(now)).unwrap_or_default();
+            if (age > STALE_TMP || !e.meta.is_file()) && self.dir.remove_file(&e.path).is_ok() {
+                removed += 1;
             }
         }
-        let Ok(entries) = fs::read_dir(&self.root) else { return };
-        for e in entries.flatten() {
-            let Some(g) = parse_generation_dir(&e.file_name()) else {
+        let Ok(entries) = self.dir.read_dir(&self.root) else {
+            return;
+        };
+        for e in entries {
+            let Some(g) = parse_generation_dir(&e.name) else {
                 continue;
             };
             // Read it again for every directory: another process may have started a new one.
-            if self.generation().is_ok_and(|current| current != g) && fs::remove_dir_all(e.path()).is_ok() {
+            if self.generation().is_ok_and(|current| current != g) && self.dir.remove_tree(&e.path).is_ok() {
                 removed += 1;
             }
         }
@@ -286,8 +268,8 @@ impl MetaStore {
         self.root
             .join(generation_dir_name(generation))
             .join(kind)
-            .join(&hex[..3])
-            .join(hex)
+            .join(hex_shard(&hex))
+            .join(&hex)
     }
 
     /// Where the listing of `dir` is stored under `generation` (for tests and tools).
@@ -336,8 +318,8 @@ impl MetaStore {
             return;
         };
         for path in [self.listing_path(generation, dir), self.lookup_path(generation, key)] {
-            let size = fs::symlink_metadata(&path).map(|m| m.blocks() * 512).unwrap_or(0);
-            match fs::remove_file(&path) {
+            let size = self.dir.metadata(&path).map(|m| m.blocks() * 512).unwrap_or(0);
+            match self.dir.remove_file(&path) {
                 Ok(()) => self.released(size),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => self.warn(format_args!("cannot delete persisted metadata {}: {e}", path.display())),
@@ -363,7 +345,7 @@ impl MetaStore {
 
     /// Reads a whole record file; `None` when absent or untrustworthy (then it is deleted).
     fn read_record(&self, path: &Path) -> Option<Vec<u8>> {
-        match read_file(path, MAX_RECORD) {
+        match self.read_file(path, MAX_RECORD) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
@@ -378,11 +360,11 @@ impl MetaStore {
             "discarding invalid persisted metadata {} ({why}); fetching it from S3",
             path.display()
         ));
-        let size = fs::symlink_metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
-        if fs::remove_file(path).is_ok() {
+        let size = self.dir.metadata(path).map(|m| m.blocks() * 512).unwrap_or(0);
+        if self.dir.remove_file(path).is_ok() {
             self.released(size);
         } else {
-            let _ = fs::remove_dir_all(path); // over-counted until the cache's next scan
+            let _ = self.dir.remove_tree(path); // over-counted until the cache's next scan
         }
     }
 
@@ -392,51 +374,19 @@ impl MetaStore {
         }
     }
 
-    fn write_tmp(&self, bytes: &[u8]) -> io::Result<PathBuf> {
-        // One sequence per process (not per store): temp names must never collide.
-        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.root.join(TMP).join(format!(
-            "{}.{}.tmp",
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let create = || {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)
-        };
-        let result = (|| {
-            let mut f = match create() {
-                // Someone deleted the metadata directory: start it again.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    mkdir(&self.root.join(TMP))?;
-                    create()?
-                }
-                r => r?,
-            };
-            f.write_all(bytes)
-        })();
-        match result {
-            Ok(()) => Ok(tmp),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+    /// A temp file in `tmp/` holding `bytes`, to be placed. The metadata directory is created
+    /// again if someone deleted it.
+    fn write_tmp(&self, bytes: &[u8]) -> io::Result<crate::cachedir::TempFile<'_>> {
+        let mut tmp = self.dir.temp(&self.root.join(TMP), "tmp", Some(self.dir.path()))?;
+        tmp.file().write_all(bytes)?;
+        Ok(tmp)
     }
 
     /// Writes a record atomically (best effort: failures are logged, never returned).
     fn write_record(&self, path: &Path, bytes: &[u8]) {
         // Reserve the record and any directory it needs within the cache's bound.
         let parent = path.parent().expect("record path has a parent");
-        let new_dirs = parent
-            .ancestors()
-            .take_while(|d| *d != self.root && !d.exists())
-            .count() as u64;
-        let size = alloc_size(bytes.len() as u64) + new_dirs * 4096;
+        let size = alloc_size(bytes.len() as u64) + self.dir.missing_dirs(parent) * DIR_BYTES;
         let _reservation = match &self.space {
             Some(space) => match space.reserve(size) {
                 Some(guard) => Some(guard),
@@ -444,19 +394,18 @@ impl MetaStore {
             },
             None => None,
         };
-        let replaced = fs::symlink_metadata(path).ok().map(|m| m.blocks() * 512);
-        let result = self.write_tmp(bytes).and_then(|tmp| {
-            let r = mkdir(parent).and_then(|()| fs::rename(&tmp, path));
-            if r.is_err() {
-                let _ = fs::remove_file(&tmp);
-            }
-            r
-        });
+        // Missing directories (generation, kind, shard) are created, never through a symlink.
+        let result = self
+            .write_tmp(bytes)
+            .and_then(|tmp| tmp.place(path, Some(self.dir.path())));
         if let Some(space) = &self.space {
-            match (&result, replaced) {
-                (Ok(()), Some(old)) => space.release(old),
-                (Ok(()), None) => {}
-                (Err(_), _) => space.release(size),
+            match &result {
+                Ok(placed) => {
+                    if let Some(old) = placed.replaced {
+                        space.release(old);
+                    }
+                }
+                Err(_) => space.release(size),
             }
         }
         if let Err(e) = result {
@@ -468,49 +417,35 @@ impl MetaStore {
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
-        let mut w = self.warned.lock().unwrap();
-        if w.0.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            let suppressed = std::mem::take(&mut w.1);
-            w.0 = Some(Instant::now());
-            if suppressed > 0 {
-                warn!(suppressed, "{msg}");
-            } else {
-                warn!("{msg}");
-            }
-        } else {
-            w.1 += 1;
-            debug!("{msg}");
-        }
+        self.warnings.warn(msg);
     }
-}
 
-/// Reads a regular file owned by this user, refusing symlinks and files over `limit` bytes.
-fn read_file(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    // SAFETY: geteuid cannot fail.
-    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file owned by this user",
-        ));
+    /// Reads a regular file owned by this user, refusing symlinks and files over `limit` bytes.
+    fn read_file(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+        let mut file = self.dir.open_read(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.uid() != crate::cachedir::euid() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file owned by this user",
+            ));
+        }
+        if meta.len() > limit {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "file too large"));
+        }
+        let mut buf = Vec::with_capacity(meta.len() as usize);
+        (&mut file).take(limit).read_to_end(&mut buf)?;
+        Ok(buf)
     }
-    if meta.len() > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "file too large"));
-    }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    (&mut file).take(limit).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::object::ObjectMeta;
+    use std::fs;
     use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
 
     fn file(key: &str, size: u64) -> Entry {
         Entry::File(ObjectMeta {
@@ -545,7 +480,7 @@ mod tests {
         assert_eq!(m.load_lookup(g, "d/a"), Some((t, Some(file("d/a", 1)))));
         let p = m.listing_path(g, "d/");
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
-        assert!(p.starts_with(d.path().join("v1/meta").join(generation_dir_name(g))));
+        assert!(p.starts_with(crate::cachedir::area_path(d.path(), Area::Meta).join(generation_dir_name(g))));
         // Another store in the same directory never sees these.
         let other = MetaStore::open(d.path(), "http://127.0.0.1:1|other").unwrap();
         assert_eq!(other.generation().unwrap(), g, "one generation per cache directory");
@@ -697,6 +632,41 @@ mod tests {
         m.collect_garbage();
         assert!(!old.exists());
         assert!(new.exists(), "may belong to a live writer");
+    }
+
+    /// A symlink in place of a directory of the metadata tree (a generation directory, a kind
+    /// directory, a shard, the temp directory) is never followed: nothing is written outside
+    /// the cache directory, and the record is simply not persisted.
+    #[test]
+    fn symlinked_metadata_directories_are_never_followed() {
+        for depth in 0..4 {
+            let d = tempfile::tempdir().unwrap();
+            let outside = tempfile::tempdir().unwrap();
+            let cache = d.path().join("c");
+            let m = MetaStore::open(&cache, "http://127.0.0.1:1|bucket").unwrap();
+            let g = m.generation().unwrap();
+            let p = m.listing_path(g, "d/");
+            // <root>/g…/l/<shard>/<hash>: plant the link at g…, l, <shard>, or tmp.
+            let link = match depth {
+                3 => m.root().join(TMP),
+                n => p.ancestors().nth(3 - n).unwrap().to_path_buf(),
+            };
+            let _ = fs::remove_dir_all(&link);
+            fs::create_dir_all(link.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+            m.save_listing(g, "d/", SystemTime::now(), &listing());
+            m.save_lookup(g, "d/a", SystemTime::now(), &None);
+            assert_eq!(m.load_listing(g, "d/"), None, "{}", link.display());
+            m.forget("d/", "d/a");
+            m.collect_garbage();
+            assert_eq!(
+                fs::read_dir(outside.path()).unwrap().count(),
+                0,
+                "written outside through {}",
+                link.display()
+            );
+            assert!(fs::symlink_metadata(&link).is_ok_and(|m| m.is_symlink()));
+        }
     }
 
     /// Writers racing on one record never produce a file a reader rejects.
