@@ -14,14 +14,14 @@
 //!   [`EVICT_LOCK`]).
 //!
 //! Invariants:
-//! - **Nothing is followed.** [`CacheDir`] holds a descriptor of the cache directory, opened
-//!   (and owner-checked) once. Every operation walks from it, one component at a time, with
-//!   `openat(O_NOFOLLOW | O_DIRECTORY)`, and acts on the last component with `*at` calls that do
-//!   not follow it either (`O_NOFOLLOW`, `renameat`, `unlinkat`, `linkat` without
-//!   `AT_SYMLINK_FOLLOW`). A symlink planted anywhere below the cache directory, in place of a
-//!   directory or of a file, makes the operation fail: nothing outside the cache directory is
-//!   ever read, written, created or removed through it. Only the configured path itself (and
-//!   its ancestors, chosen by the administrator) is resolved normally.
+//! - **Nothing is followed.** Every operation opens the cache directory by its configured path
+//!   (resolved normally: the administrator chose it), checks that it is still the directory
+//!   whose owner was checked at [`CacheDir::open`] (same device and inode), and walks from that
+//!   descriptor one component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`. It acts on the
+//!   last component with `*at` calls that do not follow it either (`O_NOFOLLOW`, `renameat`,
+//!   `unlinkat`, `linkat` without `AT_SYMLINK_FOLLOW`). A symlink planted anywhere below the
+//!   cache directory, in place of a directory or of a file, makes the operation fail: nothing
+//!   outside the cache directory is ever read, written, created or removed through it.
 //! - **Paths stay inside.** Operations take paths under [`CacheDir::path`]; any other path, or
 //!   one with `..`, is refused.
 //! - **One owner.** The directory must belong to the effective user; it is made 0700, and every
@@ -155,16 +155,33 @@ pub fn euid() -> u32 {
 }
 
 /// An opened, owner-checked cache directory. See the module docs.
+#[derive(Clone, Debug)]
 pub struct CacheDir {
     path: PathBuf,
-    fd: OwnedFd,
+    /// The directory's identity (device, inode) when it was checked.
+    id: (u64, u64),
 }
 
 /// One entry of a directory, as `lstat` sees it.
 pub struct DirEntry {
-    pub name: OsString,
-    pub path: PathBuf,
-    pub meta: fs::Metadata,
+    name: OsString,
+    path: PathBuf,
+    meta: fs::Metadata,
+}
+
+impl DirEntry {
+    pub fn file_name(&self) -> OsString {
+        self.name.clone()
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    /// What it is, not following it.
+    pub fn metadata(&self) -> &fs::Metadata {
+        &self.meta
+    }
 }
 
 /// Whether a directory can be used.
@@ -215,7 +232,7 @@ impl CacheDir {
         }
         let cache = CacheDir {
             path: dir.to_path_buf(),
-            fd,
+            id: (st.st_dev, st.st_ino),
         };
         cache.create_dir(&cache.version_path())?;
         Ok(cache)
@@ -234,6 +251,28 @@ impl CacheDir {
                 source,
             }),
         }
+    }
+
+    /// The cache directory, opened again by its configured path for one operation: the
+    /// directory the path leads to now (so a read-only bind mount or a removal of the directory
+    /// under a running daemon takes effect), which must be the one checked at `open`.
+    fn base(&self) -> io::Result<OwnedFd> {
+        let fd = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if (st.st_dev, st.st_ino) != self.id {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} is no longer the cache directory checked at start",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(fd)
     }
 
     /// The cache directory, as configured.
@@ -271,7 +310,7 @@ impl CacheDir {
             Some(base) => self.relative(base)?.components().count(),
             None => usize::MAX,
         };
-        let mut dir = self.fd.try_clone()?;
+        let mut dir = self.base()?;
         let mut created = 0;
         for (i, c) in rel.components().enumerate() {
             let name = c.as_os_str();
@@ -306,7 +345,7 @@ impl CacheDir {
         let Ok(rel) = self.relative(dir) else {
             return DirState::Missing;
         };
-        let mut fd = match self.fd.try_clone() {
+        let mut fd = match self.base() {
             Ok(fd) => fd,
             Err(_) => return DirState::Missing,
         };
@@ -328,7 +367,7 @@ impl CacheDir {
     /// How many directories of `dir` (a path under the cache directory) do not exist.
     pub fn missing_dirs(&self, dir: &Path) -> u64 {
         let Ok(rel) = self.relative(dir) else { return 0 };
-        let Ok(mut fd) = self.fd.try_clone() else { return 0 };
+        let Ok(mut fd) = self.base() else { return 0 };
         let total = rel.components().count();
         for (i, c) in rel.components().enumerate() {
             match rustix::fs::openat(&fd, c.as_os_str(), DIR_FLAGS, Mode::empty()) {
@@ -339,10 +378,14 @@ impl CacheDir {
         0
     }
 
-    /// Opens file `path` for reading (`O_NOFOLLOW`, `O_NONBLOCK`: a FIFO never blocks).
-    pub fn open_read(&self, path: &Path) -> io::Result<File> {
+    /// Opens file `path` for reading (`O_NOFOLLOW`), with `O_NONBLOCK` if `nonblock` (then a
+    /// FIFO planted in the cache never blocks the open).
+    pub fn open_read(&self, path: &Path, nonblock: bool) -> io::Result<File> {
         let (dir, name, _) = self.parent_of(path, None)?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        if nonblock {
+            flags |= OFlags::NONBLOCK;
+        }
         Ok(File::from(rustix::fs::openat(&dir, name, flags, Mode::empty())?))
     }
 
@@ -356,7 +399,7 @@ impl CacheDir {
     /// What `path` is, without following it (`lstat`).
     pub fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
         if self.relative(path)?.as_os_str().is_empty() {
-            return File::from(self.fd.try_clone()?).metadata();
+            return File::from(self.base()?).metadata();
         }
         let (dir, name, _) = self.parent_of(path, None)?;
         stat_at(&dir, name)
@@ -432,7 +475,7 @@ impl CacheDir {
 
     /// (available bytes, total bytes) of the filesystem holding the cache.
     pub fn space(&self) -> Option<(u64, u64)> {
-        let st = rustix::fs::fstatvfs(&self.fd).ok()?;
+        let st = rustix::fs::fstatvfs(self.base().ok()?).ok()?;
         Some((st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
     }
 }

@@ -7,19 +7,23 @@
 //! - `evict.lock`: writers hold it shared from reserving space until their block is in place;
 //!   a scan (eviction, counter re-synchronization) holds it exclusive, so it never runs while a
 //!   reservation is outstanding and the counter it computes is exact.
+//!
+//! The files are opened through `CacheDir::open_private`: created 0600, never through a symlink.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cachedir::CacheDir;
 
 /// Distinct lock stripes; two blocks share one with probability 1/65536, which only makes one
 /// wait for the other's fetch.
 pub const STRIPES: u64 = 1 << 16;
 
 pub struct StripeLocks {
+    dir: CacheDir,
     path: PathBuf,
 }
 
@@ -29,15 +33,15 @@ pub struct StripeGuard {
 }
 
 impl StripeLocks {
-    pub fn new(path: PathBuf) -> io::Result<StripeLocks> {
-        open_private(&path)?;
-        Ok(StripeLocks { path })
+    pub fn new(dir: CacheDir, path: PathBuf) -> io::Result<StripeLocks> {
+        dir.open_private(&path)?;
+        Ok(StripeLocks { dir, path })
     }
 
     /// Blocks until stripe `n` is ours. Each call opens its own descriptor (its own open file
     /// description), so threads of one process exclude each other as processes do.
     pub fn lock(&self, n: u64) -> io::Result<StripeGuard> {
-        let file = open_private(&self.path)?;
+        let file = self.dir.open_private(&self.path)?;
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
         fl.l_type = libc::F_WRLCK as _;
         fl.l_whence = libc::SEEK_SET as _;
@@ -56,21 +60,9 @@ impl StripeLocks {
     }
 }
 
-/// Opens (creating with mode 0600) a file, refusing to follow a symlink.
-pub fn open_private(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-}
-
 /// Takes an exclusive `flock` without waiting; `None` if another process holds it.
-pub fn try_exclusive(path: &Path) -> io::Result<Option<File>> {
-    let file = open_private(path)?;
+pub fn try_exclusive(dir: &CacheDir, path: &Path) -> io::Result<Option<File>> {
+    let file = dir.open_private(path)?;
     // SAFETY: valid descriptor.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         Ok(Some(file))
@@ -85,17 +77,17 @@ pub fn try_exclusive(path: &Path) -> io::Result<Option<File>> {
 }
 
 /// Takes an exclusive `flock`, waiting for it.
-pub fn exclusive(path: &Path) -> io::Result<File> {
-    flock(path, libc::LOCK_EX)
+pub fn exclusive(dir: &CacheDir, path: &Path) -> io::Result<File> {
+    flock(dir, path, libc::LOCK_EX)
 }
 
 /// Takes a shared `flock`, waiting for it (on its own descriptor, so threads are independent).
-pub fn shared(path: &Path) -> io::Result<File> {
-    flock(path, libc::LOCK_SH)
+pub fn shared(dir: &CacheDir, path: &Path) -> io::Result<File> {
+    flock(dir, path, libc::LOCK_SH)
 }
 
-fn flock(path: &Path, op: i32) -> io::Result<File> {
-    let file = open_private(path)?;
+fn flock(dir: &CacheDir, path: &Path, op: i32) -> io::Result<File> {
+    let file = dir.open_private(path)?;
     loop {
         // SAFETY: valid descriptor.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -124,8 +116,8 @@ unsafe impl Send for Usage {}
 unsafe impl Sync for Usage {}
 
 impl Usage {
-    pub fn open(path: &Path) -> io::Result<Usage> {
-        let file = open_private(path)?;
+    pub fn open(dir: &CacheDir, path: &Path) -> io::Result<Usage> {
+        let file = dir.open_private(path)?;
         let len = file.metadata()?.len();
         let fresh = len != USAGE_LEN as u64;
         if fresh {
@@ -213,9 +205,10 @@ mod tests {
     #[test]
     fn usage_is_shared_between_mappings_and_bounded() {
         let d = tempfile::tempdir().unwrap();
-        let a = Usage::open(&d.path().join("usage")).unwrap();
+        let dir = CacheDir::open(d.path()).unwrap();
+        let a = Usage::open(&dir, &d.path().join("usage")).unwrap();
         assert!(a.fresh);
-        let b = Usage::open(&d.path().join("usage")).unwrap();
+        let b = Usage::open(&dir, &d.path().join("usage")).unwrap();
         assert!(!b.fresh);
         assert!(a.try_reserve(60, 100));
         assert!(!b.try_reserve(50, 100), "the bound holds across mappings");
@@ -228,7 +221,8 @@ mod tests {
     #[test]
     fn stripe_locks_exclude_threads_and_release_on_drop() {
         let d = tempfile::tempdir().unwrap();
-        let locks = Arc::new(StripeLocks::new(d.path().join("locks")).unwrap());
+        let dir = CacheDir::open(d.path()).unwrap();
+        let locks = Arc::new(StripeLocks::new(dir, d.path().join("locks")).unwrap());
         let g = locks.lock(7).unwrap();
         let other = locks.lock(8).unwrap(); // another stripe is free
         drop(other);
@@ -247,11 +241,12 @@ mod tests {
     #[test]
     fn flock_election() {
         let d = tempfile::tempdir().unwrap();
+        let dir = CacheDir::open(d.path()).unwrap();
         let p = d.path().join("evict.lock");
-        let first = try_exclusive(&p).unwrap();
+        let first = try_exclusive(&dir, &p).unwrap();
         assert!(first.is_some());
-        assert!(try_exclusive(&p).unwrap().is_none());
+        assert!(try_exclusive(&dir, &p).unwrap().is_none());
         drop(first);
-        assert!(try_exclusive(&p).unwrap().is_some());
+        assert!(try_exclusive(&dir, &p).unwrap().is_some());
     }
 }

@@ -9,10 +9,10 @@
 //! never trusted. Reads through the daemon verify the crc of each block they take from the
 //! file; a file handed to the kernel is verified whole once per process.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -115,11 +115,7 @@ impl DiskCache {
         if !self.real_parents(&path) {
             return None;
         }
-        let file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-        {
+        let file = match self.dir.open_read(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -129,16 +125,11 @@ impl DiskCache {
         };
         let meta = file.metadata().ok()?;
         let idx_path = path.with_extension("idx");
-        let index = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&idx_path)
-            .ok()
-            .and_then(|f| {
-                let mut b = Vec::new();
-                f.take(16 << 20).read_to_end(&mut b).ok()?;
-                Index::decode(&b)
-            });
+        let index = self.dir.open_read(&idx_path, false).ok().and_then(|f| {
+            let mut b = Vec::new();
+            f.take(16 << 20).read_to_end(&mut b).ok()?;
+            Index::decode(&b)
+        });
         let valid = index.as_ref().is_some_and(|i| {
             i.store == self.cfg.store_id
                 && i.key == key
@@ -151,7 +142,7 @@ impl DiskCache {
         });
         if !valid {
             self.reject(&path, Some(&meta), "assembled object does not match its index");
-            let _ = fs::remove_file(&idx_path);
+            let _ = self.dir.remove_file(&idx_path);
             return None;
         }
         Some((file, index?))
@@ -173,7 +164,7 @@ impl DiskCache {
                 file.metadata().ok().as_ref(),
                 "block checksum mismatch",
             );
-            let _ = fs::remove_file(self.full_path(&loc.object).with_extension("idx"));
+            let _ = self.dir.remove_file(&self.full_path(&loc.object).with_extension("idx"));
             return None;
         }
         // SAFETY: valid descriptor; null times means "now" (last access, for LRU eviction).
@@ -184,7 +175,7 @@ impl DiskCache {
     /// The size a block's location does not carry: the data file's length, which `open_full`
     /// then checks against the index.
     fn full_size_hint(&self, loc: &Location) -> Option<u64> {
-        fs::symlink_metadata(self.full_path(&loc.object)).ok().map(|m| m.len())
+        self.dir.metadata(&self.full_path(&loc.object)).ok().map(|m| m.len())
     }
 
     /// The assembled file of `obj`, verified, to hand to the kernel (FUSE passthrough).
@@ -202,7 +193,7 @@ impl DiskCache {
                     let b = &mut buf[..r.len() as usize];
                     if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
                         cache.reject(&cache.full_path(&object), Some(&meta), "block checksum mismatch");
-                        let _ = fs::remove_file(cache.full_path(&object).with_extension("idx"));
+                        let _ = cache.dir.remove_file(&cache.full_path(&object).with_extension("idx"));
                         return None;
                     }
                 }
@@ -235,7 +226,8 @@ impl DiskCache {
     pub fn assemble(&self, obj: &ObjectMeta) -> io::Result<bool> {
         let (object, num) = self.object_hash(obj);
         let path = self.full_path(&object);
-        if path.exists() {
+        let exists = |p: &std::path::Path| self.dir.metadata(p).is_ok();
+        if exists(&path) {
             return Ok(true);
         }
         let n = obj.size.div_ceil(self.cfg.block_size);
@@ -244,12 +236,12 @@ impl DiskCache {
             .collect();
         // Assembling needs room for a second copy until the blocks are removed: leave objects
         // larger than a quarter of the cache as blocks rather than evict half of it.
-        if n == 0 || alloc_size(obj.size) > self.limit() / 4 || !locs.iter().all(|l| l.path.exists()) {
+        if n == 0 || alloc_size(obj.size) > self.limit() / 4 || !locs.iter().all(|l| exists(&l.path)) {
             return Ok(false);
         }
         // One assembler per object across processes.
         let _lock = self.locks.lock(num ^ 0xA55E_4B1E)?;
-        if path.exists() {
+        if exists(&path) {
             return Ok(true);
         }
         let mut index = Index {
@@ -293,8 +285,8 @@ impl DiskCache {
             Ok(true) => {
                 // The block files are now redundant.
                 for loc in &locs {
-                    if let Ok(m) = fs::symlink_metadata(&loc.path)
-                        && fs::remove_file(&loc.path).is_ok()
+                    if let Ok(m) = self.dir.metadata(&loc.path)
+                        && self.dir.remove_file(&loc.path).is_ok()
                     {
                         self.usage.sub(m.blocks() * 512);
                     }
@@ -330,14 +322,14 @@ impl DiskCache {
             }
             if is_idx {
                 let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
-                if !f.path().with_extension("").exists() && age > STALE_TMP {
-                    let _ = fs::remove_file(f.path()); // left by an assembler that died
+                if self.dir.metadata(&f.path().with_extension("")).is_err() && age > STALE_TMP {
+                    let _ = self.dir.remove_file(&f.path()); // left by an assembler that died
                     return 0;
                 }
                 return m.blocks() * 512;
             }
             let idx = f.path().with_extension("idx");
-            let idx_size = fs::symlink_metadata(&idx).map(|m| m.blocks() * 512).unwrap_or(0);
+            let idx_size = self.dir.metadata(&idx).map(|m| m.blocks() * 512).unwrap_or(0);
             candidates.push((
                 m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 m.blocks() * 512 + idx_size,

@@ -25,7 +25,7 @@ mod full;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -39,7 +39,8 @@ use coord::{StripeLocks, Usage};
 pub use format::{BlockId, FORMAT_VERSION, FormatError};
 
 use crate::cachedir::{
-    self, Area, CacheDir, DIR_BYTES, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, Warnings, is_shard_name,
+    self, Area, CacheDir, DIR_BYTES, DirEntry, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, Warnings,
+    is_shard_name,
 };
 use crate::metrics::{CacheMetrics, Metrics};
 use crate::object::{ByteRange, ObjectMeta};
@@ -115,7 +116,7 @@ impl DiskCache {
         for area in [Area::Blocks, Area::Full, Area::Tmp] {
             dir.create_dir(&dir.area(area))?;
         }
-        let usage = Usage::open(&root.join(USAGE)).map_err(io_err(&root))?;
+        let usage = Usage::open(&dir, &root.join(USAGE)).map_err(io_err(&root))?;
         if usage.fresh {
             // The fixed part: the directories and this counter's own file.
             let fixed: u64 = [
@@ -132,8 +133,8 @@ impl DiskCache {
             .sum();
             usage.add(fixed);
         }
-        let locks = StripeLocks::new(root.join(LOCKS)).map_err(io_err(&root))?;
-        coord::open_private(&root.join(EVICT_LOCK)).map_err(io_err(&root))?;
+        let locks = StripeLocks::new(dir.clone(), root.join(LOCKS)).map_err(io_err(&root))?;
+        dir.open_private(&root.join(EVICT_LOCK)).map_err(io_err(&root))?;
         Ok(Arc::new(DiskCache {
             root,
             dir,
@@ -153,16 +154,18 @@ impl DiskCache {
         let cache = self.clone();
         std::thread::Builder::new()
             .name("s3cachefs-cache-scan".into())
-            .spawn(move || match coord::try_exclusive(&cache.root.join(EVICT_LOCK)) {
-                Ok(Some(_guard)) => {
-                    let limit = cache.limit();
-                    let t = Instant::now();
-                    let (bytes, files) = cache.scan_and_evict(limit);
-                    info!(bytes, files, elapsed = ?t.elapsed(), "disk cache scanned");
-                }
-                Ok(None) => debug!("another process is maintaining the disk cache"),
-                Err(e) => cache.warn(format_args!("cannot lock the disk cache for maintenance: {e}")),
-            })
+            .spawn(
+                move || match coord::try_exclusive(&cache.dir, &cache.root.join(EVICT_LOCK)) {
+                    Ok(Some(_guard)) => {
+                        let limit = cache.limit();
+                        let t = Instant::now();
+                        let (bytes, files) = cache.scan_and_evict(limit);
+                        info!(bytes, files, elapsed = ?t.elapsed(), "disk cache scanned");
+                    }
+                    Ok(None) => debug!("another process is maintaining the disk cache"),
+                    Err(e) => cache.warn(format_args!("cannot lock the disk cache for maintenance: {e}")),
+                },
+            )
             .ok();
     }
 
@@ -295,11 +298,7 @@ impl DiskCache {
             // No shard directory: the block is absent, or in the object's assembled file.
             return self.read_from_full(loc);
         }
-        let mut file = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-            .open(&loc.path)
-        {
+        let mut file = match self.dir.open_read(&loc.path, true) {
             Ok(f) => f,
             // Blocks of an assembled object live in its full file.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read_from_full(loc),
@@ -430,7 +429,7 @@ impl DiskCache {
     fn reserve(&self, n: u64) -> Option<fs::File> {
         let lock = self.root.join(EVICT_LOCK);
         for attempt in 0..2 {
-            let guard = match coord::shared(&lock) {
+            let guard = match coord::shared(&self.dir, &lock) {
                 Ok(g) => g,
                 Err(e) => {
                     self.warn(format_args!("cannot lock the disk cache: {e}"));
@@ -447,7 +446,7 @@ impl DiskCache {
             }
             // Evict to a low watermark so that eviction is not needed again at once.
             let target = limit.saturating_sub(n).min(limit / 10 * 9);
-            match coord::exclusive(&lock) {
+            match coord::exclusive(&self.dir, &lock) {
                 Ok(_guard) => {
                     if self.usage.get().saturating_add(n) > self.limit() {
                         self.scan_and_evict(target);
@@ -483,11 +482,12 @@ impl DiskCache {
         }
         let now = SystemTime::now();
         for e in self.dir.read_dir(&self.dir.area(Area::Tmp)).unwrap_or_default() {
-            let age = now.duration_since(e.meta.modified().unwrap_or(now)).unwrap_or_default();
-            if age > STALE_TMP || !e.meta.is_file() {
-                let _ = self.dir.remove_file(&e.path);
+            let m = e.metadata();
+            let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
+            if age > STALE_TMP || !m.is_file() {
+                let _ = self.dir.remove_file(&e.path());
             } else {
-                total += e.meta.blocks() * 512;
+                total += m.blocks() * 512;
             }
         }
         let mut shard_dirs: Vec<(PathBuf, u64)> = Vec::new();
@@ -510,10 +510,10 @@ impl DiskCache {
                 if total <= target {
                     break;
                 }
-                if fs::remove_file(&path).is_ok() {
+                if self.dir.remove_file(&path).is_ok() {
                     // An assembled object goes with its index.
                     if let Some(c) = companion {
-                        let _ = fs::remove_file(c);
+                        let _ = self.dir.remove_file(&c);
                     }
                     total -= size;
                     self.stats.evictions.inc();
@@ -522,7 +522,7 @@ impl DiskCache {
             }
             // Empty shard directories go too (a writer recreates one when it needs it).
             for (dir, size) in shard_dirs {
-                if fs::remove_dir(&dir).is_ok() {
+                if self.dir.remove_dir(&dir).is_ok() {
                     total -= size;
                 }
             }
@@ -545,26 +545,24 @@ impl DiskCache {
         &self,
         dir: &Path,
         shard_dirs: &mut Vec<(PathBuf, u64)>,
-        mut file: impl FnMut(&fs::DirEntry, &fs::Metadata) -> u64,
+        mut file: impl FnMut(&DirEntry, &fs::Metadata) -> u64,
     ) -> u64 {
         let mut total = 0;
-        let Ok(shards) = fs::read_dir(dir) else { return 0 };
-        for shard in shards.flatten() {
-            let Ok(sm) = shard.metadata() else { continue };
+        let Ok(shards) = self.dir.read_dir(dir) else { return 0 };
+        for shard in shards {
+            let sm = shard.metadata();
             if !sm.is_dir() || !is_shard_name(&shard.file_name()) {
-                self.reject(&shard.path(), Some(&sm), "foreign entry in the cache");
-                let _ = fs::remove_dir_all(shard.path());
+                self.reject(&shard.path(), Some(sm), "foreign entry in the cache");
+                let _ = self.dir.remove_tree(&shard.path());
                 continue;
             }
             total += sm.blocks() * 512;
             shard_dirs.push((shard.path(), sm.blocks() * 512));
-            let Ok(files) = fs::read_dir(shard.path()) else {
+            let Ok(files) = self.dir.read_dir(&shard.path()) else {
                 continue;
             };
-            for f in files.flatten() {
-                if let Ok(m) = f.metadata() {
-                    total += file(&f, &m);
-                }
+            for f in &files {
+                total += file(f, f.metadata());
             }
         }
         total

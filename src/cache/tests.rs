@@ -159,7 +159,7 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
     let shard = files[0].parent().unwrap();
     fs::write(shard.join("junk.txt"), b"junk").unwrap();
     fs::create_dir(area_path(d.path(), Area::Blocks).join("zzz")).unwrap();
-    let _g = coord::try_exclusive(&c.root.join(EVICT_LOCK)).unwrap().unwrap();
+    let _g = coord::try_exclusive(&c.dir, &c.root.join(EVICT_LOCK)).unwrap().unwrap();
     c.scan_and_evict(u64::MAX);
     assert!(!shard.join("junk.txt").exists());
     assert!(!area_path(d.path(), Area::Blocks).join("zzz").exists());
@@ -226,6 +226,63 @@ async fn symlinked_directories_in_the_cache_tree_are_never_followed() {
     assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
     assert_eq!(fs::read_dir(&outside).unwrap().count(), 1, "nothing written outside");
     assert!(c.stats().write_failures.get() >= 1);
+}
+
+/// Scans and control files never go through a symlink either: with the areas, then the version
+/// directory itself, replaced by symlinks to a directory of junk (foreign names, stale files,
+/// a shard-named directory), a scan evicting everything and a write remove, create and change
+/// nothing there.
+#[tokio::test]
+async fn scans_and_lock_files_never_follow_symlinked_areas() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("c");
+    let c = DiskCache::open_for_test(cfg(&dir, None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let outside = d.path().join("outside");
+    fs::create_dir_all(outside.join("abc")).unwrap();
+    let junk = [outside.join("junk.txt"), outside.join("abc").join("junk.txt")];
+    for f in &junk {
+        fs::write(f, b"keep").unwrap();
+        let old = SystemTime::now() - STALE_TMP - Duration::from_secs(60);
+        fs::File::options()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    let untouched = |what: &str| {
+        let mut names: Vec<_> = fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["abc", "junk.txt"], "{what}");
+        for f in &junk {
+            assert_eq!(fs::read(f).unwrap(), b"keep", "{what}");
+        }
+    };
+    for area in [Area::Blocks, Area::Full, Area::Tmp] {
+        let p = area_path(&dir, area);
+        fs::rename(&p, p.with_extension("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, &p).unwrap();
+    }
+    {
+        let _g = coord::try_exclusive(&c.dir, &c.root.join(EVICT_LOCK)).unwrap().unwrap();
+        c.scan_and_evict(0);
+    }
+    untouched("scan");
+    let o = obj("k", "\"e\"", 10);
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    untouched("write");
+    // The version directory itself: its lock files are not created behind the link.
+    let v1 = cachedir::version_path(&dir);
+    fs::rename(&v1, v1.with_extension("moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &v1).unwrap();
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    assert!(c.stats().write_failures.get() + c.stats().skipped_full.get() >= 1);
+    assert!(coord::try_exclusive(&c.dir, &c.root.join(EVICT_LOCK)).is_err());
+    untouched("version directory");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

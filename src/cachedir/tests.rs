@@ -91,7 +91,7 @@ fn symlinked_directories_are_never_followed() {
             f.dir.temp(&link, "tmp", Some(&base)).map(|_| ()),
             f.dir.open_private(&link.join("keep")).map(|_| ()),
             f.dir.open_private(&link.join("new")).map(|_| ()),
-            f.dir.open_read(&link.join("keep")).map(|_| ()),
+            f.dir.open_read(&link.join("keep"), true).map(|_| ()),
             f.dir.metadata(&link.join("keep")).map(|_| ()),
             f.dir.remove_file(&link.join("keep")),
             f.dir.remove_tree(&link.join("keep")),
@@ -123,7 +123,7 @@ fn a_symlinked_file_is_neither_followed_nor_replaced_through() {
     let block = f.dir.area(Area::Blocks).join("abc").join("0123.0");
     fs::create_dir(block.parent().unwrap()).unwrap();
     symlink(f.outside.join("keep"), &block).unwrap();
-    assert!(f.dir.open_read(&block).is_err());
+    assert!(f.dir.open_read(&block, true).is_err());
     assert!(f.dir.open_private(&block).is_err());
     assert!(f.dir.metadata(&block).unwrap().is_symlink());
     // Placing a file there replaces the link itself.
@@ -214,7 +214,10 @@ fn paths_outside_the_cache_directory_are_refused() {
             "{}",
             p.display()
         );
-        assert_eq!(f.dir.open_read(p).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(
+            f.dir.open_read(p, false).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
         let t = f.dir.temp(&f.dir.area(Area::Tmp), "tmp", None).unwrap();
         assert_eq!(t.place(p, None).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
@@ -228,7 +231,7 @@ fn a_directory_of_another_user_is_refused() {
     let dir = d.path().join("c");
     fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
-    let err = CacheDir::open(&dir).err().expect("refused");
+    let err = CacheDir::open(&dir).expect_err("refused");
     assert!(matches!(err, OpenError::WrongOwner { owner: 65534, .. }), "{err}");
     assert!(err.to_string().contains("owned by uid 65534"), "{err}");
     assert!(!version_path(&dir).exists(), "nothing created in it");
@@ -279,7 +282,13 @@ fn read_dir_and_tree_size_do_not_follow() {
     fs::create_dir(&shard).unwrap();
     fs::write(shard.join("a"), vec![1u8; 10_000]).unwrap();
     symlink(&f.outside, shard.join("link")).unwrap();
-    let mut names: Vec<_> = f.dir.read_dir(&shard).unwrap().into_iter().map(|e| e.name).collect();
+    let mut names: Vec<_> = f
+        .dir
+        .read_dir(&shard)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.file_name())
+        .collect();
     names.sort();
     assert_eq!(names, ["a", "link"]);
     let blocks = |p: &Path| fs::symlink_metadata(p).unwrap().blocks() * 512;
@@ -303,4 +312,24 @@ fn warnings_are_rate_limited_and_counted() {
     every_time.warn(format_args!("a"));
     every_time.warn(format_args!("b"));
     assert_eq!(every_time.suppressed(), 0);
+}
+
+/// Each operation goes through the configured path again, to the directory checked at open:
+/// one moved away is no longer used, and one put in its place (not checked) is not used either.
+#[test]
+fn a_removed_or_replaced_cache_directory_is_not_used() {
+    let f = Fixture::new();
+    let tmp_dir = f.dir.area(Area::Tmp);
+    let moved = f.dir.path().with_extension("moved");
+    fs::rename(f.dir.path(), &moved).unwrap();
+    assert!(f.dir.temp(&tmp_dir, "tmp", None).is_err());
+    fs::create_dir(f.dir.path()).unwrap();
+    assert!(f.dir.temp(&tmp_dir, "tmp", Some(f.dir.path())).is_err());
+    assert!(f.dir.open_private(&f.dir.version_path().join(LOCKS)).is_err());
+    assert!(matches!(f.dir.dir_state(&tmp_dir), DirState::Missing));
+    assert_eq!(fs::read_dir(f.dir.path()).unwrap().count(), 0, "nothing created");
+    // Back in place: used again.
+    fs::remove_dir(f.dir.path()).unwrap();
+    fs::rename(&moved, f.dir.path()).unwrap();
+    f.dir.temp(&tmp_dir, "tmp", None).unwrap();
 }

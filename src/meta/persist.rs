@@ -230,8 +230,9 @@ impl MetaStore {
         let mut removed = 0u64;
         let now = SystemTime::now();
         for e in self.dir.read_dir(&self.root.join(TMP)).unwrap_or_default() {
-            let age = now.duration_since(e.meta.modified().unwrap_or(now)).unwrap_or_default();
-            if (age > STALE_TMP || !e.meta.is_file()) && self.dir.remove_file(&e.path).is_ok() {
+            let m = e.metadata();
+            let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
+            if (age > STALE_TMP || !m.is_file()) && self.dir.remove_file(&e.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -239,11 +240,11 @@ impl MetaStore {
             return;
         };
         for e in entries {
-            let Some(g) = parse_generation_dir(&e.name) else {
+            let Some(g) = parse_generation_dir(&e.file_name()) else {
                 continue;
             };
             // Read it again for every directory: another process may have started a new one.
-            if self.generation().is_ok_and(|current| current != g) && self.dir.remove_tree(&e.path).is_ok() {
+            if self.generation().is_ok_and(|current| current != g) && self.dir.remove_tree(&e.path()).is_ok() {
                 removed += 1;
             }
         }
@@ -422,7 +423,7 @@ impl MetaStore {
 
     /// Reads a regular file owned by this user, refusing symlinks and files over `limit` bytes.
     fn read_file(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-        let mut file = self.dir.open_read(path)?;
+        let mut file = self.dir.open_read(path, true)?;
         let meta = file.metadata()?;
         if !meta.is_file() || meta.uid() != crate::cachedir::euid() {
             return Err(io::Error::new(
