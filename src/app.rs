@@ -11,13 +11,13 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use tracing::{error, info};
 
-use crate::cache::{CacheConfig, DiskCache};
 use crate::cli::{Cli, Command, MountArgs};
 use crate::config::{MountConfig, S3Config, Source};
 use crate::fs::{Fs, FsSettings};
 use crate::fuse::{FuseAdapter, MountOptions, Refresher, Unmounted, Unmounter};
 use crate::meta::Namespace;
 use crate::metrics::Metrics;
+use crate::object::SourceId;
 use crate::read::BlockReader;
 use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -26,6 +26,7 @@ mod http;
 mod logging;
 mod mountpoint;
 mod notify;
+mod tiers;
 mod warm;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -196,27 +197,23 @@ impl Daemon {
             None => None,
         };
 
-        let disk = match &cfg.cache {
-            Some(c) => Some(DiskCache::open(
-                CacheConfig {
-                    dir: c.dir.clone(),
-                    max_size: c.max_size,
-                    min_free_percent: c.min_free_percent,
-                    block_size: cfg.block_size,
-                    store_id: store_id(&cfg.s3, &cfg.source),
-                },
-                &metrics,
-            )?),
-            None => None,
+        let source = source_id(&cfg.s3, &cfg.source);
+        let plan = tiers::TierPlan {
+            source: source.clone(),
+            block_size: cfg.block_size,
+            memory_bytes: Some(cfg.memory_cache_bytes),
+            cache: cfg.cache.as_ref(),
         };
+        let tiers::Tiers { chain, memory, disk } = tiers::build(plan, store.clone(), &metrics)?;
         let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
         if let Some(c) = &cfg.cache {
             let space = disk.clone().map(|d| d as Arc<dyn crate::object::DiskSpace>);
-            ns = ns.persisted(&c.dir, &store_id(&cfg.s3, &cfg.source), space);
+            ns = ns.persisted(&c.dir, source.as_str(), space);
         }
         let ns = Arc::new(ns);
+        let in_flight = memory.expect("a mount always has a memory tier").in_flight();
         let reader = Arc::new(
-            BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes, disk.clone())
+            BlockReader::new(chain, in_flight, cfg.memory_cache_bytes)
                 .with_prefetch_concurrency(cfg.prefetch_concurrency),
         );
         let passthrough = cfg.passthrough && disk.is_some();
@@ -227,7 +224,11 @@ impl Daemon {
             file_mode: cfg.file_mode,
             dir_mode: cfg.dir_mode,
         };
-        let fs = Arc::new(Fs::new(ns, reader, &cfg.source.prefix, settings));
+        let mut fs = Fs::new(ns, reader, &cfg.source.prefix, settings);
+        if let Some(d) = &disk {
+            fs = fs.with_assembled_files(d.clone());
+        }
+        let fs = Arc::new(fs);
         if let Some(d) = &disk {
             let d = d.clone();
             metrics.set_cache_size_source(move || d.usage());
@@ -372,10 +373,14 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
     result.map_err(|e| (anyhow!("FUSE session failed: {e}"), None))
 }
 
-/// Names the object store in the disk cache, so blocks of two stores never mix.
+/// Names the object store in the caches, so blocks of two stores never mix.
+pub fn source_id(s3: &S3Config, source: &Source) -> SourceId {
+    SourceId::new(s3.endpoint_url.as_deref(), &source.bucket)
+}
+
+/// [`source_id`] as a string (persisted metadata records name their store this way).
 pub fn store_id(s3: &S3Config, source: &Source) -> String {
-    let endpoint = s3.endpoint_url.as_deref().map_or("aws", |e| e.trim_end_matches('/'));
-    format!("{endpoint}|{}", source.bucket)
+    source_id(s3, source).to_string()
 }
 
 fn s3_settings(s3: &S3Config, bucket: &str) -> S3Settings {

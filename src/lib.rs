@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod object;
 pub mod read;
 pub mod store;
+pub mod tier;

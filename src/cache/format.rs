@@ -22,20 +22,12 @@
 
 use bytes::Bytes;
 
+use crate::object::BlockId;
+
 pub const MAGIC: &[u8; 8] = b"S3CFSBLK";
 
 /// Bump on any change to the layout above (and add a golden test for the new version).
 pub const FORMAT_VERSION: u32 = 1;
-
-/// What a block file must say about itself to be trusted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockId<'a> {
-    pub store: &'a str,
-    pub key: &'a str,
-    pub etag: &'a str,
-    pub index: u64,
-    pub block_size: u64,
-}
 
 /// Why a block file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,7 +49,7 @@ pub enum FormatError {
 }
 
 fn header_len(id: &BlockId) -> usize {
-    44 + 2 + id.store.len() + 2 + id.key.len() + 2 + id.etag.len() + 4
+    44 + 2 + id.source.as_str().len() + 2 + id.key.len() + 2 + id.etag.len() + 4
 }
 
 /// The header for `data` stored as block `id`.
@@ -71,7 +63,7 @@ pub fn encode_header(id: &BlockId, data: &[u8]) -> Result<Vec<u8>, FormatError> 
     h.extend_from_slice(&id.block_size.to_le_bytes());
     h.extend_from_slice(&(data.len() as u64).to_le_bytes());
     h.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    for s in [id.store, id.key, id.etag] {
+    for s in [id.source.as_str(), &id.key, &id.etag] {
         let n = u16::try_from(s.len()).map_err(|_| FormatError::TooLong)?;
         h.extend_from_slice(&n.to_le_bytes());
         h.extend_from_slice(s.as_bytes());
@@ -141,7 +133,7 @@ pub fn decode(file: Bytes, want: &BlockId, want_len: u64) -> Result<Bytes, Forma
         return Err(FormatError::Truncated);
     }
     let checks: [(bool, &'static str); 6] = [
-        (store == want.store.as_bytes(), "store"),
+        (store == want.source.as_str().as_bytes(), "store"),
         (key == want.key.as_bytes(), "key"),
         (etag == want.etag.as_bytes(), "etag"),
         (index == want.index, "index"),
@@ -164,13 +156,14 @@ pub fn decode(file: Bytes, want: &BlockId, want_len: u64) -> Result<Bytes, Forma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::SourceId;
     use proptest::prelude::*;
 
-    fn id() -> BlockId<'static> {
+    fn id() -> BlockId {
         BlockId {
-            store: "s3|bucket",
-            key: "jars/a.jar",
-            etag: "\"abc\"",
+            source: SourceId::new(Some("s3"), "bucket"),
+            key: "jars/a.jar".into(),
+            etag: "\"abc\"".into(),
             index: 3,
             block_size: 1 << 20,
         }
@@ -214,14 +207,17 @@ mod tests {
         let f = file(&id(), &data);
         assert_eq!(&decode(f.clone(), &id(), 1000).unwrap()[..], &data[..]);
         assert_eq!(file_len(&id(), 1000), f.len() as u64);
-        let other = |m: fn(&mut BlockId<'static>)| {
+        let other = |m: fn(&mut BlockId)| {
             let mut w = id();
             m(&mut w);
             decode(f.clone(), &w, 1000).unwrap_err()
         };
-        assert_eq!(other(|w| w.key = "jars/b.jar"), FormatError::Mismatch("key"));
-        assert_eq!(other(|w| w.etag = "\"new\""), FormatError::Mismatch("etag"));
-        assert_eq!(other(|w| w.store = "s3|other"), FormatError::Mismatch("store"));
+        assert_eq!(other(|w| w.key = "jars/b.jar".into()), FormatError::Mismatch("key"));
+        assert_eq!(other(|w| w.etag = "\"new\"".into()), FormatError::Mismatch("etag"));
+        assert_eq!(
+            other(|w| w.source = SourceId::new(Some("s3"), "other")),
+            FormatError::Mismatch("store")
+        );
         assert_eq!(other(|w| w.index = 4), FormatError::Mismatch("index"));
         assert_eq!(other(|w| w.block_size = 8 << 20), FormatError::Mismatch("block size"));
         assert_eq!(
