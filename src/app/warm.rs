@@ -12,7 +12,7 @@ use futures::StreamExt;
 use globset::{GlobSet, GlobSetBuilder};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cache::{CacheConfig, DiskCache};
+use crate::cache::{DiskCache, DiskCacheSettings};
 use crate::config::WarmConfig;
 use crate::metrics::Metrics;
 use crate::object::{ObjectMeta, block_range};
@@ -41,7 +41,7 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
     };
     let metrics = Arc::new(Metrics::new());
     let cache = DiskCache::open(
-        CacheConfig {
+        DiskCacheSettings {
             dir: cfg.cache.dir.clone(),
             max_size: cfg.cache.max_size,
             min_free_percent: cfg.cache.min_free_percent,
