@@ -198,11 +198,11 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-fn cache_settings(dir: &Path, max: Option<&str>, min_free: Option<&str>) -> Result<config::CacheSettings, String> {
+fn cache_config(dir: &Path, max: Option<&str>, min_free: Option<&str>) -> Result<config::CacheConfig, String> {
     if dir.as_os_str().is_empty() {
         return Err("--cache: empty path".into());
     }
-    Ok(config::CacheSettings {
+    Ok(config::CacheConfig {
         dir: dir.to_path_buf(),
         max_size: max
             .map(|s| config::parse_size(s).map_err(|e| format!("--max-cache-size: {e}")))
@@ -227,7 +227,7 @@ impl WarmArgs {
         Ok(config::WarmConfig {
             source: Source::parse(&self.source, self.prefix.as_deref())?,
             s3: self.s3.resolve()?,
-            cache: cache_settings(
+            cache: cache_config(
                 &self.cache,
                 self.max_cache_size.as_deref(),
                 self.cache_min_free.as_deref(),
@@ -328,7 +328,7 @@ impl MountArgs {
         }
         let cache = match &self.cache {
             None => None,
-            Some(dir) => Some(cache_settings(
+            Some(dir) => Some(cache_config(
                 dir,
                 self.max_cache_size.as_deref(),
                 self.cache_min_free.as_deref(),

@@ -1,5 +1,7 @@
-//! Validated, resolved settings. `cli.rs` only parses strings; everything here has been
-//! checked, so the layers below never see a malformed bucket, TTL, size or mode.
+//! Validated, resolved configuration: the `*Config` types, what the user asked for. `app`
+//! turns them into the `*Settings` each layer is built with. `cli.rs` only parses strings;
+//! everything here has been checked, so the layers below never see a malformed bucket, TTL,
+//! size or mode.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -152,7 +154,7 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
     }
 }
 
-/// Settings of one mount, validated.
+/// Configuration of one mount, validated.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     pub source: Source,
@@ -174,7 +176,7 @@ pub struct MountConfig {
     pub prefetch_concurrency: usize,
     pub fuse_threads: usize,
     /// The disk cache, when `--cache` is given.
-    pub cache: Option<CacheSettings>,
+    pub cache: Option<CacheConfig>,
     /// Hand fully cached objects to the kernel as backing files (FUSE passthrough).
     pub passthrough: bool,
     /// Where to serve /metrics and /healthz.
@@ -183,12 +185,12 @@ pub struct MountConfig {
     pub log: LogConfig,
 }
 
-/// Settings of `s3cachefs warm`.
+/// Configuration of `s3cachefs warm`.
 #[derive(Clone, Debug)]
 pub struct WarmConfig {
     pub source: Source,
     pub s3: S3Config,
-    pub cache: CacheSettings,
+    pub cache: CacheConfig,
     pub block_size: u64,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
@@ -197,9 +199,9 @@ pub struct WarmConfig {
     pub log: LogConfig,
 }
 
-/// The disk cache's settings.
+/// The disk cache as configured (`--cache`, `--max-cache-size`, `--cache-min-free`).
 #[derive(Clone, Debug)]
-pub struct CacheSettings {
+pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_size: Option<u64>,
     /// Share (0-100) of the cache's filesystem to keep free.

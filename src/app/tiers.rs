@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::cache::{CacheConfig, DiskCache};
-use crate::config::CacheSettings;
+use crate::cache::{DiskCache, DiskCacheSettings};
+use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::object::SourceId;
 use crate::store::ObjectStore;
@@ -20,7 +20,7 @@ pub struct TierPlan<'a> {
     /// block once).
     pub memory_bytes: Option<u64>,
     /// The disk cache, with `--cache`.
-    pub cache: Option<&'a CacheSettings>,
+    pub cache: Option<&'a CacheConfig>,
 }
 
 /// The built chain, and the tiers the rest of the wiring needs by name.
@@ -43,7 +43,7 @@ pub fn build(plan: TierPlan, origin: Arc<dyn ObjectStore>, metrics: &Metrics) ->
     }
     let disk = match plan.cache {
         Some(c) => Some(DiskCache::open(
-            CacheConfig {
+            DiskCacheSettings {
                 dir: c.dir.clone(),
                 max_size: c.max_size,
                 min_free_percent: c.min_free_percent,

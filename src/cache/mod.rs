@@ -44,7 +44,7 @@ use crate::object::{BlockId, BlockRef, ObjectMeta, SourceId};
 
 /// Settings of the disk cache.
 #[derive(Clone, Debug)]
-pub struct CacheConfig {
+pub struct DiskCacheSettings {
     pub dir: PathBuf,
     /// Bound on bytes on disk; `None`: bounded by free space only.
     pub max_size: Option<u64>,
@@ -77,7 +77,7 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 
 pub struct DiskCache {
     root: PathBuf,
-    cfg: CacheConfig,
+    cfg: DiskCacheSettings,
     locks: StripeLocks,
     usage: Usage,
     stats: CacheMetrics,
@@ -131,7 +131,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 impl DiskCache {
     /// Opens (creating) the cache directory. Cheap: nothing is scanned here, so mount time does
     /// not depend on the size of the cache.
-    pub fn open(cfg: CacheConfig, metrics: &Metrics) -> Result<Arc<DiskCache>, CacheError> {
+    pub fn open(cfg: DiskCacheSettings, metrics: &Metrics) -> Result<Arc<DiskCache>, CacheError> {
         let dir = &cfg.dir;
         fs::DirBuilder::new()
             .recursive(true)

@@ -8,13 +8,13 @@ use crate::object::block_range;
 const BS: u64 = 64 << 10;
 
 impl DiskCache {
-    fn open_for_test(cfg: CacheConfig) -> Result<Arc<DiskCache>, CacheError> {
+    fn open_for_test(cfg: DiskCacheSettings) -> Result<Arc<DiskCache>, CacheError> {
         DiskCache::open(cfg, &Metrics::new())
     }
 }
 
-fn cfg(dir: &Path, max: Option<u64>) -> CacheConfig {
-    CacheConfig {
+fn cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
+    DiskCacheSettings {
         dir: dir.to_path_buf(),
         max_size: max,
         min_free_percent: 0.0,

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use super::disk::DiskTier;
 use super::memory::MemoryTier;
 use super::*;
-use crate::cache::{CacheConfig, DiskCache};
+use crate::cache::{DiskCache, DiskCacheSettings};
 use crate::metrics::Metrics;
 use crate::store::fault::FaultStore;
 use crate::store::memory::MemoryStore;
@@ -33,7 +33,7 @@ fn memory_tier() -> Made {
 fn disk_tier() -> Made {
     let dir = tempfile::tempdir().unwrap();
     let cache = DiskCache::open(
-        CacheConfig {
+        DiskCacheSettings {
             dir: dir.path().to_path_buf(),
             max_size: None,
             min_free_percent: 0.0,
