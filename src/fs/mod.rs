@@ -237,11 +237,9 @@ impl Fs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let (mut meta, _) = self.current_meta(&node).await?;
-        if meta.etag.is_empty() {
-            // A listing without ETags (some S3-compatible servers): reads need one to pin the version.
-            meta = self.ns.store().head(&meta.key).await?;
-        }
+        let (meta, _) = self.current_meta(&node).await?;
+        // Reads pin the version by its ETag, which some servers' listings leave out.
+        let meta = self.ns.with_etag(meta).await?;
         let (keep_cache, changed) = node.swap_open_etag(meta.etag.clone());
         let backing = match self.passthrough_files() {
             Some(files) => {
