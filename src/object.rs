@@ -1,8 +1,10 @@
 //! Shared vocabulary of every layer: what an S3 object is to us.
 //!
-//! An object is identified for caching purposes by its key *and* its ETag: bytes fetched under
-//! one ETag are never served for another, so an overwritten object can never mix old and new
-//! data. Nothing here does I/O.
+//! A cached block is identified by its source (endpoint and bucket), key, ETag, block size and
+//! index ([`BlockId`], the same in every tier): bytes fetched under one ETag are never served
+//! for another, so an overwritten object can never mix old and new data. Nothing here does
+//! I/O; the two traits are implemented by the disk cache and used by layers that must not
+//! know it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,23 +20,6 @@ pub struct ObjectMeta {
     pub etag: Arc<str>,
     /// S3 `Last-Modified`.
     pub last_modified: SystemTime,
-}
-
-impl ObjectMeta {
-    /// The identity under which this object's bytes may be cached.
-    pub fn id(&self) -> ObjectId {
-        ObjectId {
-            key: self.key.clone(),
-            etag: self.etag.clone(),
-        }
-    }
-}
-
-/// (key, ETag): the identity of one immutable version of an object.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ObjectId {
-    pub key: Arc<str>,
-    pub etag: Arc<str>,
 }
 
 /// Where objects come from: the endpoint and the bucket (`"<endpoint>|<bucket>"`, `aws` as the
