@@ -120,6 +120,7 @@ conformance_suite!(
     empty_object_has_size_zero_and_no_range,
     unusual_keys_round_trip,
     head_and_list_agree,
+    default_page_is_at_most_1000_entries,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -142,11 +143,13 @@ async fn page(store: &dyn ObjectStore, prefix: &str, delimited: bool, token: Opt
 }
 
 /// Every page of a listing, checking the paging rules on the way: at most `max` entries per page,
-/// every page but the last full, and each page's entries after the previous page's.
+/// every page but the last full, no empty page after the last entry, objects and prefixes each
+/// sorted within a page, and each page's entries after the previous page's.
 async fn list_all(store: &dyn ObjectStore, prefix: &str, delimited: bool, max: i32) -> (Vec<ObjectMeta>, Vec<String>) {
     let (mut objects, mut prefixes) = (Vec::new(), Vec::new());
     let mut token = None;
     let mut last_name: Option<String> = None;
+    let mut pages = 0;
     for n in 0.. {
         assert!(n < 10_000, "{}: listing {prefix:?} never ends", store.describe());
         let p = page(store, prefix, delimited, token.take(), max).await;
@@ -164,6 +167,15 @@ async fn list_all(store: &dyn ObjectStore, prefix: &str, delimited: bool, max: i
                 store.describe()
             );
         }
+        pages += 1;
+        let strictly_increasing = |v: &[&str]| v.windows(2).all(|w| w[0] < w[1]);
+        let page_keys: Vec<&str> = p.objects.iter().map(|o| &*o.key).collect();
+        let page_prefixes: Vec<&str> = p.prefixes.iter().map(String::as_str).collect();
+        assert!(
+            strictly_increasing(&page_keys) && strictly_increasing(&page_prefixes),
+            "{}: page {n} of {prefix:?} out of order: {page_keys:?} {page_prefixes:?}",
+            store.describe()
+        );
         // Within a page, S3 sorts objects and prefixes separately; across pages, every entry of a
         // page comes after every entry of the page before.
         let mut names: Vec<&str> = p
@@ -190,6 +202,13 @@ async fn list_all(store: &dyn ObjectStore, prefix: &str, delimited: bool, max: i
             None => break,
         }
     }
+    let entries = objects.len() + prefixes.len();
+    assert_eq!(
+        pages,
+        entries.div_ceil(max as usize).max(1),
+        "{}: {entries} entries of {prefix:?} in {pages} pages of {max}",
+        store.describe()
+    );
     (objects, prefixes)
 }
 
@@ -497,6 +516,11 @@ async fn unusual_keys_round_trip(f: &Fixture) {
         "tab\tin key",
         "sp ace+dir?/#x=1 %2B",
         "sp ace+dir?/y",
+        // Path segments an HTTP client might normalize away; S3 keeps them.
+        "dots//double",
+        "dots/./dot",
+        "dots/../dotdot",
+        "/leading",
     ];
     let mut etags = Vec::new();
     for k in odd {
@@ -522,12 +546,17 @@ async fn unusual_keys_round_trip(f: &Fixture) {
         let want: Vec<&str> = odd.iter().copied().filter(|o| o.starts_with(k)).collect();
         assert_eq!(keys(&p.objects), sorted(&want), "list with prefix {k:?}");
     }
+    // Delimited, from the top: keys without `/` as objects, the rest rolled up at their first `/`.
     let (objects, prefixes) = list_all(&*f.store, "", true, 2).await;
-    assert_eq!(prefixes, ["sp ace+dir?/"]);
-    assert_eq!(objects.len(), odd.len() - 2);
+    let top: Vec<&str> = odd.iter().copied().filter(|k| !k.contains('/')).collect();
+    assert_eq!(keys(&objects), sorted(&top));
+    assert_eq!(prefixes, ["/", "dots/", "sp ace+dir?/"]);
     let (objects, prefixes) = list_all(&*f.store, "sp ace+dir?/", true, 1).await;
     assert_eq!(keys(&objects), ["sp ace+dir?/#x=1 %2B", "sp ace+dir?/y"]);
     assert!(prefixes.is_empty());
+    let (objects, prefixes) = list_all(&*f.store, "dots/", true, 1).await;
+    assert_eq!(prefixes, ["dots/../", "dots/./", "dots//"]);
+    assert!(objects.is_empty());
 }
 
 /// HEAD and LIST report the same size, ETag and modification time for every object, and the ETag
@@ -551,6 +580,40 @@ async fn head_and_list_agree(f: &Fixture) {
             let head = f.store.head(key).await.unwrap();
             assert_eq!(&head, listed, "HEAD and LIST of {key}");
         }
+    }
+}
+
+/// Without `max_keys`, a page holds at most 1,000 entries, as S3's do; and a `max_keys` above
+/// 1,000 is capped at 1,000.
+async fn default_page_is_at_most_1000_entries(f: &Fixture) {
+    let all: Vec<String> = (0..1001).map(|i| format!("many/{i:04}")).collect();
+    for k in &all {
+        f.put(k, b"");
+    }
+    for max_keys in [None, Some(5000)] {
+        let first = f
+            .store
+            .list(ListRequest {
+                prefix: "many/",
+                max_keys,
+                ..ListRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(first.objects.len(), 1000, "max_keys {max_keys:?}");
+        assert_eq!(keys(&first.objects), all[..1000], "max_keys {max_keys:?}");
+        let rest = f
+            .store
+            .list(ListRequest {
+                prefix: "many/",
+                continuation: Some(first.next.expect("a second page")),
+                max_keys,
+                ..ListRequest::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(keys(&rest.objects), ["many/1000"]);
+        assert_eq!(rest.next, None);
     }
 }
 
@@ -634,8 +697,9 @@ async fn s3_store_does_not_retry_permanent_errors() {
     assert_eq!((c.head, c.get, c.list), (1, 4, 0), "{c:?}");
 }
 
-/// `S3Store` classifies what the server says: a missing bucket, a denied bucket, and 500 and 503
-/// SlowDown, which it retries up to `max_attempts` and then reports as `Service` and `Throttled`.
+/// `S3Store` classifies what the server says: a missing bucket, a denied bucket, and the transient
+/// faults (503 SlowDown, 500, a body cut short by a close or a reset), which it retries up to
+/// `max_attempts` and then reports as `Throttled`, `Service`, `BadResponse` or `Network`.
 #[tokio::test]
 async fn s3_store_classifies_server_errors() {
     let server = common::server();
@@ -665,37 +729,37 @@ async fn s3_store_classifies_server_errors() {
     ));
     server.deny_bucket(common::BUCKET, false);
 
-    for (kind, want) in [
-        (FaultKind::SlowDown, StoreError::Throttled),
-        (
-            FaultKind::Status500,
-            StoreError::Service {
-                status: 500,
-                code: "InternalError".into(),
-                message: "We encountered an internal error. Please try again.".into(),
-            },
-        ),
-    ] {
+    fn throttled(e: &StoreError) -> bool {
+        *e == StoreError::Throttled
+    }
+    fn service_500(e: &StoreError) -> bool {
+        *e == StoreError::Service {
+            status: 500,
+            code: "InternalError".into(),
+            message: "We encountered an internal error. Please try again.".into(),
+        }
+    }
+    fn body_cut(e: &StoreError) -> bool {
+        matches!(e, StoreError::BadResponse(_) | StoreError::Network(_))
+    }
+    type Check = fn(&StoreError) -> bool;
+    let faults: [(FaultKind, Check); 4] = [
+        (FaultKind::SlowDown, throttled),
+        (FaultKind::Status500, service_500),
+        (FaultKind::ShortBody, body_cut),
+        (FaultKind::ResetMidBody, body_cut),
+    ];
+    for (kind, want) in faults {
         server.set_faults(FaultPlan::new(1).rule(FaultRule::new(kind.clone()).ops([Op::Get])));
         server.reset_counts();
-        assert_eq!(
-            store.get_range("obj", ByteRange::new(0, 10), &etag).await,
-            Err(want),
-            "{kind:?}"
-        );
+        let err = store.get_range("obj", ByteRange::new(0, 10), &etag).await.unwrap_err();
+        assert!(want(&err) && err.is_transient(), "{kind:?}: {err:?}");
         assert_eq!(server.counts().get, 3, "{kind:?}: attempts");
         // Two faults, then the third attempt succeeds.
         server.set_faults(FaultPlan::new(1).rule(FaultRule::new(kind.clone()).ops([Op::Get]).max_count(2)));
         server.reset_counts();
-        assert_eq!(
-            store
-                .get_range("obj", ByteRange::new(0, 10), &etag)
-                .await
-                .unwrap()
-                .len(),
-            10,
-            "{kind:?}"
-        );
+        let got = store.get_range("obj", ByteRange::new(0, 10), &etag).await;
+        assert_eq!(got.as_deref(), Ok(&data(10, 1)[..]), "{kind:?}");
         assert_eq!(server.counts().get, 3, "{kind:?}: attempts before success");
     }
     server.clear_faults();

@@ -101,11 +101,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     ///
     /// Keys are in UTF-8 byte order and come back exactly as stored, whatever characters they
     /// hold. Following `next` from page to page lists every key under the prefix exactly once.
-    /// A page holds at most `max_keys` entries, objects and common prefixes together, and every
-    /// page but the last is full. With `delimited`, `objects` holds only keys with no `/` after
-    /// the prefix (including a key equal to the prefix), and each deeper level appears once in
-    /// `prefixes`, ending in `/`. A prefix that matches nothing gives an empty last page, not
-    /// an error. Sizes and ETags agree with [`ObjectStore::head`].
+    /// A page holds at most `max_keys` entries (never more than 1,000), objects and common
+    /// prefixes together. Every page but the last is full, and the page with the last entry is
+    /// the last. With `delimited`, `objects` holds only keys with no `/` after the prefix
+    /// (including a key equal to the prefix), and each deeper level appears once in `prefixes`,
+    /// ending in `/`. A prefix that matches nothing gives one empty page, not an error. Sizes
+    /// and ETags agree with [`ObjectStore::head`].
     async fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError>;
 
     /// HeadObject. `NotFound` when no object has exactly this key, also when the key is only a
