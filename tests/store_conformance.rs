@@ -1,10 +1,9 @@
-//! One conformance suite for every `ObjectStore`: the same cases run against
-//! `MemoryStore`, `FaultStore` over a `MemoryStore` with no faults, and `S3Store` over real HTTP
-//! to the test server (`testsrv`). Each case becomes one test per store, named
-//! `<store>::<case>`, so a failure names both. The cases check what the trait promises
-//! (`src/store/mod.rs`): listing order and pagination, common prefixes, `NotFound`,
-//! `PreconditionFailed`, `InvalidRange`, exact lengths, empty objects, unusual keys, and HEAD
-//! agreeing with LIST.
+//! One conformance suite for every `ObjectStore`: the same cases run against `MemoryStore`,
+//! `FaultStore` over a `MemoryStore` with no faults, and `S3Store` over real HTTP to the test
+//! server (`testsrv`). Each case becomes one test per store, named `<store>::<case>`, so a failure
+//! names both. The cases check what the trait promises (`src/store/mod.rs`): listing order and
+//! pagination, common prefixes, `NotFound`, `PreconditionFailed`, `InvalidRange`, exact lengths,
+//! empty and deleted objects, unusual keys, and HEAD agreeing with LIST.
 //!
 //! After the suite, a few tests of one store each: error classification through `FaultStore`,
 //! and which `S3Store` errors are retried, counted at the test server.
@@ -25,43 +24,55 @@ use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op, TestServer};
 
 /// Stores an object under a key and returns its ETag as the store will report it.
 type Seed = Box<dyn Fn(&str, &[u8]) -> String + Send + Sync>;
+/// Removes the object under a key.
+type Delete = Box<dyn Fn(&str) + Send + Sync>;
 
-/// A store under test and a way to put objects into it (stores are read-only through the trait).
+/// A store under test and a way to put objects into it and remove them (stores are read-only
+/// through the trait).
 struct Fixture {
     store: Arc<dyn ObjectStore>,
     seed: Seed,
+    delete: Delete,
 }
 
 impl Fixture {
     async fn memory() -> Fixture {
         let store = Arc::new(MemoryStore::new());
-        let s = store.clone();
+        let (s, d) = (store.clone(), store.clone());
         Fixture {
             store,
             seed: Box::new(move |key, data| s.put(key, data.to_vec())),
+            delete: Box::new(move |key| d.remove(key)),
         }
     }
 
     async fn fault() -> Fixture {
         let store = Arc::new(FaultStore::new(MemoryStore::new()));
-        let s = store.clone();
+        let (s, d) = (store.clone(), store.clone());
         Fixture {
             store,
             seed: Box::new(move |key, data| s.inner().put(key, data.to_vec())),
+            delete: Box::new(move |key| d.inner().remove(key)),
         }
     }
 
     async fn s3() -> Fixture {
         let server = Arc::new(common::server());
         let store = Arc::new(s3_store(&server, common::BUCKET, RetryPolicy::default()).await);
+        let (s, d) = (server.clone(), server);
         Fixture {
             store,
-            seed: Box::new(move |key, data| server.put(common::BUCKET, key, data.to_vec())),
+            seed: Box::new(move |key, data| s.put(common::BUCKET, key, data.to_vec())),
+            delete: Box::new(move |key| d.delete(common::BUCKET, key)),
         }
     }
 
     fn put(&self, key: &str, data: &[u8]) -> String {
         (self.seed)(key, data)
+    }
+
+    fn delete(&self, key: &str) {
+        (self.delete)(key)
     }
 }
 
@@ -121,6 +132,7 @@ conformance_suite!(
     unusual_keys_round_trip,
     head_and_list_agree,
     default_page_is_at_most_1000_entries,
+    deleted_object_is_not_found,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -417,6 +429,11 @@ async fn get_range_with_wrong_etag_is_precondition_failed(f: &Fixture) {
         &f.store.get_range("k", ByteRange::new(0, 6), &new).await.unwrap()[..],
         b"second"
     );
+    // HEAD and LIST show the new version.
+    let head = f.store.head("k").await.unwrap();
+    assert_eq!((head.size, &*head.etag), (15, new.as_str()));
+    let p = page(&*f.store, "k", false, None, 1000).await;
+    assert_eq!(p.objects, [head]);
 }
 
 /// Ranges at the start, in the middle, ending exactly at the end, the last byte alone and the
@@ -474,20 +491,52 @@ async fn range_past_the_end_is_invalid_range(f: &Fixture) {
 }
 
 /// An empty object has size 0 in HEAD and LIST, with the same ETag, and no byte to range over.
+/// So does a directory marker (an empty object whose key ends in `/`).
 async fn empty_object_has_size_zero_and_no_range(f: &Fixture) {
     let etag = f.put("dir/empty", b"");
+    let marker = f.put("dir/", b"");
     f.put("dir/full", b"x");
-    let head = f.store.head("dir/empty").await.unwrap();
-    assert_eq!((head.size, &*head.etag), (0, etag.as_str()));
+    for (key, etag) in [("dir/empty", &etag), ("dir/", &marker)] {
+        let head = f.store.head(key).await.unwrap();
+        assert_eq!((&*head.key, head.size, &*head.etag), (key, 0, etag.as_str()));
+        assert_eq!(
+            f.store.get_range(key, ByteRange::new(0, 1), etag).await,
+            Err(StoreError::InvalidRange),
+            "{key}"
+        );
+    }
     for delimited in [false, true] {
         let p = page(&*f.store, "dir/", delimited, None, 1000).await;
-        assert_eq!(keys(&p.objects), ["dir/empty", "dir/full"]);
-        assert_eq!((p.objects[0].size, &*p.objects[0].etag), (0, etag.as_str()));
+        assert_eq!(keys(&p.objects), ["dir/", "dir/empty", "dir/full"]);
+        assert_eq!((p.objects[0].size, &*p.objects[0].etag), (0, marker.as_str()));
+        assert_eq!((p.objects[1].size, &*p.objects[1].etag), (0, etag.as_str()));
     }
+}
+
+/// A deleted object is `NotFound` to HEAD, and to a GET pinned to the ETag it had (not
+/// `PreconditionFailed`: the key is checked first), and LIST no longer shows it.
+async fn deleted_object_is_not_found(f: &Fixture) {
+    let etag = f.put("d/gone", b"soon deleted");
+    f.put("d/kept", b"kept");
     assert_eq!(
-        f.store.get_range("dir/empty", ByteRange::new(0, 1), &etag).await,
-        Err(StoreError::InvalidRange)
+        f.store
+            .get_range("d/gone", ByteRange::new(0, 4), &etag)
+            .await
+            .as_deref(),
+        Ok(&b"soon"[..])
     );
+    f.delete("d/gone");
+    assert_eq!(f.store.head("d/gone").await, Err(StoreError::NotFound));
+    assert_eq!(
+        f.store.get_range("d/gone", ByteRange::new(0, 4), &etag).await,
+        Err(StoreError::NotFound)
+    );
+    for delimited in [false, true] {
+        assert_eq!(
+            keys(&page(&*f.store, "d/", delimited, None, 1000).await.objects),
+            ["d/kept"]
+        );
+    }
 }
 
 /// Keys with characters that URLs, query strings, XML or shells treat specially come back from
