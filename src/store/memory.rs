@@ -112,10 +112,12 @@ impl ObjectStore for MemoryStore {
         if &*meta.etag != etag {
             return Err(StoreError::PreconditionFailed);
         }
-        if range.start >= meta.size || range.is_empty() {
+        // Like `S3Store`: a range that does not lie wholly within the object is an error, never a
+        // shorter answer.
+        if range.is_empty() || range.end > meta.size {
             return Err(StoreError::InvalidRange);
         }
-        let out = data.slice(range.start as usize..range.end.min(meta.size) as usize);
+        let out = data.slice(range.start as usize..range.end as usize);
         self.get_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }

@@ -92,16 +92,37 @@ impl StoreError {
 }
 
 /// Access to one bucket.
+///
+/// Every implementation behaves alike; `tests/store_conformance.rs` runs one suite of cases
+/// against each of them.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     /// One page of ListObjectsV2.
+    ///
+    /// Keys are in UTF-8 byte order and come back exactly as stored, whatever characters they
+    /// hold. Following `next` from page to page lists every key under the prefix exactly once.
+    /// A page holds at most `max_keys` entries (never more than 1,000), objects and common
+    /// prefixes together. Every page but the last is full, and the page with the last entry is
+    /// the last. With `delimited`, `objects` holds only keys with no `/` after the prefix
+    /// (including a key equal to the prefix), and each deeper level appears once in `prefixes`,
+    /// ending in `/`. A prefix that matches nothing gives one empty page, not an error. Sizes
+    /// and ETags agree with [`ObjectStore::head`].
     async fn list(&self, req: ListRequest<'_>) -> Result<ListPage, StoreError>;
 
-    /// HeadObject.
+    /// HeadObject. `NotFound` when no object has exactly this key, also when the key is only a
+    /// prefix of other keys (`dir/`).
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
 
-    /// GetObject of `range` (which must be non-empty), failing with `PreconditionFailed` if
-    /// the object's ETag is no longer `etag`. Returns exactly `range.len()` bytes or an error.
+    /// GetObject of `range`, pinned to `etag` with `If-Match`. Returns exactly `range.len()`
+    /// bytes or an error, never fewer.
+    ///
+    /// The errors, checked in this order: `NotFound` when no object has the key;
+    /// `PreconditionFailed` (412) when its ETag is not `etag`; `InvalidRange` when the range does
+    /// not lie wholly within the object (`range.end > size`). S3 answers 416 only to a range
+    /// that starts at or past the end, and serves the existing tail of one that starts inside;
+    /// stores report both as `InvalidRange`, without retrying. An empty object therefore has no
+    /// valid range. `range` must be non-empty: `S3Store` panics on an empty one, and the fakes
+    /// answer `InvalidRange`.
     async fn get_range(&self, key: &str, range: ByteRange, etag: &str) -> Result<Bytes, StoreError>;
 
     /// A short description for logs, e.g. `s3://bucket`.

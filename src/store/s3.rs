@@ -175,6 +175,11 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// The object size of a `Content-Range: bytes 0-9/1234` header (`None` for `*` or anything unparsable).
+fn content_range_size(value: &str) -> Option<u64> {
+    value.rsplit_once('/')?.1.trim().parse().ok()
+}
+
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
     t.and_then(|t| SystemTime::try_from(*t).ok())
         .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -288,6 +293,14 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(classify)?;
+            // S3 answers a range that starts inside the object but runs past its end with the part
+            // that exists, and the object's size in Content-Range. That is a wrong range, not a
+            // fault of the network: not retried, and not read.
+            if let Some(size) = out.content_range().and_then(content_range_size)
+                && range.end > size
+            {
+                return Err(StoreError::InvalidRange);
+            }
             // Into one buffer of the expected size: no second copy, no over-allocation.
             let mut body = bytes::BytesMut::with_capacity(range.len() as usize);
             let mut stream = out.body;
@@ -326,6 +339,15 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_range_sizes() {
+        assert_eq!(content_range_size("bytes 0-9/1234"), Some(1234));
+        assert_eq!(content_range_size("bytes 90-99/100"), Some(100));
+        assert_eq!(content_range_size("bytes */100"), Some(100));
+        assert_eq!(content_range_size("bytes 0-9/*"), None);
+        assert_eq!(content_range_size("garbage"), None);
+    }
 
     /// The pauses behind the documented bound (docs/SEMANTICS.md, docs/RELIABILITY.md): each
     /// below `min(base × 2ⁿ, max_backoff)`, with a 4× larger base after `SlowDown`.
