@@ -71,7 +71,7 @@ pub fn gauge_name(name: &str) -> String {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct S3Labels {
-    /// ListObjectsV2, HeadObject, GetObject.
+    /// ListObjectsV2, HeadObject, GetObject; PutObject, DeleteObject from a writable store.
     pub operation: &'static str,
     /// HTTP status, or `error` when no response arrived (timeout, connection failure).
     pub status: String,

@@ -4,6 +4,10 @@
 //! [`memory::MemoryStore`] (an in-memory fake for unit tests) and [`fault::FaultStore`] (a
 //! wrapper that adds latency and injected failures). A store is bound to one bucket; keys are
 //! full S3 keys.
+//!
+//! [`WritableStore`] adds conditional writes and deletes, for a cache tier that keeps blocks in a
+//! bucket of its own. The origin is never written: the mount's read path holds its store as an
+//! `ObjectStore` only.
 
 use std::fmt;
 
@@ -85,11 +89,17 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Throttled | StoreError::Timeout | StoreError::Network(_) | StoreError::BadResponse(_) => true,
-            StoreError::Service { status, .. } => *status >= 500,
+            StoreError::Service { status, code, .. } => {
+                *status >= 500 || (*status == 409 && code == CONDITIONAL_REQUEST_CONFLICT)
+            }
             _ => false,
         }
     }
 }
+
+/// The code of S3's 409 to a conditional write that raced another write or a delete of the same
+/// key. AWS documents it as resolved by sending the request again, so it is transient.
+pub const CONDITIONAL_REQUEST_CONFLICT: &str = "ConditionalRequestConflict";
 
 /// Access to one bucket.
 ///
@@ -127,6 +137,46 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// A short description for logs, e.g. `s3://bucket`.
     fn describe(&self) -> String;
+}
+
+/// What [`WritableStore::put_if_absent`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// No object had the key; it now holds the body sent.
+    Created,
+    /// An object already had the key (S3's 412 to `If-None-Match: *`). It was left as it was:
+    /// its body may differ from the one sent.
+    AlreadyExists,
+}
+
+/// A store that may be written: a bucket of a cache tier's own, never the origin.
+///
+/// Writes are create-only, so whatever a reader finds under a key is the body of the first writer,
+/// whole: there is no overwrite, and so no moment at which a key holds a mix or a newer version.
+/// Read back with [`ObjectStore::head`] and [`ObjectStore::get_range`] like any object.
+#[async_trait]
+pub trait WritableStore: ObjectStore {
+    /// PutObject with `If-None-Match: *`: stores `body` under `key` unless an object already has
+    /// that key. The first writer wins, even among concurrent writers: exactly one of them gets
+    /// `Created`, the others `AlreadyExists`, and the key then holds the winner's body.
+    ///
+    /// `AlreadyExists` is an outcome, never an error. After a transient failure the store sends
+    /// the request again, so `AlreadyExists` may also mean that an earlier attempt of this very
+    /// call stored the body. A 409 `ConditionalRequestConflict` (a conditional write racing
+    /// another write or a delete) is transient and retried like a 5xx; if it outlasts the retries
+    /// the error comes back with `is_transient()` true. An empty body is a valid object.
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError>;
+
+    /// DeleteObject. Deleting a key that has no object succeeds, as in S3. Afterwards `head` and
+    /// `get_range` answer `NotFound`, LIST no longer shows the key, and `put_if_absent` may
+    /// create it again.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+impl fmt::Debug for dyn WritableStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl fmt::Debug for dyn ObjectStore {

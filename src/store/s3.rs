@@ -5,6 +5,9 @@
 //! ours, not the SDK's, so one policy covers both the request and the streaming of the body
 //! (which the SDK never retries): bounded attempts, exponential backoff with full jitter, a
 //! longer pause after `SlowDown`, and a timeout on every attempt including its body.
+//!
+//! It is also a [`WritableStore`] (conditional PutObject, DeleteObject) for a cache tier's own
+//! bucket; writes go through the same retry policy, timeouts and request metrics.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::{ListPage, ListRequest, ObjectStore, StoreError};
+use super::{ListPage, ListRequest, ObjectStore, PutOutcome, StoreError, WritableStore};
 use crate::metrics::Metrics;
 use crate::object::{ByteRange, ObjectMeta};
 
@@ -333,6 +336,48 @@ impl ObjectStore for S3Store {
 
     fn describe(&self) -> String {
         format!("s3://{}", self.bucket)
+    }
+}
+
+#[async_trait]
+impl WritableStore for S3Store {
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
+        let put = self
+            .retrying("PutObject", 200, key, || async {
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .if_none_match("*")
+                    .content_length(body.len() as i64)
+                    // A clone of `Bytes` shares the buffer: every attempt sends the same bytes.
+                    .body(aws_sdk_s3::primitives::ByteStream::from(body.clone()))
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                Ok(())
+            })
+            .await;
+        // The 412 stays an error inside `retrying`, so it is not retried and is counted as a 412.
+        match put {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(StoreError::PreconditionFailed) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.retrying("DeleteObject", 204, key, || async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+        .await
     }
 }
 

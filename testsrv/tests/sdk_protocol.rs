@@ -510,7 +510,8 @@ async fn counts_are_exact() {
             get: 4,
             head_bucket: 1,
             put: 1,
-            other: 2,
+            delete: 1,
+            other: 1,
             get_bytes: 900,
             errors: 1,
             faults: 0,
@@ -530,7 +531,7 @@ async fn counts_are_exact() {
             Op::Get,
             Op::HeadBucket,
             Op::Put,
-            Op::Other,
+            Op::Delete,
             Op::Other
         ]
     );
