@@ -3,23 +3,28 @@
 //! server (`testsrv`). Each case becomes one test per store, named `<store>::<case>`, so a failure
 //! names both. The cases check what the trait promises (`src/store/mod.rs`): listing order and
 //! pagination, common prefixes, `NotFound`, `PreconditionFailed`, `InvalidRange`, exact lengths,
-//! empty and deleted objects, unusual keys, and HEAD agreeing with LIST.
+//! empty and deleted objects, unusual keys, and HEAD agreeing with LIST; and what `WritableStore`
+//! promises: create-only writes with one winner among concurrent writers, deletes, empty and
+//! large bodies, unusual keys.
 //!
 //! After the suite, a few tests of one store each: error classification through `FaultStore`,
-//! and which `S3Store` errors are retried, counted at the test server.
+//! which `S3Store` errors are retried, counted at the test server, and the requests and metrics of
+//! `S3Store`'s writes.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use s3cachefs::metrics::Metrics;
+use bytes::Bytes;
+use s3cachefs::metrics::{self, Metrics};
 use s3cachefs::object::{ByteRange, ObjectMeta};
 use s3cachefs::store::fault::FaultStore;
 use s3cachefs::store::memory::MemoryStore;
 use s3cachefs::store::s3::{RetryPolicy, S3Settings, S3Store};
-use s3cachefs::store::{ListPage, ListRequest, ObjectStore, StoreError};
+use s3cachefs::store::{ListPage, ListRequest, ObjectStore, PutOutcome, StoreError, WritableStore};
 use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op, TestServer};
 
 /// Stores an object under a key and returns its ETag as the store will report it.
@@ -27,10 +32,12 @@ type Seed = Box<dyn Fn(&str, &[u8]) -> String + Send + Sync>;
 /// Removes the object under a key.
 type Delete = Box<dyn Fn(&str) + Send + Sync>;
 
-/// A store under test and a way to put objects into it and remove them (stores are read-only
-/// through the trait).
+/// A store under test and a way to put objects into it and remove them behind its back (the
+/// read-only cases see it only as an `ObjectStore`). `writable` is the same store, for the cases
+/// of `WritableStore`.
 struct Fixture {
     store: Arc<dyn ObjectStore>,
+    writable: Arc<dyn WritableStore>,
     seed: Seed,
     delete: Delete,
 }
@@ -40,7 +47,8 @@ impl Fixture {
         let store = Arc::new(MemoryStore::new());
         let (s, d) = (store.clone(), store.clone());
         Fixture {
-            store,
+            store: store.clone(),
+            writable: store,
             seed: Box::new(move |key, data| s.put(key, data.to_vec())),
             delete: Box::new(move |key| d.remove(key)),
         }
@@ -50,7 +58,8 @@ impl Fixture {
         let store = Arc::new(FaultStore::new(MemoryStore::new()));
         let (s, d) = (store.clone(), store.clone());
         Fixture {
-            store,
+            store: store.clone(),
+            writable: store,
             seed: Box::new(move |key, data| s.inner().put(key, data.to_vec())),
             delete: Box::new(move |key| d.inner().remove(key)),
         }
@@ -61,7 +70,8 @@ impl Fixture {
         let store = Arc::new(s3_store(&server, common::BUCKET, RetryPolicy::default()).await);
         let (s, d) = (server.clone(), server);
         Fixture {
-            store,
+            store: store.clone(),
+            writable: store,
             seed: Box::new(move |key, data| s.put(common::BUCKET, key, data.to_vec())),
             delete: Box::new(move |key| d.delete(common::BUCKET, key)),
         }
@@ -79,6 +89,16 @@ impl Fixture {
 /// An `S3Store` for `bucket` on `server`: unsigned requests (so no credential chain is consulted,
 /// and nothing outside loopback is reached), path style, short backoff.
 async fn s3_store(server: &TestServer, bucket: &str, retry: RetryPolicy) -> S3Store {
+    s3_store_with_metrics(server, bucket, retry, Arc::new(Metrics::new())).await
+}
+
+/// Like [`s3_store`], counting its requests in `metrics`.
+async fn s3_store_with_metrics(
+    server: &TestServer,
+    bucket: &str,
+    retry: RetryPolicy,
+    metrics: Arc<Metrics>,
+) -> S3Store {
     let settings = S3Settings {
         bucket: bucket.into(),
         region: Some("us-east-1".into()),
@@ -92,7 +112,7 @@ async fn s3_store(server: &TestServer, bucket: &str, retry: RetryPolicy) -> S3St
             ..retry
         },
     };
-    S3Store::new(&settings, Arc::new(Metrics::new())).await
+    S3Store::new(&settings, metrics).await
 }
 
 /// Instantiates every case for one store as `mod $store { #[tokio::test] async fn $case() }`.
@@ -133,6 +153,12 @@ conformance_suite!(
     head_and_list_agree,
     default_page_is_at_most_1000_entries,
     deleted_object_is_not_found,
+    put_if_absent_creates_then_keeps_the_first_body,
+    concurrent_put_if_absent_has_one_winner,
+    delete_then_head_is_not_found,
+    delete_of_missing_key_is_ok,
+    put_if_absent_of_empty_and_large_bodies,
+    written_unusual_keys_round_trip,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -233,6 +259,53 @@ fn sorted(v: &[&str]) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The whole object under `key`, read back through HEAD and one GET pinned to its ETag (none for
+/// an empty object, which has no range).
+async fn read_back(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+    let head = store
+        .head(key)
+        .await
+        .unwrap_or_else(|e| panic!("{}: head {key:?}: {e}", store.describe()));
+    if head.size == 0 {
+        return Vec::new();
+    }
+    store
+        .get_range(key, ByteRange::new(0, head.size), &head.etag)
+        .await
+        .unwrap_or_else(|e| panic!("{}: get {key:?}: {e}", store.describe()))
+        .to_vec()
+}
+
+/// Keys with characters that URLs, query strings, XML or shells treat specially.
+const UNUSUAL_KEYS: [&str; 25] = [
+    "with space",
+    "two  spaces and trailing ",
+    "plus+sign",
+    "percent%",
+    "percent%20encoded-looking",
+    "percent%2F",
+    "question?mark",
+    "hash#tag",
+    "equals=sign&and",
+    "a=b?c#d%e+f g",
+    "semi;colon,comma:colon@at$dollar!bang",
+    "quote'double\"",
+    "xml<&>",
+    "tilde~star*paren()brackets[]braces{}",
+    "caret^backtick`pipe|backslash\\",
+    "caf\u{e9}",
+    "\u{30d5}\u{30a1}\u{30a4}\u{30eb}",
+    "emoji \u{1f600}",
+    "tab\tin key",
+    "sp ace+dir?/#x=1 %2B",
+    "sp ace+dir?/y",
+    // Path segments an HTTP client might normalize away; S3 keeps them.
+    "dots//double",
+    "dots/./dot",
+    "dots/../dotdot",
+    "/leading",
+];
 
 // ---------------------------------------------------------------------------------------------
 // The cases
@@ -543,34 +616,7 @@ async fn deleted_object_is_not_found(f: &Fixture) {
 /// LIST exactly as stored, and HEAD and GET reach them by that key. Listing with such a key as the
 /// prefix, or below such a directory with the delimiter, finds exactly them.
 async fn unusual_keys_round_trip(f: &Fixture) {
-    let odd = [
-        "with space",
-        "two  spaces and trailing ",
-        "plus+sign",
-        "percent%",
-        "percent%20encoded-looking",
-        "percent%2F",
-        "question?mark",
-        "hash#tag",
-        "equals=sign&and",
-        "a=b?c#d%e+f g",
-        "semi;colon,comma:colon@at$dollar!bang",
-        "quote'double\"",
-        "xml<&>",
-        "tilde~star*paren()brackets[]braces{}",
-        "caret^backtick`pipe|backslash\\",
-        "caf\u{e9}",
-        "\u{30d5}\u{30a1}\u{30a4}\u{30eb}",
-        "emoji \u{1f600}",
-        "tab\tin key",
-        "sp ace+dir?/#x=1 %2B",
-        "sp ace+dir?/y",
-        // Path segments an HTTP client might normalize away; S3 keeps them.
-        "dots//double",
-        "dots/./dot",
-        "dots/../dotdot",
-        "/leading",
-    ];
+    let odd = UNUSUAL_KEYS;
     let mut etags = Vec::new();
     for k in odd {
         etags.push(f.put(k, k.as_bytes()));
@@ -664,6 +710,212 @@ async fn default_page_is_at_most_1000_entries(f: &Fixture) {
         assert_eq!(keys(&rest.objects), ["many/1000"]);
         assert_eq!(rest.next, None);
     }
+}
+
+/// `put_if_absent` stores a body under a free key (`Created`) and never overwrites: a second write
+/// of the key, with another body or the same one, or of a key an object was put under by other
+/// means, is `AlreadyExists`, and the body and ETag read back are still the first ones. Keys that
+/// differ only by a trailing `/` or a prefix are different keys.
+async fn put_if_absent_creates_then_keeps_the_first_body(f: &Fixture) {
+    let w = &*f.writable;
+    let first = data(1000, 1);
+    assert_eq!(
+        w.put_if_absent("w/k", Bytes::from(first.clone())).await,
+        Ok(PutOutcome::Created)
+    );
+    let created = f.store.head("w/k").await.unwrap();
+    assert_eq!(created.size, 1000);
+    assert_eq!(read_back(&*f.store, "w/k").await, first);
+    for second in [data(10, 2), data(1000, 3), first.clone(), Vec::new()] {
+        assert_eq!(
+            w.put_if_absent("w/k", Bytes::from(second.clone())).await,
+            Ok(PutOutcome::AlreadyExists),
+            "second write of {} bytes",
+            second.len()
+        );
+        assert_eq!(f.store.head("w/k").await.unwrap(), created, "overwritten");
+        assert_eq!(read_back(&*f.store, "w/k").await, first, "overwritten");
+    }
+    // An object that was there before is not overwritten either.
+    let etag = f.put("w/seeded", b"seeded");
+    assert_eq!(
+        w.put_if_absent("w/seeded", Bytes::from_static(b"other")).await,
+        Ok(PutOutcome::AlreadyExists)
+    );
+    assert_eq!(&*f.store.head("w/seeded").await.unwrap().etag, etag.as_str());
+    assert_eq!(read_back(&*f.store, "w/seeded").await, b"seeded");
+    // Neighbouring keys are free.
+    for (i, key) in ["w/k/", "w/", "w", "w/k2", "W/k"].into_iter().enumerate() {
+        let body = data(5, 10 + i as u64);
+        assert_eq!(
+            w.put_if_absent(key, Bytes::from(body.clone())).await,
+            Ok(PutOutcome::Created),
+            "{key}"
+        );
+        assert_eq!(read_back(&*f.store, key).await, body, "{key}");
+    }
+    let (objects, _) = list_all(&*f.store, "", false, 1000).await;
+    assert_eq!(
+        keys(&objects),
+        sorted(&["W/k", "w", "w/", "w/k", "w/k/", "w/k2", "w/seeded"])
+    );
+    assert_eq!(read_back(&*f.store, "w/k").await, first);
+}
+
+/// Eight tasks writing one key at once, each with its own body: exactly one gets `Created`, the
+/// others `AlreadyExists`, and the key holds the winner's body, whole. Repeated over several keys.
+async fn concurrent_put_if_absent_has_one_winner(f: &Fixture) {
+    const WRITERS: usize = 8;
+    for round in 0..4u64 {
+        let key = format!("race/{round}");
+        let bodies: Vec<Bytes> = (0..WRITERS as u64)
+            .map(|i| Bytes::from(data(4096 + i as usize, round * 100 + i)))
+            .collect();
+        let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let tasks: Vec<_> = bodies
+            .iter()
+            .map(|body| {
+                let (w, key, body, barrier) = (f.writable.clone(), key.clone(), body.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    w.put_if_absent(&key, body).await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for t in tasks {
+            outcomes.push(t.await.unwrap().unwrap_or_else(|e| panic!("{key}: {e}")));
+        }
+        let winners: Vec<usize> = (0..WRITERS).filter(|&i| outcomes[i] == PutOutcome::Created).collect();
+        assert_eq!(winners.len(), 1, "{key}: outcomes {outcomes:?}");
+        assert!(
+            read_back(&*f.store, &key).await == bodies[winners[0]],
+            "{key}: the stored body is not the winner's"
+        );
+    }
+}
+
+/// After `delete`, HEAD and a GET pinned to the old ETag are `NotFound` and LIST no longer shows
+/// the key; other keys, including those it is a prefix of, stay. The key is free again:
+/// `put_if_absent` creates it anew with the new body.
+async fn delete_then_head_is_not_found(f: &Fixture) {
+    let w = &*f.writable;
+    for key in ["d/k", "d/k/under", "d/k2"] {
+        assert_eq!(
+            w.put_if_absent(key, Bytes::from(key.as_bytes().to_vec())).await,
+            Ok(PutOutcome::Created)
+        );
+    }
+    let old = f.store.head("d/k").await.unwrap();
+    assert_eq!(w.delete("d/k").await, Ok(()));
+    assert_eq!(f.store.head("d/k").await, Err(StoreError::NotFound));
+    assert_eq!(
+        f.store.get_range("d/k", ByteRange::new(0, 1), &old.etag).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        keys(&list_all(&*f.store, "d/", false, 1000).await.0),
+        ["d/k/under", "d/k2"]
+    );
+    assert_eq!(read_back(&*f.store, "d/k/under").await, b"d/k/under");
+    assert_eq!(read_back(&*f.store, "d/k2").await, b"d/k2");
+    // Free again: a new body, and a new ETag when the bytes differ.
+    assert_eq!(
+        w.put_if_absent("d/k", Bytes::from_static(b"second life")).await,
+        Ok(PutOutcome::Created)
+    );
+    assert_eq!(read_back(&*f.store, "d/k").await, b"second life");
+    assert_ne!(f.store.head("d/k").await.unwrap().etag, old.etag);
+    // An object put by other means is deleted the same way.
+    f.put("d/seeded", b"x");
+    assert_eq!(w.delete("d/seeded").await, Ok(()));
+    assert_eq!(f.store.head("d/seeded").await, Err(StoreError::NotFound));
+}
+
+/// Deleting a key that has no object succeeds, as in S3: a key never written, one deleted
+/// already, and a key that is only a prefix of others (`dir/`), which stay.
+async fn delete_of_missing_key_is_ok(f: &Fixture) {
+    let w = &*f.writable;
+    f.put("dir/x", b"x");
+    assert_eq!(w.delete("never-written").await, Ok(()));
+    assert_eq!(w.delete("dir/").await, Ok(()));
+    assert_eq!(w.delete("dir").await, Ok(()));
+    assert_eq!(read_back(&*f.store, "dir/x").await, b"x");
+    assert_eq!(w.delete("dir/x").await, Ok(()));
+    assert_eq!(w.delete("dir/x").await, Ok(()));
+    assert_eq!(f.store.head("dir/x").await, Err(StoreError::NotFound));
+    assert_eq!(page(&*f.store, "", false, None, 1000).await, ListPage::default());
+}
+
+/// An empty body is an object of size 0 (in HEAD and LIST) with no range to read, and it takes
+/// the key like any other. A body of 1 MiB + 1 bytes comes back byte for byte, up to its last byte.
+async fn put_if_absent_of_empty_and_large_bodies(f: &Fixture) {
+    let w = &*f.writable;
+    assert_eq!(w.put_if_absent("empty", Bytes::new()).await, Ok(PutOutcome::Created));
+    let head = f.store.head("empty").await.unwrap();
+    assert_eq!(head.size, 0);
+    assert_eq!(
+        f.store.get_range("empty", ByteRange::new(0, 1), &head.etag).await,
+        Err(StoreError::InvalidRange)
+    );
+    assert_eq!(
+        w.put_if_absent("empty", Bytes::from_static(b"not empty")).await,
+        Ok(PutOutcome::AlreadyExists)
+    );
+    assert_eq!(f.store.head("empty").await.unwrap(), head);
+
+    let big = data((1 << 20) + 1, 5);
+    assert_eq!(
+        w.put_if_absent("big", Bytes::from(big.clone())).await,
+        Ok(PutOutcome::Created)
+    );
+    let head = f.store.head("big").await.unwrap();
+    assert_eq!(head.size, (1 << 20) + 1);
+    assert!(read_back(&*f.store, "big").await == big, "big body differs");
+    let last = f
+        .store
+        .get_range("big", ByteRange::new(1 << 20, (1 << 20) + 1), &head.etag)
+        .await
+        .unwrap();
+    assert_eq!(last[..], big[1 << 20..]);
+    assert_eq!(
+        w.put_if_absent("big", Bytes::from(data((1 << 20) + 1, 6))).await,
+        Ok(PutOutcome::AlreadyExists)
+    );
+    assert!(read_back(&*f.store, "big").await == big, "big body overwritten");
+    let p = page(&*f.store, "", false, None, 1000).await;
+    assert_eq!(
+        p.objects.iter().map(|o| (&*o.key, o.size)).collect::<Vec<_>>(),
+        [("big", (1 << 20) + 1), ("empty", 0)]
+    );
+}
+
+/// Keys with characters that URLs, query strings, XML or shells treat specially are written,
+/// listed, read, refused a second write and deleted by exactly that key.
+async fn written_unusual_keys_round_trip(f: &Fixture) {
+    let w = &*f.writable;
+    for k in UNUSUAL_KEYS {
+        assert_eq!(
+            w.put_if_absent(k, Bytes::from(k.as_bytes().to_vec())).await,
+            Ok(PutOutcome::Created),
+            "{k:?}"
+        );
+    }
+    let (objects, _) = list_all(&*f.store, "", false, 1000).await;
+    assert_eq!(keys(&objects), sorted(&UNUSUAL_KEYS));
+    for k in UNUSUAL_KEYS {
+        assert_eq!(read_back(&*f.store, k).await, k.as_bytes(), "{k:?}");
+        assert_eq!(
+            w.put_if_absent(k, Bytes::from_static(b"again")).await,
+            Ok(PutOutcome::AlreadyExists),
+            "{k:?}"
+        );
+    }
+    for k in UNUSUAL_KEYS {
+        assert_eq!(w.delete(k).await, Ok(()), "{k:?}");
+        assert_eq!(f.store.head(k).await, Err(StoreError::NotFound), "{k:?}");
+    }
+    assert_eq!(page(&*f.store, "", false, None, 1000).await, ListPage::default());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -812,4 +1064,197 @@ async fn s3_store_classifies_server_errors() {
         assert_eq!(server.counts().get, 3, "{kind:?}: attempts before success");
     }
     server.clear_faults();
+}
+
+// ---------------------------------------------------------------------------------------------
+// One store each: writes
+
+/// Errors injected by `FaultStore` reach the writer unchanged and never reach the inner store:
+/// no object is written or deleted by a failed call, and the next call goes through.
+#[tokio::test]
+async fn fault_store_injects_errors_into_writes() {
+    let store = FaultStore::new(MemoryStore::new());
+    store.inner().put("kept", "kept");
+    for err in [
+        StoreError::Throttled,
+        StoreError::AccessDenied("no".into()),
+        StoreError::Timeout,
+    ] {
+        store.fail_next(2, err.clone());
+        assert_eq!(
+            store.put_if_absent("new", Bytes::from_static(b"x")).await,
+            Err(err.clone())
+        );
+        assert_eq!(store.delete("kept").await, Err(err.clone()));
+        assert_eq!(store.inner().head("new").await, Err(StoreError::NotFound));
+        assert!(store.inner().head("kept").await.is_ok());
+    }
+    let writes = |s: &MemoryStore| (s.puts.load(Ordering::Relaxed), s.deletes.load(Ordering::Relaxed));
+    assert_eq!(writes(store.inner()), (0, 0));
+    assert_eq!(
+        store.put_if_absent("new", Bytes::from_static(b"x")).await,
+        Ok(PutOutcome::Created)
+    );
+    assert_eq!(store.delete("kept").await, Ok(()));
+    assert_eq!(store.inner().head("kept").await, Err(StoreError::NotFound));
+    assert_eq!(writes(store.inner()), (1, 1));
+}
+
+/// The value of `s3cachefs_s3_requests_total` for one operation and status.
+fn s3_requests(m: &Metrics, operation: &str, status: &str) -> f64 {
+    metrics::sum(
+        &metrics::parse_text(&m.encode()),
+        "s3cachefs_s3_requests_total",
+        &[&format!("operation=\"{operation}\""), &format!("status=\"{status}\"")],
+    )
+}
+
+/// `S3Store::put_if_absent` is one PutObject carrying `If-None-Match: *`, answered 200 when it
+/// creates and 412 when the key is taken; the 412 is `AlreadyExists`, sent once, and counted as a
+/// PutObject with status 412. `delete` is one DeleteObject, 204 also for a missing key.
+#[tokio::test]
+async fn s3_store_writes_are_conditional_puts_and_deletes() {
+    let server = common::server();
+    let m = Arc::new(Metrics::new());
+    let store = s3_store_with_metrics(&server, common::BUCKET, RetryPolicy::default(), m.clone()).await;
+    server.reset_counts();
+    assert_eq!(
+        store.put_if_absent("k", Bytes::from_static(b"first")).await,
+        Ok(PutOutcome::Created)
+    );
+    assert_eq!(
+        store.put_if_absent("k", Bytes::from_static(b"second")).await,
+        Ok(PutOutcome::AlreadyExists)
+    );
+    assert_eq!(server.get_object(common::BUCKET, "k").as_deref(), Some(&b"first"[..]));
+    assert_eq!(store.delete("k").await, Ok(()));
+    assert_eq!(store.delete("k").await, Ok(()));
+    assert_eq!(server.get_object(common::BUCKET, "k"), None);
+    let c = server.counts();
+    assert_eq!((c.put, c.delete, c.total()), (2, 2, 4), "{c:?}");
+    let log: Vec<_> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.method, r.key, r.if_none_match, r.status))
+        .collect();
+    let k = Some("k".to_string());
+    let star = Some("*".to_string());
+    assert_eq!(
+        log,
+        [
+            ("PUT".to_string(), k.clone(), star.clone(), 200),
+            ("PUT".to_string(), k.clone(), star, 412),
+            ("DELETE".to_string(), k.clone(), None, 204),
+            ("DELETE".to_string(), k, None, 204),
+        ]
+    );
+    assert_eq!(s3_requests(&m, "PutObject", "200"), 1.0);
+    assert_eq!(s3_requests(&m, "PutObject", "412"), 1.0);
+    assert_eq!(s3_requests(&m, "DeleteObject", "204"), 2.0);
+}
+
+/// A 409 ConditionalRequestConflict is retried like a 5xx: after two conflicts the third attempt
+/// creates the object, and when the key was taken meanwhile the retry reports `AlreadyExists`.
+/// A conflict that outlasts the retries comes back as a transient `Service` error, and nothing
+/// is written.
+#[tokio::test]
+async fn s3_store_retries_conditional_request_conflicts() {
+    let server = common::server();
+    let m = Arc::new(Metrics::new());
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    let store = s3_store_with_metrics(&server, common::BUCKET, retry, m.clone()).await;
+    let conflict = || FaultRule::new(FaultKind::ConditionalConflict).ops([Op::Put]);
+
+    server.set_faults(FaultPlan::new(1).rule(conflict().max_count(2)));
+    server.reset_counts();
+    assert_eq!(
+        store.put_if_absent("a", Bytes::from_static(b"a")).await,
+        Ok(PutOutcome::Created)
+    );
+    assert_eq!(server.counts().put, 3);
+    assert_eq!(server.get_object(common::BUCKET, "a").as_deref(), Some(&b"a"[..]));
+
+    server.put(common::BUCKET, "taken", &b"theirs"[..]);
+    server.set_faults(FaultPlan::new(1).rule(conflict().max_count(1)));
+    server.reset_counts();
+    assert_eq!(
+        store.put_if_absent("taken", Bytes::from_static(b"ours")).await,
+        Ok(PutOutcome::AlreadyExists)
+    );
+    assert_eq!(server.counts().put, 2);
+    assert_eq!(
+        server.get_object(common::BUCKET, "taken").as_deref(),
+        Some(&b"theirs"[..])
+    );
+
+    server.set_faults(FaultPlan::new(1).rule(conflict()));
+    server.reset_counts();
+    let err = store.put_if_absent("b", Bytes::from_static(b"b")).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Service { status: 409, code, .. } if code == "ConditionalRequestConflict")
+            && err.is_transient(),
+        "{err:?}"
+    );
+    assert_eq!(server.counts().put, 3);
+    assert_eq!(server.get_object(common::BUCKET, "b"), None);
+    server.clear_faults();
+    assert_eq!(s3_requests(&m, "PutObject", "409"), 6.0);
+}
+
+/// Writes to a bucket that does not exist or is denied fail with the same errors as reads, sent
+/// once; and a fault plan scoped to the cache bucket breaks its writes and reads while the source
+/// bucket on the same server keeps working.
+#[tokio::test]
+async fn s3_store_write_errors_and_a_broken_cache_bucket() {
+    let server = common::server();
+    let source_etag = server.put(common::BUCKET, "src", data(100, 1));
+    server.create_bucket("cache");
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        ..RetryPolicy::default()
+    };
+    let missing = s3_store(&server, "no-such-bucket", retry).await;
+    server.reset_counts();
+    assert_eq!(
+        missing.put_if_absent("k", Bytes::from_static(b"x")).await,
+        Err(StoreError::NoSuchBucket)
+    );
+    assert_eq!(missing.delete("k").await, Err(StoreError::NoSuchBucket));
+    assert_eq!((server.counts().put, server.counts().delete), (1, 1));
+
+    let cache = s3_store(&server, "cache", retry).await;
+    let source = s3_store(&server, common::BUCKET, retry).await;
+    server.deny_bucket("cache", true);
+    assert!(matches!(
+        cache.put_if_absent("k", Bytes::from_static(b"x")).await,
+        Err(StoreError::AccessDenied(_))
+    ));
+    assert!(matches!(cache.delete("k").await, Err(StoreError::AccessDenied(_))));
+    server.deny_bucket("cache", false);
+
+    server.set_bucket_faults("cache", FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500)));
+    server.reset_counts();
+    let err = cache.put_if_absent("k", Bytes::from_static(b"x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::Service { status: 500, .. }), "{err:?}");
+    assert!(
+        matches!(cache.head("k").await, Err(StoreError::Service { status: 500, .. })),
+        "head in the broken bucket"
+    );
+    assert_eq!(
+        source
+            .get_range("src", ByteRange::new(0, 100), &source_etag)
+            .await
+            .as_deref(),
+        Ok(&data(100, 1)[..])
+    );
+    let c = server.counts();
+    assert_eq!((c.put, c.head, c.get, c.faults), (3, 3, 1, 6), "{c:?}");
+    server.clear_bucket_faults("cache");
+    assert_eq!(
+        cache.put_if_absent("k", Bytes::from_static(b"x")).await,
+        Ok(PutOutcome::Created)
+    );
 }
