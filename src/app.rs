@@ -107,8 +107,12 @@ impl Daemon {
             block_size: cfg.block_size,
             memory_bytes: Some(cfg.memory_cache_bytes),
             cache: cfg.cache.as_ref(),
+            shared: cfg.shared_cache.as_ref(),
+            shared_writes_wait: false,
         };
-        let tiers::Tiers { chain, memory, disk } = tiers::build(plan, store.clone(), &metrics)?;
+        let tiers::Tiers {
+            chain, memory, disk, ..
+        } = rt.block_on(tiers::build(plan, store.clone(), &metrics))?;
         let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
         if let Some(c) = &cfg.cache {
             let space = disk.clone().map(|d| d as Arc<dyn crate::object::DiskSpace>);

@@ -5,6 +5,7 @@
 //! settings, `cli` parses them, `app` wires everything together.
 
 pub mod app;
+pub mod blockfmt;
 pub mod cache;
 pub mod cli;
 pub mod config;

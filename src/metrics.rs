@@ -57,6 +57,30 @@ pub const CACHE_WRITE_FAILURES: &str = "cache_write_failures";
 pub const CACHE_SKIPPED_FULL: &str = "cache_skipped_full";
 /// Gauge: bytes the disk cache occupies, for every process sharing it.
 pub const CACHE_SIZE_BYTES: &str = "cache_size_bytes";
+/// Counter, labels `operation` and `status`: requests to the shared tier's bucket.
+pub const SHARED_REQUESTS: &str = "shared_cache_requests";
+/// Counter: blocks served from the shared tier.
+pub const SHARED_HITS: &str = "shared_cache_hits";
+/// Counter: blocks not in the shared tier.
+pub const SHARED_MISSES: &str = "shared_cache_misses";
+/// Counter: bytes served from the shared tier.
+pub const SHARED_HIT_BYTES: &str = "shared_cache_hit_bytes";
+/// Counter: shared-tier objects that did not validate (corrupt, forged, foreign) and were not served.
+pub const SHARED_INVALID: &str = "shared_cache_invalid_blocks";
+/// Counter: failed requests to the shared tier (each opens the breaker).
+pub const SHARED_ERRORS: &str = "shared_cache_errors";
+/// Counter: misses that waited for another node's fetch (a lease held elsewhere).
+pub const SHARED_LEASE_WAITS: &str = "shared_cache_lease_waits";
+/// Counter: of those, waits that ran out their bound and fetched from the origin.
+pub const SHARED_LEASE_TIMEOUTS: &str = "shared_cache_lease_timeouts";
+/// Counter: blocks written to the shared tier (or found already there).
+pub const SHARED_WRITES: &str = "shared_cache_writes";
+/// Counter: bytes of those blocks.
+pub const SHARED_WRITTEN_BYTES: &str = "shared_cache_written_bytes";
+/// Counter: block writes dropped because the write queue was full.
+pub const SHARED_WRITE_DROPS: &str = "shared_cache_write_drops";
+/// Gauge: 1 while the shared tier is skipped after a failure (circuit breaker open), else 0.
+pub const SHARED_BREAKER_OPEN: &str = "shared_cache_breaker_open";
 
 /// The exported name of the counter registered as `name`: `s3cachefs_<name>_total`.
 pub fn counter_name(name: &str) -> String {
@@ -104,8 +128,35 @@ pub struct CacheMetrics {
     pub skipped_full: Counter,
 }
 
+/// The shared tier's counters (cheap clones share the same values).
+#[derive(Clone, Debug, Default)]
+pub struct SharedTierMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub hit_bytes: Counter,
+    pub invalid: Counter,
+    pub errors: Counter,
+    pub lease_waits: Counter,
+    pub lease_timeouts: Counter,
+    pub writes: Counter,
+    pub written_bytes: Counter,
+    pub write_drops: Counter,
+    pub breaker_open: Gauge,
+}
+
+/// Which bucket a store talks to, for counting its requests apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreRole {
+    /// The mounted source (`s3_requests`).
+    Origin,
+    /// The shared tier's bucket (`shared_cache_requests`).
+    SharedTier,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub shared: SharedTierMetrics,
+    pub shared_requests: Family<S3Labels, Counter>,
     pub s3_requests: Family<S3Labels, Counter>,
     pub s3_duration: HistogramFamily,
     pub s3_bytes: Counter,
@@ -147,6 +198,52 @@ impl Metrics {
         let fuse_errors = Family::<ErrorLabels, Counter>::default();
         let cache = CacheMetrics::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
+        let shared = SharedTierMetrics::default();
+        let shared_requests = Family::<S3Labels, Counter>::default();
+        registry.register(
+            SHARED_REQUESTS,
+            "Requests to the shared tier's bucket by operation and HTTP status",
+            shared_requests.clone(),
+        );
+        for (name, help, c) in [
+            (SHARED_HITS, "Blocks served from the shared tier", &shared.hits),
+            (SHARED_MISSES, "Blocks not in the shared tier", &shared.misses),
+            (SHARED_HIT_BYTES, "Bytes served from the shared tier", &shared.hit_bytes),
+            (
+                SHARED_INVALID,
+                "Shared-tier objects that did not validate and were not served",
+                &shared.invalid,
+            ),
+            (SHARED_ERRORS, "Failed requests to the shared tier", &shared.errors),
+            (
+                SHARED_LEASE_WAITS,
+                "Misses that waited for another node's fetch of the block",
+                &shared.lease_waits,
+            ),
+            (
+                SHARED_LEASE_TIMEOUTS,
+                "Lease waits that ran out their bound and fetched from the origin",
+                &shared.lease_timeouts,
+            ),
+            (SHARED_WRITES, "Blocks written to the shared tier", &shared.writes),
+            (
+                SHARED_WRITTEN_BYTES,
+                "Bytes written to the shared tier",
+                &shared.written_bytes,
+            ),
+            (
+                SHARED_WRITE_DROPS,
+                "Shared-tier writes dropped because the write queue was full",
+                &shared.write_drops,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            SHARED_BREAKER_OPEN,
+            "1 while the shared tier is skipped after a failure, else 0",
+            shared.breaker_open.clone(),
+        );
         registry.register(
             S3_REQUESTS,
             "S3 requests by operation and HTTP status (every attempt)",
@@ -222,6 +319,8 @@ impl Metrics {
         );
         Metrics {
             registry,
+            shared,
+            shared_requests,
             s3_requests,
             s3_duration,
             s3_bytes,
@@ -240,11 +339,25 @@ impl Metrics {
         *self.cache_bytes_source.lock().unwrap() = Some(Box::new(f));
     }
 
-    /// Records one S3 request attempt.
+    /// Records one S3 request attempt to the origin.
     pub fn s3_request(&self, operation: &'static str, status: Option<u16>, seconds: f64) {
+        self.store_request(StoreRole::Origin, operation, status, seconds);
+    }
+
+    /// Records one request attempt of a store in `role`.
+    pub fn store_request(&self, role: StoreRole, operation: &'static str, status: Option<u16>, seconds: f64) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        self.s3_requests.get_or_create(&S3Labels { operation, status }).inc();
-        self.s3_duration.get_or_create(&OpLabels { operation }).observe(seconds);
+        match role {
+            StoreRole::Origin => {
+                self.s3_requests.get_or_create(&S3Labels { operation, status }).inc();
+                self.s3_duration.get_or_create(&OpLabels { operation }).observe(seconds);
+            }
+            StoreRole::SharedTier => {
+                self.shared_requests
+                    .get_or_create(&S3Labels { operation, status })
+                    .inc();
+            }
+        }
     }
 
     pub fn fuse_op(&self, operation: &'static str) {

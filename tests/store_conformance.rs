@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use s3cachefs::metrics::{self, Metrics};
+use s3cachefs::metrics::{self, Metrics, StoreRole};
 use s3cachefs::object::{ByteRange, ObjectMeta};
 use s3cachefs::store::fault::FaultStore;
 use s3cachefs::store::memory::MemoryStore;
@@ -111,6 +111,7 @@ async fn s3_store_with_metrics(
             max_backoff: Duration::from_millis(10),
             ..retry
         },
+        role: StoreRole::Origin,
     };
     S3Store::new(&settings, metrics).await
 }

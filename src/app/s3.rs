@@ -4,6 +4,7 @@
 use anyhow::bail;
 
 use crate::config::{S3Config, Source};
+use crate::metrics::StoreRole;
 use crate::object::SourceId;
 use crate::store::s3::{RetryPolicy, S3Settings};
 use crate::store::{ListRequest, ObjectStore, StoreError};
@@ -32,6 +33,7 @@ pub(super) fn s3_settings(s3: &S3Config, bucket: &str) -> S3Settings {
             attempt_timeout: s3.request_timeout,
             ..RetryPolicy::default()
         },
+        role: StoreRole::Origin,
     }
 }
 

@@ -1,5 +1,6 @@
-//! `s3cachefs warm`: preloads objects into the shared disk cache, in parallel, so that mounts
-//! (running now or later, in any process) read them without S3. Idempotent: blocks already in
+//! `s3cachefs warm`: preloads objects into the node's disk cache (`--cache`) and/or the shared
+//! tier (`--shared-cache`), in parallel, so that mounts (running now or later, on this node or,
+//! with the shared tier, any node) read them without the source. Idempotent: blocks already in
 //! the cache are verified and skipped, never fetched again. Exits non-zero naming every object
 //! that could not be cached.
 
@@ -50,9 +51,12 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
             source: super::source_id(&cfg.s3, &cfg.source),
             block_size: cfg.block_size,
             memory_bytes: None,
-            cache: Some(&cfg.cache),
+            cache: cfg.cache.as_ref(),
+            shared: cfg.shared_cache.as_ref(),
+            // Warming exists to fill the tiers: wait for room to write rather than drop.
+            shared_writes_wait: true,
         };
-        let tiers = super::tiers::build(plan, store.clone(), &metrics)?;
+        let tiers = super::tiers::build(plan, store.clone(), &metrics).await?;
         let prefix = &cfg.source.prefix;
         let (objects, mut failed) = match manifest {
             Some(keys) => head_all(&store, prefix, keys, cfg.concurrency).await,
@@ -69,11 +73,15 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
             }
         }
         let warmed = complete.len();
+        if let Some(shared) = &tiers.shared {
+            shared.flush().await;
+        }
         if let Some(disk) = tiers.disk {
             assemble_all(disk, complete).await;
         }
         let total_bytes: u64 = selected.iter().map(|o| o.size).sum();
-        summarize(&metrics, warmed, total_bytes, started.elapsed(), &failed)
+        let origin = tiers.chain.from_origin();
+        summarize(&metrics, origin, warmed, total_bytes, started.elapsed(), &failed)
     })
 }
 
@@ -146,20 +154,23 @@ async fn assemble_all(disk: Arc<DiskCache>, objects: Vec<ObjectMeta>) {
 /// that could not be stored.
 fn summarize(
     metrics: &Metrics,
+    (origin_blocks, origin_bytes): (u64, u64),
     warmed: usize,
     total_bytes: u64,
     elapsed: Duration,
     failed: &[(String, String)],
 ) -> anyhow::Result<()> {
-    let c = &metrics.cache;
+    let (c, shared) = (&metrics.cache, &metrics.shared);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
-        "warmed {warmed} objects ({:.1} MiB) in {:.1}s: {} blocks fetched from S3 ({:.1} MiB), {} already cached",
+        "warmed {warmed} objects ({:.1} MiB) in {:.1}s: {origin_blocks} blocks fetched from S3 ({:.1} MiB), \
+         {} already cached, {} from the shared cache, {} written to the shared cache",
         mib(total_bytes),
         elapsed.as_secs_f64(),
-        c.misses.get(),
-        mib(metrics.s3_bytes.get()),
+        mib(origin_bytes),
         c.hits.get(),
+        shared.hits.get(),
+        shared.writes.get(),
     );
     if !failed.is_empty() {
         for (key, e) in failed {
@@ -171,6 +182,14 @@ fn summarize(
             failed.len(),
             names.join(", "),
             if failed.len() > 10 { ", ..." } else { "" }
+        );
+    }
+    if shared.write_drops.get() + shared.errors.get() > 0 {
+        bail!(
+            "the shared cache could not store every block ({} write(s) dropped, {} request(s) failed); \
+             see the log",
+            shared.write_drops.get(),
+            shared.errors.get()
         );
     }
     let unstored = c.skipped_full.get() + c.write_failures.get();

@@ -18,7 +18,7 @@
 //! - A failing cache never fails a read: errors are counted, logged (rate-limited) and the
 //!   bytes come from S3.
 
-mod format;
+use crate::blockfmt as format;
 mod full;
 mod shared;
 
@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 pub use format::{FORMAT_VERSION, FormatError};
@@ -231,18 +230,8 @@ impl DiskCache {
         self.cfg.block_size
     }
 
-    /// The object's identity in the cache: 32 hex digits, and the same as a number. Covers the
-    /// source, key, ETag and block size.
     fn object_hash(source: &SourceId, key: &str, etag: &str, block_size: u64) -> (String, u64) {
-        let mut h = Sha256::new();
-        for part in [source.as_str().as_bytes(), key.as_bytes(), etag.as_bytes()] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        h.update(block_size.to_le_bytes());
-        let digest = h.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        (hex, u64::from_le_bytes(digest[..8].try_into().unwrap()))
+        format::object_hash(source, key, etag, block_size)
     }
 
     /// The hash of an object of this cache's source (for assembled files).

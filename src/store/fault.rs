@@ -88,4 +88,9 @@ impl<S: WritableStore> WritableStore for FaultStore<S> {
         self.before().await?;
         self.inner.delete(key).await
     }
+
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        self.before().await?;
+        self.inner.get_object(key, max_len).await
+    }
 }

@@ -160,6 +160,17 @@ impl WritableStore for MemoryStore {
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }
+
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let objects = self.objects.lock().unwrap();
+        let (data, _) = objects.get(key).ok_or(StoreError::NotFound)?;
+        if data.len() as u64 > max_len {
+            return Err(StoreError::InvalidRange);
+        }
+        self.get_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data.clone())
+    }
 }
 
 #[cfg(test)]

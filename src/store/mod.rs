@@ -171,6 +171,11 @@ pub trait WritableStore: ObjectStore {
     /// `get_range` answer `NotFound`, LIST no longer shows the key, and `put_if_absent` may
     /// create it again.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// GetObject of the whole object, unconditionally (no range, no `If-Match`): for a cache
+    /// tier's own objects, which are immutable once written. An object longer than `max_len` is
+    /// refused with `InvalidRange` without reading its body.
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError>;
 }
 
 impl fmt::Debug for dyn WritableStore {

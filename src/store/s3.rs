@@ -24,7 +24,7 @@ use bytes::Bytes;
 use tracing::{debug, warn};
 
 use super::{ListPage, ListRequest, ObjectStore, PutOutcome, StoreError, WritableStore};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreRole};
 use crate::object::{ByteRange, ObjectMeta};
 
 /// Region used when neither `--region` nor the AWS configuration chain names one.
@@ -40,6 +40,8 @@ pub struct S3Settings {
     pub profile: Option<String>,
     pub no_sign_request: bool,
     pub retry: RetryPolicy,
+    /// Which bucket this is, so its requests are counted apart (the source, or the shared tier's).
+    pub role: StoreRole,
 }
 
 /// Bounded retries with backoff; the worst case of one call is about
@@ -75,6 +77,7 @@ pub struct S3Store {
     bucket: String,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    role: StoreRole,
 }
 
 impl S3Store {
@@ -109,6 +112,7 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             retry: settings.retry,
             metrics,
+            role: settings.role,
         }
     }
 
@@ -136,7 +140,8 @@ impl S3Store {
                 Ok(_) => Some(ok_status),
                 Err(e) => e.http_status(),
             };
-            self.metrics.s3_request(what, status, started.elapsed().as_secs_f64());
+            self.metrics
+                .store_request(self.role, what, status, started.elapsed().as_secs_f64());
             match result {
                 Err(e) if e.is_transient() && n < self.retry.max_attempts => {
                     let pause = backoff(&self.retry, n, matches!(e, StoreError::Throttled));
@@ -320,7 +325,9 @@ impl ObjectStore for S3Store {
                 body.extend_from_slice(&chunk);
             }
             let body = body.freeze();
-            self.metrics.s3_bytes.inc_by(body.len() as u64);
+            if self.role == StoreRole::Origin {
+                self.metrics.s3_bytes.inc_by(body.len() as u64);
+            }
             if body.len() as u64 != range.len() {
                 return Err(StoreError::BadResponse(format!(
                     "expected {} bytes of {key} at {}, got {}",
@@ -364,6 +371,42 @@ impl WritableStore for S3Store {
             Err(StoreError::PreconditionFailed) => Ok(PutOutcome::AlreadyExists),
             Err(e) => Err(e),
         }
+    }
+
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        self.retrying("GetObject", 200, key, || async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
+            let len = out.content_length().and_then(|n| u64::try_from(n).ok());
+            if len.is_some_and(|n| n > max_len) {
+                return Err(StoreError::InvalidRange);
+            }
+            let mut body = bytes::BytesMut::with_capacity(len.unwrap_or(0) as usize);
+            let mut stream = out.body;
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(|e| StoreError::BadResponse(format!("body of {key} cut short: {e}")))?
+            {
+                if (body.len() + chunk.len()) as u64 > max_len {
+                    return Err(StoreError::InvalidRange);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if len.is_some_and(|n| n != body.len() as u64) {
+                return Err(StoreError::BadResponse(format!(
+                    "body of {key} shorter than its length"
+                )));
+            }
+            Ok(body.freeze())
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -21,8 +21,10 @@
 
 pub mod disk;
 pub mod memory;
+pub mod shared;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -74,6 +76,9 @@ pub struct TierChain {
     block_size: u64,
     tiers: Vec<Arc<dyn Tier>>,
     origin: Arc<dyn ObjectStore>,
+    /// Blocks and bytes this chain fetched from the origin.
+    origin_blocks: AtomicU64,
+    origin_bytes: AtomicU64,
 }
 
 impl TierChain {
@@ -85,6 +90,8 @@ impl TierChain {
             block_size,
             tiers: Vec::new(),
             origin,
+            origin_blocks: AtomicU64::new(0),
+            origin_bytes: AtomicU64::new(0),
         }
     }
 
@@ -130,6 +137,14 @@ impl TierChain {
         self.tiers.iter().any(|t| t.holds(block))
     }
 
+    /// (blocks, bytes) this chain fetched from the origin so far.
+    pub fn from_origin(&self) -> (u64, u64) {
+        (
+            self.origin_blocks.load(Ordering::Relaxed),
+            self.origin_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Exactly `range` of `obj` from the origin, kept by no tier: for random reads, where a
     /// whole block would cost more than the bytes asked for.
     pub async fn get_uncached(&self, obj: &ObjectMeta, range: ByteRange) -> Result<Bytes, StoreError> {
@@ -149,7 +164,12 @@ impl TierChain {
                     )
                     .await
                 }
-                None => get_exact(self.origin.as_ref(), &block.id.key, block.range, &block.id.etag).await,
+                None => {
+                    let b = get_exact(self.origin.as_ref(), &block.id.key, block.range, &block.id.etag).await?;
+                    self.origin_blocks.fetch_add(1, Ordering::Relaxed);
+                    self.origin_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    Ok(b)
+                }
             }
         })
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use super::disk::DiskTier;
 use super::memory::MemoryTier;
+use super::shared::{SharedTier, SharedTierSettings};
 use super::*;
 use crate::cache::{DiskCache, DiskCacheSettings};
 use crate::metrics::Metrics;
@@ -23,11 +24,48 @@ const BS: u64 = 4096;
 
 type Origin = Arc<FaultStore<MemoryStore>>;
 
-/// A fresh tier of one kind, with whatever must live as long as it (a temp directory).
-type Made = (Arc<dyn Tier>, Box<dyn std::any::Any>);
+/// A fresh tier of one kind, with whatever must live as long as it (a temp directory), and
+/// what to wait for before its writes can be seen (the shared tier writes in the background).
+struct Made {
+    tier: Arc<dyn Tier>,
+    _keep: Box<dyn std::any::Any>,
+    shared: Option<Arc<SharedTier>>,
+}
+
+impl Made {
+    fn new(tier: Arc<dyn Tier>, keep: impl std::any::Any) -> Made {
+        Made {
+            tier,
+            _keep: Box::new(keep),
+            shared: None,
+        }
+    }
+
+    /// Waits until what the tier was given to keep is kept.
+    async fn settle(&self) {
+        if let Some(s) = &self.shared {
+            s.flush().await;
+        }
+    }
+}
 
 fn memory_tier() -> Made {
-    (Arc::new(MemoryTier::new(1 << 20, BS)), Box::new(()))
+    Made::new(Arc::new(MemoryTier::new(1 << 20, BS)), ())
+}
+
+/// The shared tier over an in-memory bucket (its own store, apart from the origin).
+fn shared_tier() -> Made {
+    let bucket = Arc::new(MemoryStore::new());
+    let tier = Arc::new(SharedTier::new(
+        bucket.clone(),
+        SharedTierSettings::new("cache/".into()),
+        crate::metrics::SharedTierMetrics::default(),
+    ));
+    Made {
+        tier: tier.clone(),
+        _keep: Box::new(bucket),
+        shared: Some(tier),
+    }
 }
 
 fn disk_tier() -> Made {
@@ -43,7 +81,7 @@ fn disk_tier() -> Made {
         &Metrics::new(),
     )
     .unwrap();
-    (Arc::new(DiskTier::new(cache)), Box::new(dir))
+    Made::new(Arc::new(DiskTier::new(cache)), dir)
 }
 
 fn source() -> SourceId {
@@ -80,7 +118,8 @@ fn expected(body: &[u8], block: &BlockRef) -> Vec<u8> {
 
 /// A miss goes below once; the same block again is served by the tier, byte for byte.
 async fn miss_then_hit(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let body = data(3 * BS as usize + 100, 1);
     let (origin, meta) = origin_with("a/b.jar", &body);
     let c = chain(&origin, &tier);
@@ -88,6 +127,7 @@ async fn miss_then_hit(make: fn() -> Made) {
         let b = c.block(&meta, index);
         assert_eq!(c.get(&b).await.unwrap().to_vec(), expected(&body, &b), "block {index}");
     }
+    made.settle().await;
     assert_eq!(gets(&origin), 4);
     for index in (0..4).rev() {
         let b = c.block(&meta, index);
@@ -105,7 +145,8 @@ async fn miss_then_hit(make: fn() -> Made) {
 
 /// `peek` of a block nobody fetched answers `None` and sends nothing to the origin.
 async fn peek_never_reaches_the_origin(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let (origin, meta) = origin_with("k", &data(BS as usize, 2));
     let c = chain(&origin, &tier);
     assert!(c.peek(&c.block(&meta, 0)).await.is_none());
@@ -114,7 +155,8 @@ async fn peek_never_reaches_the_origin(make: fn() -> Made) {
 
 /// Many readers missing one block at once send one request below.
 async fn concurrent_misses_coalesce(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let body = data(2 * BS as usize, 3);
     let (origin, meta) = origin_with("hot", &body);
     origin.set_latency(Duration::from_millis(50));
@@ -136,13 +178,15 @@ async fn concurrent_misses_coalesce(make: fn() -> Made) {
 
 /// A failed fetch is the caller's error and leaves nothing behind: the next read fetches again.
 async fn failures_are_not_kept(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let body = data(BS as usize, 4);
     let (origin, meta) = origin_with("k", &body);
     let c = chain(&origin, &tier);
     let b = c.block(&meta, 0);
     origin.fail_next(1, StoreError::Timeout);
     assert_eq!(c.get(&b).await, Err(StoreError::Timeout));
+    made.settle().await;
     assert!(c.peek(&b).await.is_none());
     assert_eq!(&c.get(&b).await.unwrap()[..], &body[..]);
 }
@@ -150,12 +194,14 @@ async fn failures_are_not_kept(make: fn() -> Made) {
 /// A block is another block under another ETag, source or block size: none of them is ever
 /// answered with bytes kept for the other.
 async fn identity_covers_version_source_and_block_size(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let old = data(BS as usize, 5);
     let (origin, meta) = origin_with("k", &old);
     let c = chain(&origin, &tier);
     let b = c.block(&meta, 0);
     assert_eq!(&c.get(&b).await.unwrap()[..], &old[..]);
+    made.settle().await;
 
     // The object changes: the new version's block is fetched anew, never the old bytes.
     let new = data(BS as usize, 6);
@@ -166,6 +212,7 @@ async fn identity_covers_version_source_and_block_size(make: fn() -> Made) {
     let nb = c.block(&new_meta, 0);
     assert!(c.peek(&nb).await.is_none());
     assert_eq!(&c.get(&nb).await.unwrap()[..], &new[..]);
+    made.settle().await;
     assert_eq!(gets(&origin), 2);
 
     // The same key and ETag from another source is another block.
@@ -188,7 +235,8 @@ async fn identity_covers_version_source_and_block_size(make: fn() -> Made) {
 
 /// What a tier below finds on `peek` is kept by the tier above it.
 async fn peek_keeps_what_below_found(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let body = data(BS as usize, 7);
     let (origin, meta) = origin_with("k", &body);
     let below: Arc<dyn Tier> = Arc::new(MemoryTier::new(1 << 20, BS));
@@ -199,6 +247,7 @@ async fn peek_keeps_what_below_found(make: fn() -> Made) {
         .with(tier.clone())
         .with(below);
     assert_eq!(&both.peek(&b).await.unwrap()[..], &body[..]);
+    made.settle().await;
     let alone = chain(&origin, &tier);
     assert_eq!(&alone.peek(&b).await.unwrap()[..], &body[..]);
     assert_eq!(gets(&origin), 1);
@@ -206,7 +255,8 @@ async fn peek_keeps_what_below_found(make: fn() -> Made) {
 
 /// A body of the wrong length from the origin is an error, never a block.
 async fn wrong_length_from_the_origin_is_an_error(make: fn() -> Made) {
-    let (tier, _keep) = make();
+    let made = make();
+    let tier = made.tier.clone();
     let body = data(BS as usize, 8);
     let (origin, meta) = origin_with("k", &body);
     let c = chain(&origin, &tier);
@@ -217,6 +267,7 @@ async fn wrong_length_from_the_origin_is_an_error(make: fn() -> Made) {
     };
     let b = c.block(&longer, 1);
     assert!(c.get(&b).await.is_err());
+    made.settle().await;
     assert!(c.peek(&b).await.is_none());
 }
 
@@ -257,4 +308,4 @@ macro_rules! tier_suite {
     };
 }
 
-tier_suite!(memory_tier, disk_tier);
+tier_suite!(memory_tier, disk_tier, shared_tier);

@@ -1,5 +1,5 @@
-//! The on-disk format of one cached block: a self-describing, checksummed header followed by
-//! the block's bytes. A block is only trusted if every field matches what the reader asked for
+//! The format of one cached block, on the node's disk and as an object in the shared tier: a
+//! self-describing, checksummed header followed by the block's bytes. A block is only trusted if every field matches what the reader asked for
 //! and both checksums match, so a truncated, corrupted, foreign or misplaced file can never be
 //! served as data.
 //!
@@ -21,13 +21,29 @@
 //! | H      | len  | data                                               |
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
-use crate::object::BlockId;
+use crate::object::{BlockId, SourceId};
 
 pub const MAGIC: &[u8; 8] = b"S3CFSBLK";
 
 /// Bump on any change to the layout above (and add a golden test for the new version).
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The identity of an object version's blocks, as file and object names: 32 hex digits, and the
+/// same as a number (for lock stripes and shards). Covers the source, key, ETag and block size,
+/// each length-prefixed, so no two different tuples share a name by concatenation.
+pub fn object_hash(source: &SourceId, key: &str, etag: &str, block_size: u64) -> (String, u64) {
+    let mut h = Sha256::new();
+    for part in [source.as_str().as_bytes(), key.as_bytes(), etag.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(block_size.to_le_bytes());
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    (hex, u64::from_le_bytes(digest[..8].try_into().unwrap()))
+}
 
 /// Why a block file was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
