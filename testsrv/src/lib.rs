@@ -175,9 +175,9 @@ impl TestServer {
     }
 
     /// Installs a fault plan for requests to `bucket` only (replacing any previous plan of that bucket), e.g. to
-    /// break a cache bucket while the source bucket keeps working. It has its own rule counters and PRNG, so the
-    /// server-wide plan and other buckets' plans fault the same requests as without it. A request to `bucket`
-    /// rolls this plan first; only when it injects nothing does the server-wide plan roll.
+    /// break a cache bucket while the source bucket keeps working. It has its own rule counters and PRNG, rolled
+    /// only by requests to `bucket`, so which of them it faults does not depend on requests to other buckets. A
+    /// request to `bucket` rolls this plan first; only when it injects nothing does the server-wide plan roll.
     pub fn set_bucket_faults(&self, bucket: &str, plan: FaultPlan) {
         self.shared.set_bucket_faults(bucket, Some(FaultState::new(plan)));
     }
