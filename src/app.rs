@@ -1,31 +1,38 @@
 //! Wiring: validated config → logging → (daemon) → runtime → S3 store → caches → filesystem →
 //! FUSE mount → serve until unmounted or signalled.
 //!
-//! Backgrounding forks before any thread exists; the child reports "mounted" or the reason it
-//! failed through a pipe, so the parent's exit status tells whether the mount is live.
+//! Command dispatch, `Daemon` (build and mount), `BackgroundMount` and `serve` (signals,
+//! readiness) live here. Backgrounding is in `process`, the S3 helpers in `s3`, and the
+//! `stats` and `warm` commands in their own modules.
 
-use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use tracing::{error, info};
 
-use crate::cache::{CacheConfig, DiskCache};
 use crate::cli::{Cli, Command, MountArgs};
-use crate::config::{MountConfig, S3Config, Source};
+use crate::config::MountConfig;
 use crate::fs::{Fs, FsSettings};
 use crate::fuse::{FuseAdapter, MountOptions, Refresher, Unmounted, Unmounter};
 use crate::meta::Namespace;
 use crate::metrics::Metrics;
 use crate::read::BlockReader;
-use crate::store::s3::{RetryPolicy, S3Settings, S3Store};
-use crate::store::{ListRequest, ObjectStore, StoreError};
+use crate::store::ObjectStore;
+use crate::store::s3::S3Store;
+
+use process::{daemonize, detach_stdio, report};
+use s3::{check_bucket, s3_settings};
+pub use s3::{source_id, store_id};
 
 mod http;
 mod logging;
 mod mountpoint;
 mod notify;
+mod process;
+mod s3;
+mod stats;
+mod tiers;
 mod warm;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -36,48 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init(&cfg.log, true)?;
             warm::run(&cfg)
         }
-        Command::Stats(args) => stats(args.metrics_addr),
+        Command::Stats(args) => stats::run(args.metrics_addr),
     }
-}
-
-/// `s3cachefs stats`: a human summary of a running mount's metrics.
-fn stats(addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    use crate::metrics::{parse_text, sum};
-    let text = http::get(addr, "/metrics")?;
-    let m = parse_text(&text);
-    let get = |name: &str, labels: &[&str]| sum(&m, &format!("s3cachefs_{name}"), labels);
-    let (hits, misses) = (get("cache_hits_total", &[]), get("cache_misses_total", &[]));
-    let mib = |b: f64| b / (1 << 20) as f64;
-    println!(
-        "disk cache:   {hits:.0} hits, {misses:.0} misses ({:.1}% hit ratio)",
-        100.0 * hits / (hits + misses).max(1.0)
-    );
-    println!(
-        "bytes:        {:.1} MiB read through the mount, {:.1} MiB from the disk cache, {:.1} MiB from S3",
-        mib(get("read_bytes_total", &[])),
-        mib(get("cache_hit_bytes_total", &[])),
-        mib(get("s3_bytes_total", &[]))
-    );
-    println!(
-        "S3 requests:  {:.0} GET, {:.0} HEAD, {:.0} LIST ({:.0} failed)",
-        get("s3_requests_total", &["operation=\"GetObject\""]),
-        get("s3_requests_total", &["operation=\"HeadObject\""]),
-        get("s3_requests_total", &["operation=\"ListObjectsV2\""]),
-        sum(&m, "s3cachefs_s3_requests_total", &[])
-            - m.iter()
-                .filter(|(s, _)| s.starts_with("s3cachefs_s3_requests_total{")
-                    && ["\"200\"", "\"206\"", "\"404\""].iter().any(|c| s.contains(c)))
-                .map(|(_, v)| v)
-                .sum::<f64>()
-    );
-    println!(
-        "cache disk:   {:.1} MiB used, {:.0} evictions, {:.0} corrupt blocks, {:.0} write failures",
-        mib(get("cache_size_bytes", &[])),
-        get("cache_evictions_total", &[]),
-        get("cache_corrupt_blocks_total", &[]),
-        get("cache_write_failures_total", &[])
-    );
-    Ok(())
 }
 
 fn mount(args: &MountArgs) -> anyhow::Result<()> {
@@ -108,68 +75,6 @@ fn mount(args: &MountArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Forks; the parent waits for the child's report and exits. Returns the write end of the
-/// report pipe in the child.
-fn daemonize() -> anyhow::Result<OwnedFd> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("cannot create pipe: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh descriptors that we now own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: no other thread exists yet (no runtime, no logging threads), so fork is sound.
-    match unsafe { libc::fork() } {
-        -1 => bail!("cannot fork: {}", std::io::Error::last_os_error()),
-        0 => {
-            drop(r);
-            // SAFETY: setsid and chdir have no memory-safety preconditions. Leaving the
-            // starting directory keeps the daemon from holding it busy.
-            unsafe {
-                libc::setsid();
-                libc::chdir(c"/".as_ptr());
-            }
-            Ok(w)
-        }
-        _ => {
-            drop(w);
-            let mut msg = String::new();
-            let _ = std::fs::File::from(r).read_to_string(&mut msg);
-            match msg.strip_prefix("ok") {
-                Some(_) => std::process::exit(0),
-                None if msg.is_empty() => {
-                    eprintln!("s3cachefs: error: the daemon exited before the mount was ready (see its log)");
-                    std::process::exit(1)
-                }
-                None => {
-                    eprintln!("s3cachefs: error: {msg}");
-                    std::process::exit(1)
-                }
-            }
-        }
-    }
-}
-
-fn report(ready: OwnedFd, msg: &str) {
-    let _ = std::fs::File::from(ready).write_all(msg.as_bytes());
-}
-
-/// Detaches the daemon's standard streams from the terminal of whoever started it.
-fn detach_stdio() {
-    // SAFETY: plain syscalls on descriptors we own; /dev/null always exists on Linux.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
-}
-
 type ServeError = (anyhow::Error, Option<OwnedFd>);
 
 /// A live mount and the runtime that serves it.
@@ -196,27 +101,27 @@ impl Daemon {
             None => None,
         };
 
-        let disk = match &cfg.cache {
-            Some(c) => Some(DiskCache::open(
-                CacheConfig {
-                    dir: c.dir.clone(),
-                    max_size: c.max_size,
-                    min_free_percent: c.min_free_percent,
-                    block_size: cfg.block_size,
-                    store_id: store_id(&cfg.s3, &cfg.source),
-                },
-                &metrics,
-            )?),
-            None => None,
+        let source = source_id(&cfg.s3, &cfg.source);
+        let plan = tiers::TierPlan {
+            source: source.clone(),
+            block_size: cfg.block_size,
+            memory_bytes: Some(cfg.memory_cache_bytes),
+            cache: cfg.cache.as_ref(),
+            shared: cfg.shared_cache.as_ref(),
+            shared_writes_wait: false,
         };
+        let tiers::Tiers {
+            chain, memory, disk, ..
+        } = rt.block_on(tiers::build(plan, store.clone(), &metrics))?;
         let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
         if let Some(c) = &cfg.cache {
             let space = disk.clone().map(|d| d as Arc<dyn crate::object::DiskSpace>);
-            ns = ns.persisted(&c.dir, &store_id(&cfg.s3, &cfg.source), space);
+            ns = ns.persisted(&c.dir, source.as_str(), space);
         }
         let ns = Arc::new(ns);
+        let in_flight = memory.expect("a mount always has a memory tier").in_flight();
         let reader = Arc::new(
-            BlockReader::new(store.clone(), cfg.block_size, cfg.memory_cache_bytes, disk.clone())
+            BlockReader::new(chain, in_flight, cfg.memory_cache_bytes)
                 .with_prefetch_concurrency(cfg.prefetch_concurrency),
         );
         let passthrough = cfg.passthrough && disk.is_some();
@@ -227,7 +132,11 @@ impl Daemon {
             file_mode: cfg.file_mode,
             dir_mode: cfg.dir_mode,
         };
-        let fs = Arc::new(Fs::new(ns, reader, &cfg.source.prefix, settings));
+        let mut fs = Fs::new(ns, reader, &cfg.source.prefix, settings);
+        if let Some(d) = &disk {
+            fs = fs.with_assembled_files(d.clone());
+        }
+        let fs = Arc::new(fs);
         if let Some(d) = &disk {
             let d = d.clone();
             metrics.set_cache_size_source(move || d.usage());
@@ -370,51 +279,4 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
     // Do not wait for in-flight S3 requests of a filesystem that no longer exists.
     rt.shutdown_background();
     result.map_err(|e| (anyhow!("FUSE session failed: {e}"), None))
-}
-
-/// Names the object store in the disk cache, so blocks of two stores never mix.
-pub fn store_id(s3: &S3Config, source: &Source) -> String {
-    let endpoint = s3.endpoint_url.as_deref().map_or("aws", |e| e.trim_end_matches('/'));
-    format!("{endpoint}|{}", source.bucket)
-}
-
-fn s3_settings(s3: &S3Config, bucket: &str) -> S3Settings {
-    S3Settings {
-        bucket: bucket.to_string(),
-        region: s3.region.clone(),
-        endpoint_url: s3.endpoint_url.clone(),
-        force_path_style: s3.force_path_style,
-        profile: s3.profile.clone(),
-        no_sign_request: s3.no_sign_request,
-        retry: RetryPolicy {
-            max_attempts: s3.max_attempts,
-            attempt_timeout: s3.request_timeout,
-            ..RetryPolicy::default()
-        },
-    }
-}
-
-/// Lists one key under the prefix: proves the bucket exists, is reachable and may be listed,
-/// before anything is mounted.
-async fn check_bucket(store: &dyn ObjectStore, source: &Source, s3: &S3Config) -> anyhow::Result<()> {
-    let bucket = &source.bucket;
-    let req = ListRequest {
-        prefix: &source.prefix,
-        delimited: true,
-        continuation: None,
-        max_keys: Some(1),
-    };
-    match store.list(req).await {
-        Ok(_) => Ok(()),
-        Err(StoreError::NoSuchBucket) => bail!("bucket {bucket:?} does not exist"),
-        Err(StoreError::AccessDenied(m)) => {
-            bail!("access denied listing bucket {bucket:?} (s3:ListBucket is required): {m}")
-        }
-        Err(e @ (StoreError::Network(_) | StoreError::Timeout)) => {
-            let endpoint = s3.endpoint_url.as_deref().unwrap_or("the default S3 endpoint");
-            bail!("cannot reach {endpoint} for bucket {bucket:?}: {e}")
-        }
-        Err(e @ StoreError::Credentials(_)) => bail!("{e}"),
-        Err(e) => bail!("cannot list bucket {bucket:?}: {e}"),
-    }
 }

@@ -41,9 +41,13 @@ pub struct WarmArgs {
     #[command(flatten)]
     pub s3: S3Args,
 
-    /// The disk cache to fill (the same directory the mounts use).
-    #[arg(long, value_name = "DIR")]
-    pub cache: PathBuf,
+    /// The disk cache to fill (the same directory the mounts use). At least one of --cache and
+    /// --shared-cache is needed.
+    #[arg(long, value_name = "DIR", required_unless_present = "shared_cache")]
+    pub cache: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub shared: SharedCacheArgs,
 
     /// Bound of the disk cache (as for `mount`).
     #[arg(long, value_name = "SIZE")]
@@ -148,6 +152,9 @@ pub struct MountArgs {
     #[arg(long, value_name = "PERCENT", requires = "cache", help_heading = "Caching")]
     pub cache_min_free: Option<String>,
 
+    #[command(flatten)]
+    pub shared: SharedCacheArgs,
+
     /// Do not hand fully cached files to the kernel (FUSE passthrough, Linux 6.9+, root);
     /// every read then goes through the daemon.
     #[arg(long, help_heading = "Caching")]
@@ -198,11 +205,11 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-fn cache_settings(dir: &Path, max: Option<&str>, min_free: Option<&str>) -> Result<config::CacheSettings, String> {
+fn cache_config(dir: &Path, max: Option<&str>, min_free: Option<&str>) -> Result<config::CacheConfig, String> {
     if dir.as_os_str().is_empty() {
         return Err("--cache: empty path".into());
     }
-    Ok(config::CacheSettings {
+    Ok(config::CacheConfig {
         dir: dir.to_path_buf(),
         max_size: max
             .map(|s| config::parse_size(s).map_err(|e| format!("--max-cache-size: {e}")))
@@ -224,14 +231,19 @@ fn check_log_level(level: Option<&str>) -> Result<(), String> {
 impl WarmArgs {
     pub fn resolve(&self) -> Result<config::WarmConfig, String> {
         check_log_level(self.log_level.as_deref())?;
+        let s3 = self.s3.resolve()?;
         Ok(config::WarmConfig {
             source: Source::parse(&self.source, self.prefix.as_deref())?,
-            s3: self.s3.resolve()?,
-            cache: cache_settings(
-                &self.cache,
-                self.max_cache_size.as_deref(),
-                self.cache_min_free.as_deref(),
-            )?,
+            s3: s3.clone(),
+            cache: match &self.cache {
+                None => None,
+                Some(dir) => Some(cache_config(
+                    dir,
+                    self.max_cache_size.as_deref(),
+                    self.cache_min_free.as_deref(),
+                )?),
+            },
+            shared_cache: self.shared.resolve(&s3)?,
             block_size: config::validate_block_size(
                 config::parse_size(&self.block_size).map_err(|e| format!("--block-size: {e}"))?,
             )
@@ -245,6 +257,91 @@ impl WarmArgs {
                 file: None,
             },
         })
+    }
+}
+
+/// The shared tier (a block cache in an S3 bucket that every node uses): shared by `mount` and
+/// `warm`.
+#[derive(Debug, Args)]
+pub struct SharedCacheArgs {
+    /// Also cache blocks in this S3 bucket, shared by every node (an S3 Express One Zone
+    /// directory bucket in the nodes' zone, or any bucket): s3://BUCKET[/PREFIX/].
+    #[arg(long, value_name = "s3://BUCKET[/PREFIX/]", help_heading = "Shared cache")]
+    pub shared_cache: Option<String>,
+
+    /// Region of the shared bucket [default: the source's].
+    #[arg(long, requires = "shared_cache", help_heading = "Shared cache")]
+    pub shared_cache_region: Option<String>,
+
+    /// Endpoint URL of the shared bucket [default: the source's].
+    #[arg(long, requires = "shared_cache", help_heading = "Shared cache")]
+    pub shared_cache_endpoint_url: Option<String>,
+
+    /// Read blocks from the shared cache but never write to it.
+    #[arg(long, requires = "shared_cache", help_heading = "Shared cache")]
+    pub shared_cache_read_only: bool,
+
+    /// Sign blocks with the HMAC-SHA256 key in this file (at least 16 bytes) and serve only
+    /// blocks that carry a valid signature.
+    #[arg(long, value_name = "FILE", requires = "shared_cache", help_heading = "Shared cache")]
+    pub shared_cache_key_file: Option<PathBuf>,
+
+    /// How long a node waits for another node that is fetching the same block before fetching
+    /// it from the source itself, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "2", help_heading = "Shared cache")]
+    pub shared_cache_lease_wait: String,
+
+    /// Timeout of one request to the shared bucket, in seconds; a slower shared cache is
+    /// skipped (the source serves the read).
+    #[arg(long, value_name = "SECONDS", default_value = "2", help_heading = "Shared cache")]
+    pub shared_cache_timeout: String,
+}
+
+impl SharedCacheArgs {
+    /// The shared tier's configuration, or `None` without `--shared-cache`. `source_s3` gives
+    /// what the shared bucket inherits (credentials, profile, region, endpoint).
+    pub fn resolve(&self, source_s3: &S3Config) -> Result<Option<config::SharedCacheConfig>, String> {
+        let Some(url) = &self.shared_cache else { return Ok(None) };
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(format!("--shared-cache: {url:?} must look like s3://BUCKET[/PREFIX/]"));
+        };
+        let location = Source::parse(rest, None).map_err(|e| format!("--shared-cache: {e}"))?;
+        let endpoint_url = match &self.shared_cache_endpoint_url {
+            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
+                return Err(format!(
+                    "--shared-cache-endpoint-url: {e:?} must start with http:// or https://"
+                ));
+            }
+            Some(e) => Some(e.clone()),
+            None => source_s3.endpoint_url.clone(),
+        };
+        let timeout =
+            config::parse_seconds(&self.shared_cache_timeout).map_err(|e| format!("--shared-cache-timeout: {e}"))?;
+        if timeout.is_zero() {
+            return Err("--shared-cache-timeout: must be more than 0".into());
+        }
+        let s3 = S3Config {
+            region: self.shared_cache_region.clone().or_else(|| source_s3.region.clone()),
+            force_path_style: source_s3.force_path_style
+                || endpoint_url.as_deref().is_some_and(config::endpoint_needs_path_style),
+            endpoint_url,
+            profile: source_s3.profile.clone(),
+            no_sign_request: source_s3.no_sign_request,
+            // The source serves any read the shared cache cannot: no retries, a short timeout.
+            max_attempts: 1,
+            request_timeout: timeout,
+        };
+        Ok(Some(config::SharedCacheConfig {
+            location,
+            s3,
+            read_only: self.shared_cache_read_only,
+            key: match &self.shared_cache_key_file {
+                Some(path) => Some(config::read_key_file(path)?),
+                None => None,
+            },
+            lease_wait: config::parse_seconds(&self.shared_cache_lease_wait)
+                .map_err(|e| format!("--shared-cache-lease-wait: {e}"))?,
+        }))
     }
 }
 
@@ -328,17 +425,23 @@ impl MountArgs {
         }
         let cache = match &self.cache {
             None => None,
-            Some(dir) => Some(cache_settings(
+            Some(dir) => Some(cache_config(
                 dir,
                 self.max_cache_size.as_deref(),
                 self.cache_min_free.as_deref(),
             )?),
         };
+        let s3 = self.s3.resolve()?;
+        let shared_cache = self.shared.resolve(&s3)?;
+        if let Some(shared) = &shared_cache {
+            shared.check_apart_from(&source, &s3)?;
+        }
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MountConfig {
             mountpoint: self.mountpoint.clone(),
-            s3: self.s3.resolve()?,
+            s3,
+            shared_cache,
             source,
             metadata_ttl,
             negative_metadata_ttl,

@@ -1,7 +1,9 @@
-//! Validated, resolved settings. `cli.rs` only parses strings; everything here has been
-//! checked, so the layers below never see a malformed bucket, TTL, size or mode.
+//! Validated, resolved configuration: the `*Config` types, what the user asked for. `app`
+//! turns them into the `*Settings` each layer is built with. `cli.rs` only parses strings;
+//! everything here has been checked, so the layers below never see a malformed bucket, TTL,
+//! size or mode.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A metadata time-to-live.
@@ -152,7 +154,7 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
     }
 }
 
-/// Settings of one mount, validated.
+/// Configuration of one mount, validated.
 #[derive(Clone, Debug)]
 pub struct MountConfig {
     pub source: Source,
@@ -174,7 +176,9 @@ pub struct MountConfig {
     pub prefetch_concurrency: usize,
     pub fuse_threads: usize,
     /// The disk cache, when `--cache` is given.
-    pub cache: Option<CacheSettings>,
+    pub cache: Option<CacheConfig>,
+    /// The shared tier, when `--shared-cache` is given.
+    pub shared_cache: Option<SharedCacheConfig>,
     /// Hand fully cached objects to the kernel as backing files (FUSE passthrough).
     pub passthrough: bool,
     /// Where to serve /metrics and /healthz.
@@ -183,12 +187,15 @@ pub struct MountConfig {
     pub log: LogConfig,
 }
 
-/// Settings of `s3cachefs warm`.
+/// Configuration of `s3cachefs warm`.
 #[derive(Clone, Debug)]
 pub struct WarmConfig {
     pub source: Source,
     pub s3: S3Config,
-    pub cache: CacheSettings,
+    /// The disk cache to fill (`--cache`).
+    pub cache: Option<CacheConfig>,
+    /// The shared tier to fill (`--shared-cache`); at least one of the two is set.
+    pub shared_cache: Option<SharedCacheConfig>,
     pub block_size: u64,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
@@ -197,13 +204,75 @@ pub struct WarmConfig {
     pub log: LogConfig,
 }
 
-/// The disk cache's settings.
+/// The disk cache as configured (`--cache`, `--max-cache-size`, `--cache-min-free`).
 #[derive(Clone, Debug)]
-pub struct CacheSettings {
+pub struct CacheConfig {
     pub dir: PathBuf,
     pub max_size: Option<u64>,
     /// Share (0-100) of the cache's filesystem to keep free.
     pub min_free_percent: f64,
+}
+
+/// The shared tier as configured (`--shared-cache` and its options).
+#[derive(Clone, Debug)]
+pub struct SharedCacheConfig {
+    /// The shared bucket and the prefix its objects go under.
+    pub location: Source,
+    /// How to reach it: the source's settings unless `--shared-cache-region` /
+    /// `--shared-cache-endpoint-url` say otherwise; one attempt per request, with its own timeout.
+    pub s3: S3Config,
+    pub read_only: bool,
+    /// The HMAC key from `--shared-cache-key-file`.
+    pub key: Option<Vec<u8>>,
+    /// How long a node waits for another node's fetch of a block.
+    pub lease_wait: Duration,
+}
+
+impl SharedCacheConfig {
+    /// Refuses a shared-cache location whose objects would show up in the mounted tree, or
+    /// that would lie over the mounted data: same endpoint and bucket, and one prefix inside the
+    /// other.
+    pub fn check_apart_from(&self, source: &Source, source_s3: &S3Config) -> Result<(), String> {
+        let same_bucket = self.location.bucket == source.bucket && self.s3.endpoint_url == source_s3.endpoint_url;
+        let (a, b) = (&self.location.prefix, &source.prefix);
+        if same_bucket && (a.starts_with(b.as_str()) || b.starts_with(a.as_str())) {
+            return Err(format!(
+                "--shared-cache: s3://{}/{} overlaps the mounted s3://{}/{}; put the shared cache in another \
+                 bucket or under a prefix outside the mounted one",
+                self.location.bucket, a, source.bucket, b
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an HMAC key file: at least 16 bytes once a trailing newline is removed.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut key = std::fs::read(path).map_err(|e| format!("--shared-cache-key-file {}: {e}", path.display()))?;
+    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        key.pop();
+    }
+    if key.len() < 16 {
+        return Err(format!(
+            "--shared-cache-key-file {}: the key must be at least 16 bytes (it has {})",
+            path.display(),
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+/// Parses a duration in seconds such as `2`, `0.5` or `2s`.
+pub fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('s')
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected seconds, e.g. 2 or 0.5"))?;
+    if !v.is_finite() || !(0.0..=3600.0).contains(&v) {
+        return Err(format!("invalid duration {s:?}: expected 0 to 3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
 }
 
 /// Parses a percentage such as `5`, `5%` or `2.5%`.

@@ -5,6 +5,7 @@
 //! settings, `cli` parses them, `app` wires everything together.
 
 pub mod app;
+pub mod blockfmt;
 pub mod cache;
 pub mod cachedir;
 pub mod cli;
@@ -16,3 +17,4 @@ pub mod metrics;
 pub mod object;
 pub mod read;
 pub mod store;
+pub mod tier;

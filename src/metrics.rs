@@ -2,6 +2,10 @@
 //!
 //! One `Metrics` per daemon is created by `app` and handed to the layers that count (store,
 //! cache, read, FUSE adapter). The exporter (`app/http.rs`) serves `encode()` at `/metrics`.
+//!
+//! Each metric family's name is a constant below: `Metrics::new` registers it, and `stats`
+//! reads it back with [`counter_name`] or [`gauge_name`], so the two cannot drift apart. The
+//! names are an interface (dashboards, alerts, docs/CONFIGURATION.md): never rename one.
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -13,9 +17,85 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// The prefix of every exported name.
+pub const PREFIX: &str = "s3cachefs";
+
+// Metric families, by the name they are registered under. The exported name adds the prefix,
+// and `_total` for a counter: `CACHE_HITS` is exported as `s3cachefs_cache_hits_total`.
+
+/// Counter, labels `operation` and `status`: S3 request attempts, every retry included.
+pub const S3_REQUESTS: &str = "s3_requests";
+/// Histogram, label `operation`: the duration of each S3 attempt, body included.
+pub const S3_REQUEST_DURATION_SECONDS: &str = "s3_request_duration_seconds";
+/// Counter: object bytes received from S3.
+pub const S3_BYTES: &str = "s3_bytes";
+/// Counter: opens answered with a backing file (passthrough).
+pub const PASSTHROUGH_OPENS: &str = "passthrough_opens";
+/// Counter: bytes returned to readers through the daemon.
+pub const READ_BYTES: &str = "read_bytes";
+/// Counter, label `operation`: FUSE requests handled.
+pub const FUSE_OPERATIONS: &str = "fuse_operations";
+/// Counter, labels `operation` and `errno`: FUSE requests answered with an error.
+pub const FUSE_ERRORS: &str = "fuse_errors";
+/// Counter: blocks served from the disk cache.
+pub const CACHE_HITS: &str = "cache_hits";
+/// Counter: blocks not in the disk cache.
+pub const CACHE_MISSES: &str = "cache_misses";
+/// Counter: bytes served from the disk cache.
+pub const CACHE_HIT_BYTES: &str = "cache_hit_bytes";
+/// Counter: block bytes written to the disk cache.
+pub const CACHE_WRITTEN_BYTES: &str = "cache_written_bytes";
+/// Counter: files evicted from the disk cache by this process.
+pub const CACHE_EVICTIONS: &str = "cache_evictions";
+/// Counter: bytes freed by those evictions.
+pub const CACHE_EVICTED_BYTES: &str = "cache_evicted_bytes";
+/// Counter: invalid files found in the disk cache and removed.
+pub const CACHE_CORRUPT_BLOCKS: &str = "cache_corrupt_blocks";
+/// Counter: blocks that could not be written to the disk cache.
+pub const CACHE_WRITE_FAILURES: &str = "cache_write_failures";
+/// Counter: blocks not cached because the cache bound could not be met.
+pub const CACHE_SKIPPED_FULL: &str = "cache_skipped_full";
+/// Gauge: bytes the disk cache occupies, for every process sharing it.
+pub const CACHE_SIZE_BYTES: &str = "cache_size_bytes";
+/// Counter, labels `operation` and `status`: requests to the shared tier's bucket.
+pub const SHARED_REQUESTS: &str = "shared_cache_requests";
+/// Counter: blocks served from the shared tier.
+pub const SHARED_HITS: &str = "shared_cache_hits";
+/// Counter: blocks not in the shared tier.
+pub const SHARED_MISSES: &str = "shared_cache_misses";
+/// Counter: bytes served from the shared tier.
+pub const SHARED_HIT_BYTES: &str = "shared_cache_hit_bytes";
+/// Counter: shared-tier objects that did not validate (corrupt, forged, foreign) and were not served.
+pub const SHARED_INVALID: &str = "shared_cache_invalid_blocks";
+/// Counter: failed requests to the shared tier (each opens the breaker).
+pub const SHARED_ERRORS: &str = "shared_cache_errors";
+/// Counter: misses that waited for another node's fetch (a lease held elsewhere).
+pub const SHARED_LEASE_WAITS: &str = "shared_cache_lease_waits";
+/// Counter: of those, waits that ran out their bound and fetched from the origin.
+pub const SHARED_LEASE_TIMEOUTS: &str = "shared_cache_lease_timeouts";
+/// Counter: blocks written to the shared tier (or found already there).
+pub const SHARED_WRITES: &str = "shared_cache_writes";
+/// Counter: bytes of those blocks.
+pub const SHARED_WRITTEN_BYTES: &str = "shared_cache_written_bytes";
+/// Counter: block writes dropped because the write queue was full.
+pub const SHARED_WRITE_DROPS: &str = "shared_cache_write_drops";
+/// Gauge: 1 while the shared tier is skipped after a failure (circuit breaker open), else 0.
+pub const SHARED_BREAKER_OPEN: &str = "shared_cache_breaker_open";
+
+/// The exported name of the counter registered as `name`: `s3cachefs_<name>_total`.
+pub fn counter_name(name: &str) -> String {
+    format!("{PREFIX}_{name}_total")
+}
+
+/// The exported name of the gauge registered as `name`: `s3cachefs_<name>`. A histogram's
+/// series add `_bucket`, `_sum` and `_count` to it.
+pub fn gauge_name(name: &str) -> String {
+    format!("{PREFIX}_{name}")
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct S3Labels {
-    /// ListObjectsV2, HeadObject, GetObject.
+    /// ListObjectsV2, HeadObject, GetObject; PutObject, DeleteObject from a writable store.
     pub operation: &'static str,
     /// HTTP status, or `error` when no response arrived (timeout, connection failure).
     pub status: String,
@@ -48,8 +128,35 @@ pub struct CacheMetrics {
     pub skipped_full: Counter,
 }
 
+/// The shared tier's counters (cheap clones share the same values).
+#[derive(Clone, Debug, Default)]
+pub struct SharedTierMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub hit_bytes: Counter,
+    pub invalid: Counter,
+    pub errors: Counter,
+    pub lease_waits: Counter,
+    pub lease_timeouts: Counter,
+    pub writes: Counter,
+    pub written_bytes: Counter,
+    pub write_drops: Counter,
+    pub breaker_open: Gauge,
+}
+
+/// Which bucket a store talks to, for counting its requests apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreRole {
+    /// The mounted source (`s3_requests`).
+    Origin,
+    /// The shared tier's bucket (`shared_cache_requests`).
+    SharedTier,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub shared: SharedTierMetrics,
+    pub shared_requests: Family<S3Labels, Counter>,
     pub s3_requests: Family<S3Labels, Counter>,
     pub s3_duration: HistogramFamily,
     pub s3_bytes: Counter,
@@ -81,7 +188,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("s3cachefs");
+        let mut registry = Registry::with_prefix(PREFIX);
         let s3_requests = Family::<S3Labels, Counter>::default();
         let s3_duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let s3_bytes = Counter::default();
@@ -91,85 +198,129 @@ impl Metrics {
         let fuse_errors = Family::<ErrorLabels, Counter>::default();
         let cache = CacheMetrics::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
+        let shared = SharedTierMetrics::default();
+        let shared_requests = Family::<S3Labels, Counter>::default();
         registry.register(
-            "s3_requests",
+            SHARED_REQUESTS,
+            "Requests to the shared tier's bucket by operation and HTTP status",
+            shared_requests.clone(),
+        );
+        for (name, help, c) in [
+            (SHARED_HITS, "Blocks served from the shared tier", &shared.hits),
+            (SHARED_MISSES, "Blocks not in the shared tier", &shared.misses),
+            (SHARED_HIT_BYTES, "Bytes served from the shared tier", &shared.hit_bytes),
+            (
+                SHARED_INVALID,
+                "Shared-tier objects that did not validate and were not served",
+                &shared.invalid,
+            ),
+            (SHARED_ERRORS, "Failed requests to the shared tier", &shared.errors),
+            (
+                SHARED_LEASE_WAITS,
+                "Misses that waited for another node's fetch of the block",
+                &shared.lease_waits,
+            ),
+            (
+                SHARED_LEASE_TIMEOUTS,
+                "Lease waits that ran out their bound and fetched from the origin",
+                &shared.lease_timeouts,
+            ),
+            (SHARED_WRITES, "Blocks written to the shared tier", &shared.writes),
+            (
+                SHARED_WRITTEN_BYTES,
+                "Bytes written to the shared tier",
+                &shared.written_bytes,
+            ),
+            (
+                SHARED_WRITE_DROPS,
+                "Shared-tier writes dropped because the write queue was full",
+                &shared.write_drops,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            SHARED_BREAKER_OPEN,
+            "1 while the shared tier is skipped after a failure, else 0",
+            shared.breaker_open.clone(),
+        );
+        registry.register(
+            S3_REQUESTS,
             "S3 requests by operation and HTTP status (every attempt)",
             s3_requests.clone(),
         );
         registry.register(
-            "s3_request_duration_seconds",
+            S3_REQUEST_DURATION_SECONDS,
             "Duration of S3 requests, body included",
             s3_duration.clone(),
         );
-        registry.register("s3_bytes", "Object bytes received from S3", s3_bytes.clone());
+        registry.register(S3_BYTES, "Object bytes received from S3", s3_bytes.clone());
         registry.register(
-            "passthrough_opens",
+            PASSTHROUGH_OPENS,
             "Opens served by handing the kernel the cached file (its reads bypass the daemon)",
             passthrough_opens.clone(),
         );
         registry.register(
-            "read_bytes",
+            READ_BYTES,
             "Bytes returned to readers through the mount",
             read_bytes.clone(),
         );
+        registry.register(FUSE_OPERATIONS, "FUSE requests handled, by operation", fuse_ops.clone());
         registry.register(
-            "fuse_operations",
-            "FUSE requests handled, by operation",
-            fuse_ops.clone(),
-        );
-        registry.register(
-            "fuse_errors",
+            FUSE_ERRORS,
             "FUSE requests answered with an error, by operation and errno",
             fuse_errors.clone(),
         );
-        registry.register("cache_hits", "Blocks served from the disk cache", cache.hits.clone());
+        registry.register(CACHE_HITS, "Blocks served from the disk cache", cache.hits.clone());
         registry.register(
-            "cache_misses",
+            CACHE_MISSES,
             "Blocks not in the disk cache (fetched from S3)",
             cache.misses.clone(),
         );
         registry.register(
-            "cache_hit_bytes",
+            CACHE_HIT_BYTES,
             "Bytes served from the disk cache",
             cache.hit_bytes.clone(),
         );
         registry.register(
-            "cache_written_bytes",
+            CACHE_WRITTEN_BYTES,
             "Bytes written to the disk cache",
             cache.written_bytes.clone(),
         );
         registry.register(
-            "cache_evictions",
+            CACHE_EVICTIONS,
             "Blocks evicted from the disk cache",
             cache.evictions.clone(),
         );
         registry.register(
-            "cache_evicted_bytes",
+            CACHE_EVICTED_BYTES,
             "Bytes evicted from the disk cache",
             cache.evicted_bytes.clone(),
         );
         registry.register(
-            "cache_corrupt_blocks",
+            CACHE_CORRUPT_BLOCKS,
             "Invalid files found in the disk cache and removed",
             cache.corrupt.clone(),
         );
         registry.register(
-            "cache_write_failures",
+            CACHE_WRITE_FAILURES,
             "Blocks that could not be written to the disk cache",
             cache.write_failures.clone(),
         );
         registry.register(
-            "cache_skipped_full",
+            CACHE_SKIPPED_FULL,
             "Blocks not cached because the cache bound could not be met",
             cache.skipped_full.clone(),
         );
         registry.register(
-            "cache_size_bytes",
+            CACHE_SIZE_BYTES,
             "Bytes the disk cache occupies (all processes sharing it)",
             cache_bytes.clone(),
         );
         Metrics {
             registry,
+            shared,
+            shared_requests,
             s3_requests,
             s3_duration,
             s3_bytes,
@@ -188,11 +339,25 @@ impl Metrics {
         *self.cache_bytes_source.lock().unwrap() = Some(Box::new(f));
     }
 
-    /// Records one S3 request attempt.
+    /// Records one S3 request attempt to the origin.
     pub fn s3_request(&self, operation: &'static str, status: Option<u16>, seconds: f64) {
+        self.store_request(StoreRole::Origin, operation, status, seconds);
+    }
+
+    /// Records one request attempt of a store in `role`.
+    pub fn store_request(&self, role: StoreRole, operation: &'static str, status: Option<u16>, seconds: f64) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
-        self.s3_requests.get_or_create(&S3Labels { operation, status }).inc();
-        self.s3_duration.get_or_create(&OpLabels { operation }).observe(seconds);
+        match role {
+            StoreRole::Origin => {
+                self.s3_requests.get_or_create(&S3Labels { operation, status }).inc();
+                self.s3_duration.get_or_create(&OpLabels { operation }).observe(seconds);
+            }
+            StoreRole::SharedTier => {
+                self.shared_requests
+                    .get_or_create(&S3Labels { operation, status })
+                    .inc();
+            }
+        }
     }
 
     pub fn fuse_op(&self, operation: &'static str) {
@@ -259,5 +424,69 @@ mod tests {
         assert_eq!(sum(&p, "s3cachefs_cache_hits_total", &[]), 3.0);
         assert_eq!(sum(&p, "s3cachefs_cache_size_bytes", &[]), 4096.0);
         assert!(text.contains("s3cachefs_s3_request_duration_seconds_bucket"));
+    }
+
+    /// The exported names are an interface (docs/CONFIGURATION.md lists them): the constants,
+    /// as registered and as `counter_name`/`gauge_name` spell them, give exactly these.
+    #[test]
+    fn exported_names_are_stable() {
+        let m = Metrics::new();
+        // Families with labels have no series until something is counted.
+        m.s3_request("GetObject", Some(200), 0.01);
+        m.fuse_op("read");
+        m.fuse_error("read", 5);
+        let text = m.encode();
+        let mut families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
+        families.sort_unstable();
+        let want = [
+            "s3cachefs_cache_corrupt_blocks counter",
+            "s3cachefs_cache_evicted_bytes counter",
+            "s3cachefs_cache_evictions counter",
+            "s3cachefs_cache_hit_bytes counter",
+            "s3cachefs_cache_hits counter",
+            "s3cachefs_cache_misses counter",
+            "s3cachefs_cache_size_bytes gauge",
+            "s3cachefs_cache_skipped_full counter",
+            "s3cachefs_cache_write_failures counter",
+            "s3cachefs_cache_written_bytes counter",
+            "s3cachefs_fuse_errors counter",
+            "s3cachefs_fuse_operations counter",
+            "s3cachefs_passthrough_opens counter",
+            "s3cachefs_read_bytes counter",
+            "s3cachefs_s3_bytes counter",
+            "s3cachefs_s3_request_duration_seconds histogram",
+            "s3cachefs_s3_requests counter",
+        ];
+        assert_eq!(families, want);
+
+        let counters = [
+            (S3_REQUESTS, "s3cachefs_s3_requests_total"),
+            (S3_BYTES, "s3cachefs_s3_bytes_total"),
+            (PASSTHROUGH_OPENS, "s3cachefs_passthrough_opens_total"),
+            (READ_BYTES, "s3cachefs_read_bytes_total"),
+            (FUSE_OPERATIONS, "s3cachefs_fuse_operations_total"),
+            (FUSE_ERRORS, "s3cachefs_fuse_errors_total"),
+            (CACHE_HITS, "s3cachefs_cache_hits_total"),
+            (CACHE_MISSES, "s3cachefs_cache_misses_total"),
+            (CACHE_HIT_BYTES, "s3cachefs_cache_hit_bytes_total"),
+            (CACHE_WRITTEN_BYTES, "s3cachefs_cache_written_bytes_total"),
+            (CACHE_EVICTIONS, "s3cachefs_cache_evictions_total"),
+            (CACHE_EVICTED_BYTES, "s3cachefs_cache_evicted_bytes_total"),
+            (CACHE_CORRUPT_BLOCKS, "s3cachefs_cache_corrupt_blocks_total"),
+            (CACHE_WRITE_FAILURES, "s3cachefs_cache_write_failures_total"),
+            (CACHE_SKIPPED_FULL, "s3cachefs_cache_skipped_full_total"),
+        ];
+        let series: Vec<String> = parse_text(&text)
+            .into_iter()
+            .map(|(s, _)| s.split('{').next().unwrap().to_string())
+            .collect();
+        for (name, exported) in counters {
+            assert_eq!(counter_name(name), exported);
+            assert!(series.contains(&counter_name(name)), "{exported} is not exported");
+        }
+        assert_eq!(gauge_name(CACHE_SIZE_BYTES), "s3cachefs_cache_size_bytes");
+        assert!(series.contains(&gauge_name(CACHE_SIZE_BYTES)));
+        let histogram = gauge_name(S3_REQUEST_DURATION_SECONDS);
+        assert!(series.contains(&format!("{histogram}_bucket")));
     }
 }

@@ -1,8 +1,10 @@
 //! Shared vocabulary of every layer: what an S3 object is to us.
 //!
-//! An object is identified for caching purposes by its key *and* its ETag: bytes fetched under
-//! one ETag are never served for another, so an overwritten object can never mix old and new
-//! data. Nothing here does I/O.
+//! A cached block is identified by its source (endpoint and bucket), key, ETag, block size and
+//! index ([`BlockId`], the same in every tier): bytes fetched under one ETag are never served
+//! for another, so an overwritten object can never mix old and new data. Nothing here does
+//! I/O; the two traits are implemented by the disk cache and used by layers that must not
+//! know it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -20,21 +22,84 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
 }
 
-impl ObjectMeta {
-    /// The identity under which this object's bytes may be cached.
-    pub fn id(&self) -> ObjectId {
-        ObjectId {
-            key: self.key.clone(),
-            etag: self.etag.clone(),
-        }
+/// Where objects come from: the endpoint and the bucket (`"<endpoint>|<bucket>"`, `aws` as the
+/// endpoint for AWS itself). Part of every cached block's identity, so blocks of two sources
+/// (two buckets, or the same bucket name on two endpoints) never mix.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SourceId(Arc<str>);
+
+impl SourceId {
+    /// `endpoint` is the configured endpoint URL (`None`: AWS); a trailing `/` is ignored.
+    pub fn new(endpoint: Option<&str>, bucket: &str) -> SourceId {
+        let endpoint = endpoint.map_or("aws", |e| e.trim_end_matches('/'));
+        SourceId(format!("{endpoint}|{bucket}").into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-/// (key, ETag): the identity of one immutable version of an object.
+impl std::fmt::Display for SourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The identity of one cached block, the same in every tier: block `index` (of `block_size`
+/// bytes) of the object version (`key`, `etag`) from `source`. Two blocks with equal ids hold
+/// the same bytes; any difference (another ETag, another block size) is another block.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ObjectId {
+pub struct BlockId {
+    pub source: SourceId,
     pub key: Arc<str>,
     pub etag: Arc<str>,
+    pub block_size: u64,
+    pub index: u64,
+}
+
+/// A block to read: its identity and the byte range it covers in its object (the last block of
+/// an object may be short). Tiers return exactly `range.len()` bytes or nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockRef {
+    pub id: BlockId,
+    pub range: ByteRange,
+}
+
+impl BlockRef {
+    /// Block `index` of `obj` from `source`, in blocks of `block_size` bytes.
+    pub fn new(source: &SourceId, obj: &ObjectMeta, block_size: u64, index: u64) -> BlockRef {
+        BlockRef {
+            id: BlockId {
+                source: source.clone(),
+                key: obj.key.clone(),
+                etag: obj.etag.clone(),
+                block_size,
+                index,
+            },
+            range: block_range(index, block_size, obj.size),
+        }
+    }
+
+    /// Bytes in this block.
+    pub fn len(&self) -> u64 {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+}
+
+/// Whole objects kept as one verified local file each (the disk cache's assembled objects),
+/// which `fs` hands to the kernel so that reads never enter the daemon (FUSE passthrough).
+/// Implemented by the disk cache; `fs` sees only this trait. Both calls do blocking I/O.
+pub trait AssembledFiles: Send + Sync {
+    /// The object as one verified local file, when it has been assembled.
+    fn open_assembled(&self, obj: &ObjectMeta) -> Option<std::fs::File>;
+    /// Assembles the object if every block of it is cached and it is not assembled yet
+    /// (failures are the cache's to log: the object is then read block by block).
+    fn assemble_if_complete(&self, obj: &ObjectMeta);
 }
 
 /// A half-open byte range `[start, end)`.

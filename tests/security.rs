@@ -451,7 +451,7 @@ mod hostile {
             store.inner.put(k, Bytes::from_static(b"data"));
         }
         let ns = Arc::new(Namespace::new(store.clone(), Ttl::Indefinite, Ttl::Indefinite));
-        let reader = Arc::new(BlockReader::new(store.clone(), 64 << 10, 1 << 20, None));
+        let reader = Arc::new(BlockReader::memory_only(store.clone(), 64 << 10, 1 << 20));
         let settings = FsSettings {
             passthrough: false,
             uid: 0,

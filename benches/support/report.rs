@@ -53,7 +53,7 @@ impl Row {
         let opt = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |v| format!("{v:.prec$}"));
         let mut notes = self.notes.clone();
         let c = &self.counts;
-        let others = c.head_bucket + c.put + c.other;
+        let others = c.head_bucket + c.put + c.delete + c.other;
         if others > 0 {
             let _ = write!(
                 notes,

@@ -1,5 +1,6 @@
-//! `s3cachefs warm`: preloads objects into the shared disk cache, in parallel, so that mounts
-//! (running now or later, in any process) read them without S3. Idempotent: blocks already in
+//! `s3cachefs warm`: preloads objects into the node's disk cache (`--cache`) and/or the shared
+//! tier (`--shared-cache`), in parallel, so that mounts (running now or later, on this node or,
+//! with the shared tier, any node) read them without the source. Idempotent: blocks already in
 //! the cache are verified and skipped, never fetched again. Exits non-zero naming every object
 //! that could not be cached.
 
@@ -12,12 +13,14 @@ use futures::StreamExt;
 use globset::{GlobSet, GlobSetBuilder};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cache::{CacheConfig, DiskCache};
+use super::tiers::TierPlan;
+use crate::cache::DiskCache;
 use crate::config::WarmConfig;
 use crate::metrics::Metrics;
-use crate::object::{ObjectMeta, block_range};
+use crate::object::ObjectMeta;
 use crate::store::s3::S3Store;
 use crate::store::{ListRequest, ObjectStore, StoreError};
+use crate::tier::TierChain;
 
 fn globs(patterns: &[String], what: &str) -> anyhow::Result<Option<GlobSet>> {
     if patterns.is_empty() {
@@ -33,130 +36,173 @@ fn globs(patterns: &[String], what: &str) -> anyhow::Result<Option<GlobSet>> {
 }
 
 pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
-    let include = globs(&cfg.include, "--include")?;
-    let exclude = globs(&cfg.exclude, "--exclude")?;
+    let filter = Filter::new(cfg)?;
     let manifest = match &cfg.manifest {
         None => None,
         Some(path) => Some(read_manifest(path)?),
     };
     let metrics = Arc::new(Metrics::new());
-    let cache = DiskCache::open(
-        CacheConfig {
-            dir: cfg.cache.dir.clone(),
-            max_size: cfg.cache.max_size,
-            min_free_percent: cfg.cache.min_free_percent,
-            block_size: cfg.block_size,
-            store_id: super::store_id(&cfg.s3, &cfg.source),
-        },
-        &metrics,
-    )?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let store: Arc<dyn ObjectStore> =
             Arc::new(S3Store::new(&super::s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone()).await);
         super::check_bucket(store.as_ref(), &cfg.source, &cfg.s3).await?;
+        let plan = TierPlan {
+            source: super::source_id(&cfg.s3, &cfg.source),
+            block_size: cfg.block_size,
+            memory_bytes: None,
+            cache: cfg.cache.as_ref(),
+            shared: cfg.shared_cache.as_ref(),
+            // Warming exists to fill the tiers: wait for room to write rather than drop.
+            shared_writes_wait: true,
+        };
+        let tiers = super::tiers::build(plan, store.clone(), &metrics).await?;
         let prefix = &cfg.source.prefix;
         let (objects, mut failed) = match manifest {
             Some(keys) => head_all(&store, prefix, keys, cfg.concurrency).await,
             None => (list_all(&store, prefix).await?, Vec::new()),
         };
-        let selected: Vec<ObjectMeta> = objects
-            .into_iter()
-            .filter(|o| {
-                let rel = &o.key[prefix.len()..];
-                !o.key.ends_with('/')
-                    && include.as_ref().is_none_or(|g| g.is_match(rel))
-                    && !exclude.as_ref().is_some_and(|g| g.is_match(rel))
-            })
-            .collect();
-        let total_bytes: u64 = selected.iter().map(|o| o.size).sum();
-        let progress = Progress::new(selected.len() as u64, total_bytes);
+        let selected: Vec<ObjectMeta> = objects.into_iter().filter(|o| filter.selects(prefix, o)).collect();
         let started = Instant::now();
-        let mut remaining: Vec<u64> = selected.iter().map(|o| o.size.div_ceil(cfg.block_size)).collect();
-        let mut errors: Vec<Option<StoreError>> = vec![None; selected.len()];
-        for _ in remaining.iter().filter(|r| **r == 0) {
-            progress.object_done(); // empty objects have no blocks
-        }
-        let block_counts = remaining.clone();
-        let blocks = selected
-            .iter()
-            .enumerate()
-            .flat_map(|(i, o)| (0..block_counts[i]).map(move |b| (i, o, b)));
-        let mut results = futures::stream::iter(blocks)
-            .map(|(i, o, b)| {
-                let (store, cache) = (store.clone(), cache.clone());
-                async move {
-                    let range = block_range(b, cfg.block_size, o.size);
-                    let fetch = store.get_range(&o.key, range, &o.etag);
-                    (i, range.len(), cache.get_or_fetch(o, b, range, fetch).await.map(drop))
-                }
-            })
-            .buffer_unordered(cfg.concurrency);
-        while let Some((i, len, result)) = results.next().await {
-            if let Err(e) = result {
-                errors[i].get_or_insert(e);
-            }
-            progress.bytes(len);
-            remaining[i] -= 1;
-            if remaining[i] == 0 {
-                progress.object_done();
-            }
-        }
-        progress.finish();
-        let mut failed_selected = 0;
+        let errors = fetch_all(&tiers.chain, &selected, cfg.concurrency).await;
         let mut complete = Vec::new();
-        for (o, e) in selected.iter().zip(&errors) {
+        for (o, e) in selected.iter().zip(errors) {
             match e {
-                Some(e) => {
-                    failed.push((o.key.to_string(), e.to_string()));
-                    failed_selected += 1;
-                }
+                Some(e) => failed.push((o.key.to_string(), e.to_string())),
                 None => complete.push(o.clone()),
             }
         }
-        // Whole objects, so that mounts can hand them to the kernel (passthrough) at first open.
-        let assembler = cache.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            for o in complete {
-                let _ = assembler.assemble(&o);
-            }
-        })
-        .await;
-        let c = &metrics.cache;
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
-        println!(
-            "warmed {} objects ({:.1} MiB) in {:.1}s: {} blocks fetched from S3 ({:.1} MiB), {} already cached",
-            selected.len() - failed_selected,
-            mib(total_bytes),
-            started.elapsed().as_secs_f64(),
-            c.misses.get(),
-            mib(metrics.s3_bytes.get()),
-            c.hits.get(),
-        );
-        if !failed.is_empty() {
-            for (key, e) in &failed {
-                eprintln!("failed: {key}: {e}");
-            }
-            let names: Vec<&str> = failed.iter().map(|(k, _)| k.as_str()).take(10).collect();
-            bail!(
-                "{} object(s) could not be warmed: {}{}",
-                failed.len(),
-                names.join(", "),
-                if failed.len() > 10 { ", ..." } else { "" }
-            );
+        let warmed = complete.len();
+        if let Some(shared) = &tiers.shared {
+            shared.flush().await;
         }
-        let unstored = c.skipped_full.get() + c.write_failures.get();
-        if unstored > 0 {
-            // Read but not kept: the mounts would fetch these blocks again.
-            bail!(
-                "{unstored} block(s) could not be stored in the cache (cache full: {}, write failures: {}); \
-                 raise --max-cache-size or free disk space",
-                c.skipped_full.get(),
-                c.write_failures.get()
-            );
+        if let Some(disk) = tiers.disk {
+            assemble_all(disk, complete).await;
         }
-        Ok(())
+        let total_bytes: u64 = selected.iter().map(|o| o.size).sum();
+        let origin = tiers.chain.from_origin();
+        summarize(&metrics, origin, warmed, total_bytes, started.elapsed(), &failed)
     })
+}
+
+/// Which listed objects to warm: `--include` and `--exclude` globs on the key relative to the
+/// prefix; never directory markers.
+struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Filter {
+    fn new(cfg: &WarmConfig) -> anyhow::Result<Filter> {
+        Ok(Filter {
+            include: globs(&cfg.include, "--include")?,
+            exclude: globs(&cfg.exclude, "--exclude")?,
+        })
+    }
+
+    fn selects(&self, prefix: &str, o: &ObjectMeta) -> bool {
+        let rel = &o.key[prefix.len()..];
+        !o.key.ends_with('/')
+            && self.include.as_ref().is_none_or(|g| g.is_match(rel))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(rel))
+    }
+}
+
+/// Reads every block of every object through the tier chain, `concurrency` blocks at a time,
+/// with progress. Returns each object's first error.
+async fn fetch_all(chain: &Arc<TierChain>, objects: &[ObjectMeta], concurrency: usize) -> Vec<Option<StoreError>> {
+    let total_bytes: u64 = objects.iter().map(|o| o.size).sum();
+    let progress = Progress::new(objects.len() as u64, total_bytes);
+    let bs = chain.block_size();
+    let mut remaining: Vec<u64> = objects.iter().map(|o| o.size.div_ceil(bs)).collect();
+    let mut errors: Vec<Option<StoreError>> = vec![None; objects.len()];
+    for _ in remaining.iter().filter(|r| **r == 0) {
+        progress.object_done(); // empty objects have no blocks
+    }
+    let blocks = objects
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| (0..o.size.div_ceil(bs)).map(move |b| (i, chain.block(o, b))));
+    let mut results = futures::stream::iter(blocks)
+        .map(|(i, block)| async move { (i, block.len(), chain.get(&block).await.map(drop)) })
+        .buffer_unordered(concurrency);
+    while let Some((i, len, result)) = results.next().await {
+        if let Err(e) = result {
+            errors[i].get_or_insert(e);
+        }
+        progress.bytes(len);
+        remaining[i] -= 1;
+        if remaining[i] == 0 {
+            progress.object_done();
+        }
+    }
+    progress.finish();
+    errors
+}
+
+/// Whole objects, so that mounts can hand them to the kernel (passthrough) at first open.
+async fn assemble_all(disk: Arc<DiskCache>, objects: Vec<ObjectMeta>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        for o in objects {
+            let _ = disk.assemble(&o);
+        }
+    })
+    .await;
+}
+
+/// Prints the summary; an error names the objects that could not be warmed, or the blocks
+/// that could not be stored.
+fn summarize(
+    metrics: &Metrics,
+    (origin_blocks, origin_bytes): (u64, u64),
+    warmed: usize,
+    total_bytes: u64,
+    elapsed: Duration,
+    failed: &[(String, String)],
+) -> anyhow::Result<()> {
+    let (c, shared) = (&metrics.cache, &metrics.shared);
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "warmed {warmed} objects ({:.1} MiB) in {:.1}s: {origin_blocks} blocks fetched from S3 ({:.1} MiB), \
+         {} already cached, {} from the shared cache, {} written to the shared cache",
+        mib(total_bytes),
+        elapsed.as_secs_f64(),
+        mib(origin_bytes),
+        c.hits.get(),
+        shared.hits.get(),
+        shared.writes.get(),
+    );
+    if !failed.is_empty() {
+        for (key, e) in failed {
+            eprintln!("failed: {key}: {e}");
+        }
+        let names: Vec<&str> = failed.iter().map(|(k, _)| k.as_str()).take(10).collect();
+        bail!(
+            "{} object(s) could not be warmed: {}{}",
+            failed.len(),
+            names.join(", "),
+            if failed.len() > 10 { ", ..." } else { "" }
+        );
+    }
+    if shared.write_drops.get() + shared.errors.get() > 0 {
+        bail!(
+            "the shared cache could not store every block ({} write(s) dropped, {} request(s) failed); \
+             see the log",
+            shared.write_drops.get(),
+            shared.errors.get()
+        );
+    }
+    let unstored = c.skipped_full.get() + c.write_failures.get();
+    if unstored > 0 {
+        // Read but not kept: the mounts would fetch these blocks again.
+        bail!(
+            "{unstored} block(s) could not be stored in the cache (cache full: {}, write failures: {}); \
+             raise --max-cache-size or free disk space",
+            c.skipped_full.get(),
+            c.write_failures.get()
+        );
+    }
+    Ok(())
 }
 
 fn read_manifest(path: &std::path::Path) -> anyhow::Result<Vec<String>> {

@@ -14,7 +14,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use tracing::debug;
 
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
 use crate::cachedir::{Area, hex_shard};
-use crate::object::{ObjectMeta, block_range};
+use crate::object::{AssembledFiles, BlockRef, ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
 const VERSION: u32 = 1;
@@ -131,7 +130,7 @@ impl DiskCache {
             Index::decode(&b)
         });
         let valid = index.as_ref().is_some_and(|i| {
-            i.store == self.cfg.store_id
+            i.store == self.cfg.source.as_str()
                 && i.key == key
                 && i.etag == etag
                 && i.size == size
@@ -151,14 +150,14 @@ impl DiskCache {
     /// One block out of an assembled object (its crc checked), for reads through the daemon.
     pub(super) fn read_from_full(&self, loc: &Location) -> Option<Bytes> {
         let size = self.full_size_hint(loc)?;
-        let (file, index) = self.open_full(&loc.object, &loc.key, &loc.etag, size)?;
-        let r = block_range(loc.index, self.cfg.block_size, index.size);
+        let (file, index) = self.open_full(&loc.object, &loc.id.key, &loc.id.etag, size)?;
+        let r = block_range(loc.id.index, self.cfg.block_size, index.size);
         if r.len() != loc.len {
             return None;
         }
         let mut buf = vec![0u8; r.len() as usize];
         file.read_exact_at(&mut buf, r.start).ok()?;
-        if crc32c::crc32c(&buf) != *index.crcs.get(loc.index as usize)? {
+        if crc32c::crc32c(&buf) != *index.crcs.get(loc.id.index as usize)? {
             self.reject(
                 &self.full_path(&loc.object),
                 file.metadata().ok().as_ref(),
@@ -179,52 +178,34 @@ impl DiskCache {
     }
 
     /// The assembled file of `obj`, verified, to hand to the kernel (FUSE passthrough).
-    pub async fn full_file(self: &Arc<Self>, obj: &ObjectMeta) -> Option<File> {
-        let (cache, obj) = (self.clone(), obj.clone());
-        tokio::task::spawn_blocking(move || {
-            let (object, _) = cache.object_hash(&obj);
-            let (file, index) = cache.open_full(&object, &obj.key, &obj.etag, obj.size)?;
-            let meta = file.metadata().ok()?;
-            let id = (meta.dev(), meta.ino());
-            if !cache.verified_full.lock().unwrap().contains(&id) {
-                let mut buf = vec![0u8; cache.cfg.block_size as usize];
-                for (i, want) in index.crcs.iter().enumerate() {
-                    let r = block_range(i as u64, cache.cfg.block_size, obj.size);
-                    let b = &mut buf[..r.len() as usize];
-                    if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
-                        cache.reject(&cache.full_path(&object), Some(&meta), "block checksum mismatch");
-                        let _ = cache.dir.remove_file(&cache.full_path(&object).with_extension("idx"));
-                        return None;
-                    }
+    /// Blocking: the first open in this process reads the whole file to check it.
+    pub fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
+        let (object, _) = self.assembled_hash(obj);
+        let (file, index) = self.open_full(&object, &obj.key, &obj.etag, obj.size)?;
+        let meta = file.metadata().ok()?;
+        let id = (meta.dev(), meta.ino());
+        if !self.verified_full.lock().unwrap().contains(&id) {
+            let mut buf = vec![0u8; self.cfg.block_size as usize];
+            for (i, want) in index.crcs.iter().enumerate() {
+                let r = block_range(i as u64, self.cfg.block_size, obj.size);
+                let b = &mut buf[..r.len() as usize];
+                if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
+                    self.reject(&self.full_path(&object), Some(&meta), "block checksum mismatch");
+                    let _ = self.dir.remove_file(&self.full_path(&object).with_extension("idx"));
+                    return None;
                 }
-                cache.verified_full.lock().unwrap().insert(id);
             }
-            // SAFETY: valid descriptor; null times means "now" (last access).
-            unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
-            cache.stats.hits.inc();
-            Some(file)
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-
-    /// Assembles `obj` in the background if all its blocks are cached and it is not yet.
-    pub fn assemble_in_background(self: &Arc<Self>, obj: &ObjectMeta) {
-        if obj.size == 0 {
-            return;
+            self.verified_full.lock().unwrap().insert(id);
         }
-        let (cache, obj) = (self.clone(), obj.clone());
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = cache.assemble(&obj) {
-                cache.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
-            }
-        });
+        // SAFETY: valid descriptor; null times means "now" (last access).
+        unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+        self.stats.hits.inc();
+        Some(file)
     }
 
     /// Assembles `obj` now (blocking). Returns whether the full file exists afterwards.
     pub fn assemble(&self, obj: &ObjectMeta) -> io::Result<bool> {
-        let (object, num) = self.object_hash(obj);
+        let (object, num) = self.assembled_hash(obj);
         let path = self.full_path(&object);
         let exists = |p: &std::path::Path| self.dir.metadata(p).is_ok();
         if exists(&path) {
@@ -232,7 +213,7 @@ impl DiskCache {
         }
         let n = obj.size.div_ceil(self.cfg.block_size);
         let locs: Vec<Location> = (0..n)
-            .map(|i| self.locate(obj, i, block_range(i, self.cfg.block_size, obj.size)))
+            .map(|i| self.locate(&BlockRef::new(&self.cfg.source, obj, self.cfg.block_size, i)))
             .collect();
         // Assembling needs room for a second copy until the blocks are removed: leave objects
         // larger than a quarter of the cache as blocks rather than evict half of it.
@@ -245,7 +226,7 @@ impl DiskCache {
             return Ok(true);
         }
         let mut index = Index {
-            store: self.cfg.store_id.clone(),
+            store: self.cfg.source.to_string(),
             key: obj.key.to_string(),
             etag: obj.etag.to_string(),
             size: obj.size,
@@ -338,6 +319,21 @@ impl DiskCache {
             ));
             m.blocks() * 512
         })
+    }
+}
+
+impl AssembledFiles for DiskCache {
+    fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
+        DiskCache::open_assembled(self, obj)
+    }
+
+    fn assemble_if_complete(&self, obj: &ObjectMeta) {
+        if obj.size == 0 {
+            return;
+        }
+        if let Err(e) = self.assemble(obj) {
+            self.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
+        }
     }
 }
 

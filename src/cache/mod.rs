@@ -19,7 +19,7 @@
 //!   bytes come from S3.
 
 mod coord;
-mod format;
+use crate::blockfmt as format;
 mod full;
 
 use std::fs;
@@ -32,30 +32,30 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use coord::{StripeLocks, Usage};
-pub use format::{BlockId, FORMAT_VERSION, FormatError};
+pub use format::{FORMAT_VERSION, FormatError};
 
 use crate::cachedir::{
     self, Area, CacheDir, DIR_BYTES, DirEntry, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, Warnings,
-    is_shard_name,
+    is_shard_name, shard_name,
 };
 use crate::metrics::{CacheMetrics, Metrics};
-use crate::object::{ByteRange, ObjectMeta};
+use crate::object::{BlockId, BlockRef, ObjectMeta, SourceId};
 
 /// Settings of the disk cache.
 #[derive(Clone, Debug)]
-pub struct CacheConfig {
+pub struct DiskCacheSettings {
     pub dir: PathBuf,
     /// Bound on bytes on disk; `None`: bounded by free space only.
     pub max_size: Option<u64>,
     /// Keep at least this share (0-100) of the cache's filesystem free.
     pub min_free_percent: f64,
     pub block_size: u64,
-    /// Identifies the object store (endpoint and bucket) the cached objects come from.
-    pub store_id: String,
+    /// The source (endpoint and bucket) of the objects whose assembled files this cache
+    /// serves; blocks carry their own source in their [`BlockId`].
+    pub source: SourceId,
 }
 
 /// Why the disk cache cannot be opened: see `cachedir::OpenError`.
@@ -65,7 +65,7 @@ pub struct DiskCache {
     /// `<dir>/v1`.
     root: PathBuf,
     dir: CacheDir,
-    cfg: CacheConfig,
+    cfg: DiskCacheSettings,
     locks: StripeLocks,
     usage: Usage,
     stats: CacheMetrics,
@@ -80,9 +80,7 @@ struct Location {
     /// The object hash (see `object_hash`).
     object: String,
     stripe: u64,
-    key: Arc<str>,
-    etag: Arc<str>,
-    index: u64,
+    id: BlockId,
     len: u64,
 }
 
@@ -108,7 +106,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 impl DiskCache {
     /// Opens (creating) the cache directory. Cheap: nothing is scanned here, so mount time does
     /// not depend on the size of the cache.
-    pub fn open(cfg: CacheConfig, metrics: &Metrics) -> Result<Arc<DiskCache>, CacheError> {
+    pub fn open(cfg: DiskCacheSettings, metrics: &Metrics) -> Result<Arc<DiskCache>, CacheError> {
         // The version directory is named after the block format.
         const { assert!(FORMAT_VERSION == cachedir::LAYOUT_VERSION) };
         let dir = CacheDir::open(&cfg.dir)?;
@@ -182,67 +180,53 @@ impl DiskCache {
         self.cfg.block_size
     }
 
-    /// The object's identity in the cache: 32 hex digits, and the same as a number.
-    fn object_hash(&self, obj: &ObjectMeta) -> (String, u64) {
-        let mut h = Sha256::new();
-        for part in [self.cfg.store_id.as_bytes(), obj.key.as_bytes(), obj.etag.as_bytes()] {
-            h.update((part.len() as u64).to_le_bytes());
-            h.update(part);
-        }
-        h.update(self.cfg.block_size.to_le_bytes());
-        let digest = h.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        (hex, u64::from_le_bytes(digest[..8].try_into().unwrap()))
+    fn object_hash(source: &SourceId, key: &str, etag: &str, block_size: u64) -> (String, u64) {
+        format::object_hash(source, key, etag, block_size)
     }
 
-    fn locate(&self, obj: &ObjectMeta, index: u64, range: ByteRange) -> Location {
-        let (hex, num) = self.object_hash(obj);
+    /// The hash of an object of this cache's source (for assembled files).
+    fn assembled_hash(&self, obj: &ObjectMeta) -> (String, u64) {
+        Self::object_hash(&self.cfg.source, &obj.key, &obj.etag, self.cfg.block_size)
+    }
+
+    fn locate(&self, block: &BlockRef) -> Location {
+        let id = &block.id;
+        let (hex, num) = Self::object_hash(&id.source, &id.key, &id.etag, id.block_size);
+        let index = id.index;
         let mix = num ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let shard = (mix >> 7) % SHARDS;
         Location {
             path: self
-                .root
-                .join("blocks")
-                .join(format!("{shard:03x}"))
+                .dir
+                .area(Area::Blocks)
+                .join(shard_name(shard))
                 .join(format!("{hex}.{index}")),
             object: hex,
             stripe: mix,
-            key: obj.key.clone(),
-            etag: obj.etag.clone(),
-            index,
-            len: range.len(),
+            id: id.clone(),
+            len: block.len(),
         }
     }
 
-    fn block_id<'a>(&'a self, loc: &'a Location) -> BlockId<'a> {
-        BlockId {
-            store: &self.cfg.store_id,
-            key: &loc.key,
-            etag: &loc.etag,
-            index: loc.index,
-            block_size: self.cfg.block_size,
-        }
-    }
-
-    /// Block `index` of `obj` if it is on disk (verified), without fetching it.
-    pub async fn peek(self: &Arc<Self>, obj: &ObjectMeta, index: u64, range: ByteRange) -> Option<Bytes> {
-        let loc = Arc::new(self.locate(obj, index, range));
+    /// The block if it is on disk (verified), without fetching it.
+    pub async fn peek(self: &Arc<Self>, block: &BlockRef) -> Option<Bytes> {
+        let loc = Arc::new(self.locate(block));
         self.blocking(&loc, |c, l| c.read_block(l)).await.flatten()
     }
 
-    /// Returns block `index` of `obj` from disk, or runs `fetch` (once across every process
-    /// sharing the cache) and stores its result.
-    pub async fn get_or_fetch<F, E>(
-        self: &Arc<Self>,
-        obj: &ObjectMeta,
-        index: u64,
-        range: ByteRange,
-        fetch: F,
-    ) -> Result<Bytes, E>
+    /// Stores a block that came from elsewhere (best effort, like every write).
+    pub async fn put(self: &Arc<Self>, block: &BlockRef, data: Bytes) {
+        let loc = Arc::new(self.locate(block));
+        self.blocking(&loc, move |c, l| c.write_block(l, &data)).await;
+    }
+
+    /// Returns the block from disk, or runs `fetch` (once across every process sharing the
+    /// cache) and stores its result.
+    pub async fn get_or_fetch<F, E>(self: &Arc<Self>, block: &BlockRef, fetch: F) -> Result<Bytes, E>
     where
         F: Future<Output = Result<Bytes, E>>,
     {
-        let loc = Arc::new(self.locate(obj, index, range));
+        let loc = Arc::new(self.locate(block));
         if let Some(b) = self.blocking(&loc, |c, l| c.read_block(l)).await.flatten() {
             return Ok(b);
         }
@@ -292,8 +276,8 @@ impl DiskCache {
 
     /// Reads and verifies one block, without counting it as a hit.
     fn load_block(&self, loc: &Location) -> Option<Bytes> {
-        let id = self.block_id(loc);
-        let expected = format::file_len(&id, loc.len);
+        let id = &loc.id;
+        let expected = format::file_len(id, loc.len);
         if !self.real_parents(&loc.path) {
             // No shard directory: the block is absent, or in the object's assembled file.
             return self.read_from_full(loc);
@@ -318,7 +302,7 @@ impl DiskCache {
             self.warn(format_args!("cannot read cached block {}: {e}", loc.path.display()));
             return None;
         }
-        match format::decode(Bytes::from(buf), &id, loc.len) {
+        match format::decode(Bytes::from(buf), id, loc.len) {
             Ok(data) => {
                 // The file's mtime is its last access, for LRU eviction.
                 // SAFETY: valid descriptor; a null times pointer means "now".
@@ -363,11 +347,10 @@ impl DiskCache {
 
     /// Stores one block (best effort: failures are counted and logged, never returned).
     fn write_block(&self, loc: &Location, data: &Bytes) {
-        let id = self.block_id(loc);
-        let header = match format::encode_header(&id, data) {
+        let header = match format::encode_header(&loc.id, data) {
             Ok(h) => h,
             Err(e) => {
-                debug!(key = %loc.key, "not caching block: {e}");
+                debug!(key = %loc.id.key, "not caching block: {e}");
                 return;
             }
         };

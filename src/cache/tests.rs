@@ -10,18 +10,18 @@ use crate::object::block_range;
 const BS: u64 = 64 << 10;
 
 impl DiskCache {
-    fn open_for_test(cfg: CacheConfig) -> Result<Arc<DiskCache>, CacheError> {
+    fn open_for_test(cfg: DiskCacheSettings) -> Result<Arc<DiskCache>, CacheError> {
         DiskCache::open(cfg, &Metrics::new())
     }
 }
 
-fn cfg(dir: &Path, max: Option<u64>) -> CacheConfig {
-    CacheConfig {
+fn cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
+    DiskCacheSettings {
         dir: dir.to_path_buf(),
         max_size: max,
         min_free_percent: 0.0,
         block_size: BS,
-        store_id: "test|bucket".into(),
+        source: SourceId::new(Some("test"), "bucket"),
     }
 }
 
@@ -32,6 +32,10 @@ fn obj(key: &str, etag: &str, size: u64) -> ObjectMeta {
         etag: etag.into(),
         last_modified: SystemTime::UNIX_EPOCH,
     }
+}
+
+fn block(o: &ObjectMeta, index: u64) -> BlockRef {
+    BlockRef::new(&SourceId::new(Some("test"), "bucket"), o, BS, index)
 }
 
 fn content(o: &ObjectMeta, index: u64) -> Bytes {
@@ -45,8 +49,7 @@ fn content(o: &ObjectMeta, index: u64) -> Bytes {
 
 /// Reads a block through the cache; counts fetches.
 async fn get(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, fetches: &AtomicUsize) -> Bytes {
-    let r = block_range(index, BS, o.size);
-    c.get_or_fetch(o, index, r, async {
+    c.get_or_fetch(&block(o, index), async {
         fetches.fetch_add(1, Ordering::SeqCst);
         Ok::<_, ()>(content(o, index))
     })
@@ -300,9 +303,8 @@ async fn concurrent_misses_across_instances_fetch_once() {
         let (c, f, o) = (caches[t % 2].clone(), fetches.clone(), o.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..4 {
-                let r = block_range(i, BS, o.size);
                 let got = c
-                    .get_or_fetch(&o, i, r, async {
+                    .get_or_fetch(&block(&o, i), async {
                         f.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(30)).await;
                         Ok::<_, ()>(content(&o, i))
@@ -402,7 +404,7 @@ fn key_to_path_mapping_is_stable_distinct_and_confined() {
     for key in keys {
         for etag in ["\"1\"", "\"2\""] {
             for index in [0, 1, 4095, u64::MAX] {
-                let loc = c.locate(&obj(key, etag, 10), index, ByteRange::new(0, 10));
+                let loc = c.locate(&block(&obj(key, etag, 10), index));
                 assert!(loc.path.starts_with(area_path(d.path(), Area::Blocks)));
                 let rel = loc.path.strip_prefix(area_path(d.path(), Area::Blocks)).unwrap();
                 assert_eq!(rel.components().count(), 2);
@@ -410,10 +412,7 @@ fn key_to_path_mapping_is_stable_distinct_and_confined() {
                 assert!(is_block_name(loc.path.file_name().unwrap()));
                 assert!(seen.insert(loc.path.clone()), "collision for {key:?} {etag} {index}");
                 // Stable: the same inputs give the same path.
-                assert_eq!(
-                    c.locate(&obj(key, etag, 10), index, ByteRange::new(0, 10)).path,
-                    loc.path
-                );
+                assert_eq!(c.locate(&block(&obj(key, etag, 10), index)).path, loc.path);
             }
         }
     }
@@ -439,7 +438,7 @@ mod hostile {
             let d = tempfile::tempdir().unwrap();
             let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
             let o = obj(&key, &etag, size);
-            let loc = c.locate(&o, index, ByteRange::new(0, 1));
+            let loc = c.locate(&block(&o, index));
             let blocks = area_path(d.path(), Area::Blocks);
             let rel = loc.path.strip_prefix(&blocks).unwrap();
             prop_assert_eq!(rel.components().count(), 2);

@@ -1,7 +1,7 @@
 //! `FsError`: every failure of a filesystem operation, and its errno in one exhaustive match.
 
+use crate::meta::MetaError;
 use crate::read::ReadError;
-use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -18,7 +18,7 @@ pub enum FsError {
     #[error("file no longer exists in S3 under this name")]
     Stale,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Meta(#[from] MetaError),
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -38,19 +38,65 @@ impl FsError {
             FsError::IsADirectory => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle => libc::EBADF,
-            FsError::Store(e) | FsError::Read(ReadError::Store(e)) => match e {
-                StoreError::NotFound => libc::ENOENT,
-                StoreError::AccessDenied(_) | StoreError::Credentials(_) => libc::EACCES,
-                StoreError::Timeout => libc::ETIMEDOUT,
-                StoreError::NoSuchBucket
-                | StoreError::PreconditionFailed
-                | StoreError::InvalidRange
-                | StoreError::Throttled
-                | StoreError::Network(_)
-                | StoreError::Service { .. }
-                | StoreError::BadResponse(_) => libc::EIO,
-            },
+            FsError::Meta(e) => meta_errno(e),
+            // A read's store error, classified the way `meta` classifies store errors (the
+            // same classes, so the same errnos), which keeps `fs` from naming the store.
+            FsError::Read(ReadError::Store(e)) => meta_errno(&MetaError::from(e.clone())),
             FsError::Read(ReadError::Changed | ReadError::Gone) => libc::EIO,
         }
+    }
+}
+
+fn meta_errno(e: &MetaError) -> i32 {
+    match e {
+        MetaError::NotFound => libc::ENOENT,
+        MetaError::AccessDenied(_) | MetaError::Credentials(_) => libc::EACCES,
+        MetaError::Timeout => libc::ETIMEDOUT,
+        MetaError::Throttled | MetaError::Network(_) | MetaError::Other(_) => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    /// Each class of failure keeps the errno it had when `fs` matched store errors itself.
+    #[test]
+    fn store_failures_map_to_the_same_errnos_from_meta_and_from_reads() {
+        let cases = [
+            (StoreError::NotFound, libc::ENOENT),
+            (StoreError::AccessDenied("no".into()), libc::EACCES),
+            (StoreError::Credentials("none".into()), libc::EACCES),
+            (StoreError::Timeout, libc::ETIMEDOUT),
+            (StoreError::NoSuchBucket, libc::EIO),
+            (StoreError::PreconditionFailed, libc::EIO),
+            (StoreError::InvalidRange, libc::EIO),
+            (StoreError::Throttled, libc::EIO),
+            (StoreError::Network("reset".into()), libc::EIO),
+            (
+                StoreError::Service {
+                    status: 500,
+                    code: "InternalError".into(),
+                    message: "boom".into(),
+                },
+                libc::EIO,
+            ),
+            (StoreError::BadResponse("short".into()), libc::EIO),
+        ];
+        for (e, errno) in cases {
+            assert_eq!(
+                FsError::from(MetaError::from(e.clone())).errno(),
+                errno,
+                "{e:?} via meta"
+            );
+            assert_eq!(
+                FsError::from(ReadError::Store(e.clone())).errno(),
+                errno,
+                "{e:?} via read"
+            );
+        }
+        assert_eq!(FsError::from(ReadError::Changed).errno(), libc::EIO);
+        assert_eq!(FsError::from(ReadError::Gone).errno(), libc::EIO);
     }
 }

@@ -23,7 +23,7 @@ pub use error::FsError;
 use inode::{InodeTable, Node};
 
 use crate::meta::{DirListing, Entry, Namespace};
-use crate::object::ObjectMeta;
+use crate::object::{AssembledFiles, ObjectMeta};
 use crate::read::{BlockReader, ReadError, ReadHandle};
 
 pub const ROOT_INO: u64 = 1;
@@ -110,6 +110,8 @@ pub struct Fs {
     ns: Arc<Namespace>,
     reader: Arc<BlockReader>,
     settings: FsSettings,
+    /// Whole objects as local files (the disk cache's), offered to the kernel at open.
+    assembled: Option<Arc<dyn AssembledFiles>>,
     inodes: InodeTable,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
@@ -124,12 +126,24 @@ impl Fs {
             ns,
             reader,
             settings,
+            assembled: None,
             inodes: InodeTable::new(root_prefix),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
         }
+    }
+
+    /// Where assembled objects come from when `settings.passthrough` is on.
+    pub fn with_assembled_files(mut self, files: Arc<dyn AssembledFiles>) -> Fs {
+        self.assembled = Some(files);
+        self
+    }
+
+    /// The assembled files, when passthrough is on and there are any.
+    fn passthrough_files(&self) -> Option<Arc<dyn AssembledFiles>> {
+        self.assembled.clone().filter(|_| self.settings.passthrough)
     }
 
     fn dir_attr(&self, ino: u64, valid_for: Option<Duration>) -> Attr {
@@ -223,16 +237,19 @@ impl Fs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let (mut meta, _) = self.current_meta(&node).await?;
-        if meta.etag.is_empty() {
-            // A listing without ETags (some S3-compatible servers): reads need one to pin the version.
-            meta = self.ns.store().head(&meta.key).await?;
-        }
+        let (meta, _) = self.current_meta(&node).await?;
+        // Reads pin the version by its ETag, which some servers' listings leave out.
+        let meta = self.ns.with_etag(meta).await?;
         let (keep_cache, changed) = node.swap_open_etag(meta.etag.clone());
-        let backing = if self.settings.passthrough {
-            self.reader.full_file(&meta).await
-        } else {
-            None
+        let backing = match self.passthrough_files() {
+            Some(files) => {
+                let meta = meta.clone();
+                tokio::task::spawn_blocking(move || files.open_assembled(&meta))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(
@@ -272,8 +289,9 @@ impl Fs {
         if let Some(handle) = self.files.lock().unwrap().remove(&fh) {
             // A file read to the end may now be complete in the disk cache: assemble it, so
             // that the next open can hand it to the kernel.
-            if self.settings.passthrough {
-                self.reader.assemble_in_background(handle.reader.meta());
+            if let Some(files) = self.passthrough_files() {
+                let meta = handle.reader.meta().clone();
+                tokio::task::spawn_blocking(move || files.assemble_if_complete(&meta));
             }
         }
     }

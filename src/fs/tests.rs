@@ -7,7 +7,7 @@ use crate::store::memory::MemoryStore;
 
 fn fs_over(store: &Arc<MemoryStore>, prefix: &str) -> Fs {
     let ns = Arc::new(Namespace::new(store.clone(), Ttl::Indefinite, Ttl::Indefinite));
-    let reader = Arc::new(BlockReader::new(store.clone(), 64 << 10, 1 << 20, None));
+    let reader = Arc::new(BlockReader::memory_only(store.clone(), 64 << 10, 1 << 20));
     Fs::new(
         ns,
         reader,

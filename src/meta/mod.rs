@@ -2,9 +2,10 @@
 //! and, with `--cache`, persisted on disk (`persist`) so that a restarted daemon, or another
 //! daemon sharing the cache directory, answers without S3.
 //!
-//! Directories come from `/` delimiters: a name is a directory when some key starts with
-//! `dir/name/` (an implicit directory or a `name/` marker object); it is a file when the key
-//! `dir/name` exists and no such key does (a directory shadows a file of the same name).
+//! Rooms: `names` (which keys are shown, and as what: hidden keys, shadowing), `fetch` (the
+//! requests to S3), `ttl` (expiry counted from the fetch), `persist` and `format` (records on
+//! disk), `error` (`MetaError`, what the layers above see of a failure). This file keeps
+//! `Namespace`: its caches, and the order in which a question is answered.
 //!
 //! Two caches, both expiring after the metadata TTL (negative answers after the negative TTL;
 //! `indefinite` never expires), counted from when the answer was fetched from S3:
@@ -25,24 +26,31 @@
 //! the generation that follows it; nothing persisted is read before a miss, so mounting costs
 //! nothing however much is persisted.
 
+mod error;
+mod fetch;
 mod format;
+mod names;
 pub mod persist;
+mod ttl;
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use moka::Expiry;
 use moka::future::Cache;
 use tracing::{info, warn};
 
+pub use error::MetaError;
 pub use persist::MetaStore;
 
 use crate::config::Ttl;
 use crate::object::{DiskSpace, ObjectMeta};
-use crate::store::{ListRequest, ObjectStore, StoreError};
+use crate::store::ObjectStore;
+use fetch::Fetcher;
+// `format` checks decoded names with the same rule.
+use names::invalid_name;
+use ttl::{ListingExpiry, Stamp, Ttls, restore};
 
 /// What a name in a directory is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,112 +88,14 @@ impl DirListing {
     }
 }
 
-/// Why a key cannot be shown as a file name.
-fn invalid_name(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("empty path segment")
-    } else if name == "." || name == ".." {
-        Some("\".\" or \"..\" path segment")
-    } else if name.contains('\0') {
-        Some("NUL in name")
-    } else if name.len() > 255 {
-        Some("name longer than 255 bytes")
-    } else {
-        None
-    }
-}
-
-/// Most hidden keys logged individually; past this, one summary line.
-const MAX_LOGGED_HIDDEN: usize = 10_000;
-
 /// Default bounds of the in-memory metadata caches (entries): a few hundred bytes each, so
 /// about 200 MiB at the worst; past them the least recently used entries are refetched.
 const MAX_LOOKUP_ENTRIES: u64 = 1_000_000;
 const MAX_LISTED_ENTRIES: u64 = 1_000_000;
 
-/// What is left of `ttl` for an answer fetched at `fetched`.
-fn remaining(ttl: Option<Duration>, fetched: Instant) -> Option<Duration> {
-    ttl.map(|t| t.saturating_sub(fetched.elapsed()))
-}
-
-struct LookupExpiry {
-    positive: Option<Duration>,
-    negative: Option<Duration>,
-}
-
-impl LookupExpiry {
-    fn left(&self, value: &Resolved) -> Option<Duration> {
-        let ttl = if value.entry.is_some() {
-            self.positive
-        } else {
-            self.negative
-        };
-        remaining(ttl, value.fetched)
-    }
-}
-
-impl Expiry<Arc<str>, Resolved> for LookupExpiry {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Resolved, _now: Instant) -> Option<Duration> {
-        self.left(value)
-    }
-    fn expire_after_update(&self, _: &Arc<str>, value: &Resolved, _: Instant, _: Option<Duration>) -> Option<Duration> {
-        self.left(value)
-    }
-}
-
-struct ListingExpiry(Option<Duration>);
-
-impl Expiry<Arc<str>, Arc<DirListing>> for ListingExpiry {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Arc<DirListing>, _now: Instant) -> Option<Duration> {
-        remaining(self.0, value.fetched)
-    }
-    fn expire_after_update(
-        &self,
-        _: &Arc<str>,
-        value: &Arc<DirListing>,
-        _: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        remaining(self.0, value.fetched)
-    }
-}
-
-/// When an answer was fetched from S3, on both clocks: the `Instant` for TTLs in this process,
-/// the wall-clock time for persisted records (an `Instant` means nothing after a restart).
-#[derive(Clone, Copy)]
-struct Stamp {
-    instant: Instant,
-    wall: SystemTime,
-}
-
-impl Stamp {
-    fn now() -> Stamp {
-        Stamp {
-            instant: Instant::now(),
-            wall: SystemTime::now(),
-        }
-    }
-}
-
-/// The `Instant` at which an answer fetched at wall-clock time `at` was fetched, if it is still
-/// fresh under `ttl` (`None`: indefinite). A time in the future (the clock was set back) has no
-/// known age: only an indefinite TTL trusts it.
-fn restore(at: SystemTime, ttl: Option<Duration>) -> Option<Instant> {
-    let age = match SystemTime::now().duration_since(at) {
-        Ok(age) => age,
-        Err(_) if ttl.is_none() => Duration::ZERO,
-        Err(_) => return None,
-    };
-    if ttl.is_some_and(|t| age >= t) {
-        return None;
-    }
-    Instant::now().checked_sub(age)
-}
-
 pub struct Namespace {
-    store: Arc<dyn ObjectStore>,
-    ttl: Option<Duration>,
-    negative_ttl: Option<Duration>,
+    fetch: Fetcher,
+    ttls: Ttls,
     lookups: Cache<Arc<str>, Resolved>,
     dirs: Cache<Arc<str>, Arc<DirListing>>,
     /// Directories known to hold more than one listing page: names in them are looked up
@@ -193,7 +103,6 @@ pub struct Namespace {
     large_dirs: moka::sync::Cache<Arc<str>, ()>,
     /// Answer lookups in small directories by listing them (see `lookup`).
     list_small_dirs: bool,
-    hidden_logged: Mutex<HashSet<String>>,
     persist: Option<Arc<MetaStore>>,
     /// Set when persisted records could not be invalidated: never read them again.
     persist_off: AtomicBool,
@@ -202,33 +111,32 @@ pub struct Namespace {
 impl Namespace {
     /// A namespace cached in memory only.
     pub fn new(store: Arc<dyn ObjectStore>, ttl: Ttl, negative_ttl: Ttl) -> Namespace {
+        let ttls = Ttls {
+            positive: ttl.duration(),
+            negative: negative_ttl.duration(),
+        };
         let lookups = Cache::builder()
             .max_capacity(MAX_LOOKUP_ENTRIES)
-            .expire_after(LookupExpiry {
-                positive: ttl.duration(),
-                negative: negative_ttl.duration(),
-            })
+            .expire_after(ttls)
             .build();
         let dirs = Cache::builder()
             .max_capacity(MAX_LISTED_ENTRIES)
             .weigher(|_: &Arc<str>, l: &Arc<DirListing>| l.entries.len().clamp(1, u32::MAX as usize) as u32)
-            .expire_after(ListingExpiry(ttl.duration()))
+            .expire_after(ListingExpiry(ttls.positive))
             .build();
         Namespace {
-            store,
-            ttl: ttl.duration(),
-            negative_ttl: negative_ttl.duration(),
+            fetch: Fetcher::new(store),
+            ttls,
             lookups,
             dirs,
             large_dirs: {
                 let b = moka::sync::Cache::builder().max_capacity(100_000);
-                match ttl.duration() {
+                match ttls.positive {
                     Some(t) => b.time_to_live(t.max(Duration::from_secs(1))).build(),
                     None => b.build(),
                 }
             },
             list_small_dirs: true,
-            hidden_logged: Mutex::new(HashSet::new()),
             persist: None,
             persist_off: AtomicBool::new(false),
         }
@@ -270,11 +178,212 @@ impl Namespace {
 
     /// The positive TTL (`None`: indefinite).
     pub fn ttl(&self) -> Option<Duration> {
-        self.ttl
+        self.ttls.positive
     }
 
-    pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+    /// How much longer an answer may be trusted (`None`: indefinitely); the kernel is told the
+    /// same, so a change in S3 shows within one TTL of the fetch, not two.
+    pub fn valid_for(&self, r: &Resolved) -> Option<Duration> {
+        self.ttls.left(r)
+    }
+
+    /// Looks `name` up in the directory whose key prefix is `dir` (empty or ending in `/`).
+    ///
+    /// The first step that can answer does: a name that cannot exist; the directory's listing
+    /// in memory; the lookup cache in memory; then, once per key however many ask at once
+    /// (`resolve_miss`), the persisted records, a listing of a small directory, and last a
+    /// HEAD and a one-key LIST of the name.
+    pub async fn lookup(&self, dir: &str, name: &str) -> Result<Resolved, MetaError> {
+        if invalid_name(name).is_some() {
+            return Ok(Resolved {
+                entry: None,
+                fetched: Instant::now(),
+            });
+        }
+        if let Some(r) = self.try_listing_in_memory(dir, name).await {
+            return Ok(r);
+        }
+        let key: Arc<str> = format!("{dir}{name}").into();
+        self.lookups
+            .try_get_with(key.clone(), self.resolve_miss(dir, name, key))
+            .await
+            .map_err(|e: Arc<MetaError>| (*e).clone())
+    }
+
+    /// Answers `name` from a listing of its directory, if the listing can tell.
+    fn answer_from(&self, listing: &DirListing, name: &str) -> Option<Resolved> {
+        match listing.get(name) {
+            Some(e) => Some(Resolved {
+                entry: Some(e.clone()),
+                fetched: listing.fetched,
+            }),
+            // A listing proves a name absent only for as long as the negative TTL.
+            None if self.ttls.negative.is_none_or(|t| listing.fetched.elapsed() < t) => Some(Resolved {
+                entry: None,
+                fetched: listing.fetched,
+            }),
+            None => None,
+        }
+    }
+
+    /// Applies when the directory's listing is in memory and fresh (after a `readdir`, or an
+    /// earlier lookup in a small directory): no request at all.
+    async fn try_listing_in_memory(&self, dir: &str, name: &str) -> Option<Resolved> {
+        let listing = self.dirs.get(dir).await?;
+        self.answer_from(&listing, name)
+    }
+
+    /// A name that neither memory cache could answer. Runs once per key at a time: concurrent
+    /// lookups of the key wait for this one's answer.
+    async fn resolve_miss(&self, dir: &str, name: &str, key: Arc<str>) -> Result<Resolved, MetaError> {
+        let mut generation = None;
+        if self.persist.is_some() {
+            if let Some(r) = self.try_persisted_listing(dir, name).await {
+                return Ok(r);
+            }
+            let (g, found) = self.try_persisted_lookup(&key).await;
+            if let Some(r) = found {
+                return Ok(r);
+            }
+            generation = g;
+        }
+        if self.list_small_dirs
+            && !self.large_dirs.contains_key(dir)
+            && let Some(r) = self.try_small_listing(dir, name, generation).await?
+        {
+            return Ok(r);
+        }
+        self.ask_head_and_list(key, generation).await
+    }
+
+    /// Applies with persistence: the directory's persisted listing, if fresh, loaded into
+    /// memory (one load per directory, however many names are looked up in it at once).
+    async fn try_persisted_listing(&self, dir: &str, name: &str) -> Option<Resolved> {
+        let listing = self
+            .dirs
+            .optionally_get_with(dir.into(), async { self.disk_listing(dir).await.1 })
+            .await?;
+        self.answer_from(&listing, name)
+    }
+
+    /// Applies with persistence: the key's own persisted answer, if fresh under the TTL its
+    /// kind follows. Also returns the current generation, for writing back what S3 answers.
+    async fn try_persisted_lookup(&self, key: &Arc<str>) -> (Option<u64>, Option<Resolved>) {
+        let k = key.clone();
+        let Some((generation, found)) = self
+            .on_disk(move |p| {
+                let g = p.current_generation()?;
+                Some((g, p.load_lookup(g, &k)))
+            })
+            .await
+        else {
+            return (None, None);
+        };
+        let resolved = found.and_then(|(at, entry)| {
+            let fetched = restore(at, self.ttls.of(&entry))?;
+            Some(Resolved { entry, fetched })
+        });
+        (Some(generation), resolved)
+    }
+
+    /// Applies unless the directory is known to be large (or `one_name_at_a_time`): a directory
+    /// that fits in one listing page is listed whole, and one request answers every name in it
+    /// (a JAR directory opened file by file costs one LIST, not a HEAD and a LIST per JAR).
+    /// `None` when the directory turns out larger than a page, or the listing cannot tell.
+    async fn try_small_listing(
+        &self,
+        dir: &str,
+        name: &str,
+        generation: Option<u64>,
+    ) -> Result<Option<Resolved>, MetaError> {
+        // A failed listing fails the lookup (rather than trying HEAD+LIST next and doubling
+        // the time it takes to report an unreachable S3).
+        let failed = Mutex::new(None);
+        let listing = self
+            .dirs
+            .optionally_get_with(dir.into(), async {
+                self.fetch_small_listing(dir, generation).await.unwrap_or_else(|e| {
+                    *failed.lock().unwrap() = Some(e);
+                    None
+                })
+            })
+            .await;
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        Ok(listing.and_then(|l| self.answer_from(&l, name)))
+    }
+
+    /// The last resort: a HEAD and a one-key LIST of the name, written back to the persisted
+    /// `generation` (not with a TTL of 0).
+    async fn ask_head_and_list(&self, key: Arc<str>, generation: Option<u64>) -> Result<Resolved, MetaError> {
+        let stamp = Stamp::now();
+        let entry = self.fetch.lookup(&key).await?;
+        if let Some(g) = generation
+            && self.ttls.of(&entry) != Some(Duration::ZERO)
+        {
+            let e = entry.clone();
+            self.on_disk(move |p| {
+                p.save_lookup(g, &key, stamp.wall, &e);
+                Some(())
+            })
+            .await;
+        }
+        Ok(Resolved {
+            entry,
+            fetched: stamp.instant,
+        })
+    }
+
+    /// `meta` with an ETag to pin reads to: `meta` itself, or, when its listing carried no
+    /// ETag (some S3-compatible servers), the object's current metadata from a HEAD, which is
+    /// not cached. `NotFound` if the object is gone.
+    pub async fn with_etag(&self, meta: ObjectMeta) -> Result<ObjectMeta, MetaError> {
+        if !meta.etag.is_empty() {
+            return Ok(meta);
+        }
+        self.fetch.head(&meta.key).await
+    }
+
+    /// The whole listing of directory `dir` (empty or ending in `/`), paginated as needed.
+    pub async fn list_dir(&self, dir: &str) -> Result<Arc<DirListing>, MetaError> {
+        self.dirs
+            .try_get_with(dir.into(), async {
+                let (generation, persisted) = self.disk_listing(dir).await;
+                if let Some(l) = persisted {
+                    return Ok(l);
+                }
+                let stamp = Stamp::now();
+                let listing = self
+                    .fetch
+                    .listing(dir, stamp.instant, None)
+                    .await?
+                    .expect("no page limit");
+                self.persist_listing(generation, dir, &stamp, &listing).await;
+                Ok(listing)
+            })
+            .await
+            .map_err(|e: Arc<MetaError>| (*e).clone())
+    }
+
+    /// The listing of `dir` if it fits in one page (persisted like any listing); `None` when
+    /// it does not (remembered, so its names are looked up one by one).
+    async fn fetch_small_listing(
+        &self,
+        dir: &str,
+        generation: Option<u64>,
+    ) -> Result<Option<Arc<DirListing>>, MetaError> {
+        let stamp = Stamp::now();
+        Ok(match self.fetch.listing(dir, stamp.instant, Some(1)).await? {
+            Some(listing) => {
+                self.persist_listing(generation, dir, &stamp, &listing).await;
+                Some(listing)
+            }
+            None => {
+                self.large_dirs.insert(dir.into(), ());
+                None
+            }
+        })
     }
 
     /// Runs `f` on the persisted store, off the async workers; `None` without persistence.
@@ -298,169 +407,16 @@ impl Namespace {
         else {
             return (None, None);
         };
-        let listing = found
-            .and_then(|(at, entries)| restore(at, self.ttl).map(|fetched| Arc::new(DirListing { entries, fetched })));
-        (Some(generation), listing)
-    }
-
-    /// Answers `name` from a listing of its directory, if the listing can tell.
-    fn answer_from(&self, listing: &DirListing, name: &str) -> Option<Resolved> {
-        match listing.get(name) {
-            Some(e) => Some(Resolved {
-                entry: Some(e.clone()),
-                fetched: listing.fetched,
-            }),
-            // A listing proves a name absent only for as long as the negative TTL.
-            None if self.negative_ttl.is_none_or(|t| listing.fetched.elapsed() < t) => Some(Resolved {
-                entry: None,
-                fetched: listing.fetched,
-            }),
-            None => None,
-        }
-    }
-
-    /// Looks `name` up in the directory whose key prefix is `dir` (empty or ending in `/`).
-    pub async fn lookup(&self, dir: &str, name: &str) -> Result<Resolved, StoreError> {
-        if invalid_name(name).is_some() {
-            return Ok(Resolved {
-                entry: None,
-                fetched: Instant::now(),
-            });
-        }
-        if let Some(listing) = self.dirs.get(dir).await
-            && let Some(r) = self.answer_from(&listing, name)
-        {
-            return Ok(r);
-        }
-        let key: Arc<str> = format!("{dir}{name}").into();
-        self.lookups
-            .try_get_with(key.clone(), async {
-                let generation = if self.persist.is_some() {
-                    // The directory's persisted listing first (one load per directory, however
-                    // many names are looked up in it at once), then this key's own record.
-                    let listing = self
-                        .dirs
-                        .optionally_get_with(dir.into(), async { self.disk_listing(dir).await.1 })
-                        .await;
-                    if let Some(r) = listing.and_then(|l| self.answer_from(&l, name)) {
-                        return Ok(r);
-                    }
-                    let k = key.clone();
-                    let found = self
-                        .on_disk(move |p| {
-                            let g = p.current_generation()?;
-                            Some((g, p.load_lookup(g, &k)))
-                        })
-                        .await;
-                    if let Some((_, Some((at, entry)))) = &found {
-                        let ttl = if entry.is_some() { self.ttl } else { self.negative_ttl };
-                        if let Some(fetched) = restore(*at, ttl) {
-                            return Ok(Resolved {
-                                entry: entry.clone(),
-                                fetched,
-                            });
-                        }
-                    }
-                    found.map(|(g, _)| g)
-                } else {
-                    None
-                };
-                // A directory that fits in one listing page is listed whole: one request
-                // answers every name in it (a JAR directory opened file by file costs one
-                // LIST, not a HEAD and a LIST per JAR).
-                if self.list_small_dirs && !self.large_dirs.contains_key(dir) {
-                    // A failed listing fails the lookup (rather than trying HEAD+LIST next and
-                    // doubling the time it takes to report an unreachable S3).
-                    let failed = Mutex::new(None);
-                    let listing = self
-                        .dirs
-                        .optionally_get_with(dir.into(), async {
-                            self.fetch_small_listing(dir, generation).await.unwrap_or_else(|e| {
-                                *failed.lock().unwrap() = Some(e);
-                                None
-                            })
-                        })
-                        .await;
-                    if let Some(e) = failed.into_inner().unwrap() {
-                        return Err(e);
-                    }
-                    if let Some(r) = listing.and_then(|l| self.answer_from(&l, name)) {
-                        return Ok(r);
-                    }
-                }
-                let stamp = Stamp::now();
-                let entry = self.fetch_lookup(key.clone()).await?;
-                let ttl = if entry.is_some() { self.ttl } else { self.negative_ttl };
-                if let Some(g) = generation
-                    && ttl != Some(Duration::ZERO)
-                {
-                    let (k, e) = (key.clone(), entry.clone());
-                    self.on_disk(move |p| {
-                        p.save_lookup(g, &k, stamp.wall, &e);
-                        Some(())
-                    })
-                    .await;
-                }
-                Ok(Resolved {
-                    entry,
-                    fetched: stamp.instant,
-                })
-            })
-            .await
-            .map_err(|e: Arc<StoreError>| (*e).clone())
-    }
-
-    /// How much longer an answer may be trusted (`None`: indefinitely); the kernel is told the
-    /// same, so a change in S3 shows within one TTL of the fetch, not two.
-    pub fn valid_for(&self, r: &Resolved) -> Option<Duration> {
-        let ttl = if r.entry.is_some() { self.ttl } else { self.negative_ttl };
-        remaining(ttl, r.fetched)
-    }
-
-    async fn fetch_lookup(&self, key: Arc<str>) -> Result<Lookup, StoreError> {
-        let dir_prefix = format!("{key}/");
-        let list = self.store.list(ListRequest {
-            prefix: &dir_prefix,
-            delimited: true,
-            continuation: None,
-            max_keys: Some(1),
+        let listing = found.and_then(|(at, entries)| {
+            restore(at, self.ttls.positive).map(|fetched| Arc::new(DirListing { entries, fetched }))
         });
-        let (list, head) = tokio::join!(list, self.store.head(&key));
-        let list = list?;
-        if !list.objects.is_empty() || !list.prefixes.is_empty() {
-            if head.is_ok() {
-                self.log_hidden(&key, "shadowed by a directory of the same name");
-            }
-            return Ok(Some(Entry::Dir));
-        }
-        match head {
-            Ok(meta) => Ok(Some(Entry::File(meta))),
-            Err(StoreError::NotFound) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The whole listing of directory `dir` (empty or ending in `/`), paginated as needed.
-    pub async fn list_dir(&self, dir: &str) -> Result<Arc<DirListing>, StoreError> {
-        self.dirs
-            .try_get_with(dir.into(), async {
-                let (generation, persisted) = self.disk_listing(dir).await;
-                if let Some(l) = persisted {
-                    return Ok(l);
-                }
-                let stamp = Stamp::now();
-                let listing = self.fetch_listing(dir, stamp.instant).await?;
-                self.persist_listing(generation, dir, &stamp, &listing).await;
-                Ok(listing)
-            })
-            .await
-            .map_err(|e: Arc<StoreError>| (*e).clone())
+        (Some(generation), listing)
     }
 
     /// Writes a listing fetched at `stamp` to the persisted generation (not with a TTL of 0).
     async fn persist_listing(&self, generation: Option<u64>, dir: &str, stamp: &Stamp, listing: &Arc<DirListing>) {
         if let Some(g) = generation
-            && self.ttl != Some(Duration::ZERO)
+            && self.ttls.positive != Some(Duration::ZERO)
         {
             let (d, l, wall) = (dir.to_string(), listing.clone(), stamp.wall);
             self.on_disk(move |p| {
@@ -469,89 +425,6 @@ impl Namespace {
             })
             .await;
         }
-    }
-
-    /// The listing of `dir` if it fits in one page (persisted like any listing); `None` when
-    /// it does not (remembered, so its names are looked up one by one).
-    async fn fetch_small_listing(
-        &self,
-        dir: &str,
-        generation: Option<u64>,
-    ) -> Result<Option<Arc<DirListing>>, StoreError> {
-        let stamp = Stamp::now();
-        Ok(match self.fetch_listing_pages(dir, stamp.instant, Some(1)).await? {
-            Some(listing) => {
-                self.persist_listing(generation, dir, &stamp, &listing).await;
-                Some(listing)
-            }
-            None => {
-                self.large_dirs.insert(dir.into(), ());
-                None
-            }
-        })
-    }
-
-    async fn fetch_listing(&self, dir: &str, fetched: Instant) -> Result<Arc<DirListing>, StoreError> {
-        Ok(self
-            .fetch_listing_pages(dir, fetched, None)
-            .await?
-            .expect("no page limit"))
-    }
-
-    /// Lists `dir` whole, or `None` when it has more than `max_pages` pages.
-    async fn fetch_listing_pages(
-        &self,
-        dir: &str,
-        fetched: Instant,
-        max_pages: Option<usize>,
-    ) -> Result<Option<Arc<DirListing>>, StoreError> {
-        let mut entries: BTreeMap<Arc<str>, Entry> = BTreeMap::new();
-        let mut continuation = None;
-        let mut pages = 0;
-        loop {
-            pages += 1;
-            let page = self
-                .store
-                .list(ListRequest {
-                    prefix: dir,
-                    delimited: true,
-                    continuation,
-                    max_keys: None,
-                })
-                .await?;
-            for obj in page.objects {
-                let name = &obj.key[dir.len()..];
-                if name.is_empty() {
-                    continue; // the directory's own marker object `dir/`
-                }
-                if let Some(why) = invalid_name(name) {
-                    self.log_hidden(&obj.key, why);
-                    continue;
-                }
-                entries.insert(name.into(), Entry::File(obj));
-            }
-            for prefix in page.prefixes {
-                let name = &prefix[dir.len()..prefix.len() - 1];
-                if let Some(why) = invalid_name(name) {
-                    self.log_hidden(&prefix, why);
-                    continue;
-                }
-                if let Some(Entry::File(f)) = entries.insert(name.into(), Entry::Dir) {
-                    self.log_hidden(&f.key, "shadowed by a directory of the same name");
-                }
-            }
-            continuation = page.next;
-            if continuation.is_none() {
-                break;
-            }
-            if max_pages.is_some_and(|m| pages >= m) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(Arc::new(DirListing {
-            entries: entries.into_iter().collect(),
-            fetched,
-        })))
     }
 
     /// Forgets what is cached about `name` in `dir` (and the listing of `dir`), in memory and
@@ -585,69 +458,18 @@ impl Namespace {
         self.dirs.invalidate_all();
         self.lookups.invalidate_all();
     }
-
-    fn log_hidden(&self, key: &str, why: &str) {
-        let mut logged = self.hidden_logged.lock().unwrap();
-        if logged.len() < MAX_LOGGED_HIDDEN {
-            if logged.insert(key.to_string()) {
-                warn!(key, reason = why, "S3 key is not shown in the mount");
-            }
-        } else if logged.len() == MAX_LOGGED_HIDDEN {
-            logged.insert(String::new());
-            info!("more keys are hidden; no longer logging them individually");
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
     use crate::store::memory::MemoryStore;
     use std::sync::atomic::Ordering;
+    use std::time::SystemTime;
 
     fn ns(store: &Arc<MemoryStore>, ttl: Ttl) -> Namespace {
         Namespace::new(store.clone(), ttl, ttl).one_name_at_a_time()
-    }
-
-    fn names(l: &DirListing) -> Vec<(&str, bool)> {
-        l.entries.iter().map(|(n, e)| (&**n, matches!(e, Entry::Dir))).collect()
-    }
-
-    #[tokio::test]
-    async fn listing_builds_dirs_shadows_and_hides() {
-        let s = Arc::new(MemoryStore::new());
-        for k in [
-            "a.jar",
-            "lib/x.jar",
-            "lib",
-            "empty/",
-            "deep/er/f",
-            "bad//k",
-            "./dot",
-            "../up",
-            "c/",
-            "c/d",
-        ] {
-            s.put(k, "data");
-        }
-        s.put(&"n".repeat(256), "long");
-        let ns = ns(&s, Ttl::Indefinite);
-        let root = ns.list_dir("").await.unwrap();
-        assert_eq!(
-            names(&root),
-            vec![
-                ("a.jar", false),
-                ("bad", true),
-                ("c", true),
-                ("deep", true),
-                ("empty", true),
-                ("lib", true)
-            ]
-        );
-        // "bad/" holds only "bad//k", whose empty segment hides it.
-        assert!(ns.list_dir("bad/").await.unwrap().entries.is_empty());
-        assert!(ns.list_dir("empty/").await.unwrap().entries.is_empty());
-        assert_eq!(names(&ns.list_dir("c/").await.unwrap()), vec![("d", false)]);
     }
 
     #[tokio::test]
@@ -757,12 +579,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_etag_missing_from_a_listing_comes_from_one_uncached_head() {
+        let s = Arc::new(MemoryStore::new());
+        let etag = s.put("d/k", "v");
+        let ns = ns(&s, Ttl::Indefinite);
+        let Some(Entry::File(listed)) = ns.lookup("d/", "k").await.unwrap().entry else {
+            panic!("a file");
+        };
+        let before = s.requests();
+        assert_eq!(ns.with_etag(listed.clone()).await.unwrap(), listed, "no request");
+        assert_eq!(s.requests(), before);
+        let bare = ObjectMeta {
+            etag: "".into(),
+            ..listed
+        };
+        for _ in 0..2 {
+            assert_eq!(&*ns.with_etag(bare.clone()).await.unwrap().etag, etag);
+        }
+        assert_eq!(s.heads.load(Ordering::Relaxed), 1 + 2, "one HEAD each time");
+        s.remove("d/k");
+        assert_eq!(ns.with_etag(bare).await, Err(MetaError::NotFound));
+    }
+
+    #[tokio::test]
     async fn a_failed_directory_listing_fails_the_lookup_at_once() {
         let s = Arc::new(crate::store::fault::FaultStore::new(MemoryStore::new()));
         s.inner().put("d/k", "v");
         let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite);
         s.fail_next(1, StoreError::Timeout);
-        assert_eq!(ns.lookup("d/", "k").await.map(|r| r.entry), Err(StoreError::Timeout));
+        assert_eq!(ns.lookup("d/", "k").await.map(|r| r.entry), Err(MetaError::Timeout));
         assert_eq!(s.inner().requests(), 0, "no HEAD+LIST after the listing failed");
         assert!(matches!(
             ns.lookup("d/", "k").await.map(|r| r.entry),
@@ -776,7 +621,7 @@ mod tests {
         s.inner().put("k", "v");
         let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).one_name_at_a_time();
         s.fail_next(1, StoreError::Timeout);
-        assert_eq!(ns.lookup("", "k").await.map(|r| r.entry), Err(StoreError::Timeout));
+        assert_eq!(ns.lookup("", "k").await.map(|r| r.entry), Err(MetaError::Timeout));
         assert!(matches!(
             ns.lookup("", "k").await.map(|r| r.entry),
             Ok(Some(Entry::File(_)))

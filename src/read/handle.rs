@@ -4,7 +4,7 @@
 //! kernel may deliver concurrent read-ahead requests out of order) is sequential: it is served
 //! from whole blocks, and the next `window` blocks are prefetched in parallel. The window
 //! starts at one block and doubles with each sequential read up to the reader's maximum.
-//! A read elsewhere resets the window and is served exactly (`BlockReader::read_exact`), so
+//! A read elsewhere resets the window and is served exactly (`BlockReader::read_random`), so
 //! random access (Parquet footers, column chunks) fetches what it reads and little more; a
 //! block read at random twice is then fetched whole and cached like any other.
 //! A first read near offset 0 counts as sequential: whole-file reads are the common case.
@@ -94,7 +94,7 @@ impl ReadHandle {
         if sequential {
             self.reader.read(&self.meta, offset, len).await
         } else {
-            self.reader.read_exact(&self.meta, offset, len).await
+            self.reader.read_random(&self.meta, offset, len).await
         }
     }
 }
@@ -120,7 +120,7 @@ mod tests {
         let d = data(size, 1);
         s.inner().put("obj", d.clone());
         let meta = s.inner().head("obj").await.unwrap();
-        let r = Arc::new(BlockReader::new(s.clone(), BS, 64 << 20, None));
+        let r = Arc::new(BlockReader::memory_only(s.clone(), BS, 64 << 20));
         (s, r, meta, d)
     }
 

@@ -1,7 +1,7 @@
-//! Reading object bytes: aligned blocks, each fetched with one ranged GET pinned to the ETag
-//! seen at open (`If-Match`), kept in a bounded in-memory cache so the kernel's many small
-//! reads of one block cost one GET. Concurrent misses for one block are coalesced
-//! (single-flight), so N readers of a cold block issue one GET.
+//! Reading object bytes for open files: aligned blocks through the tier chain (`tier`), each
+//! block fetched at most once with one ranged GET pinned to the ETag seen at open (`If-Match`);
+//! sequential detection and read-ahead per handle (`handle`); exact ranged GETs for random
+//! reads, which are not worth a whole block.
 //!
 //! Invariant: a returned buffer holds exactly the requested bytes of the object version named
 //! by the `ObjectMeta`, or the read fails. A block of unexpected length is an error, never data.
@@ -11,15 +11,14 @@ mod handle;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use moka::future::Cache;
-use moka::policy::EvictionPolicy;
 use tokio::sync::Semaphore;
 
 pub use handle::ReadHandle;
 
-use crate::cache::DiskCache;
-use crate::object::{ObjectId, ObjectMeta, block_range};
+use crate::object::{BlockId, ByteRange, ObjectMeta, SourceId, block_range};
 use crate::store::{ObjectStore, StoreError};
+use crate::tier::TierChain;
+use crate::tier::memory::MemoryTier;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ReadError {
@@ -41,24 +40,16 @@ impl From<StoreError> for ReadError {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct BlockKey {
-    id: ObjectId,
-    index: u64,
-}
-
 pub struct BlockReader {
-    store: Arc<dyn ObjectStore>,
+    chain: Arc<TierChain>,
     block_size: u64,
-    blocks: Cache<BlockKey, Bytes>,
-    disk: Option<Arc<DiskCache>>,
     /// Bounds prefetch GETs in flight (and so the memory they hold) across every handle.
     prefetch_slots: Arc<Semaphore>,
-    /// Bounds every block being fetched or read from disk at once (demand and prefetch), so
-    /// that blocks in flight plus the memory cache stay within the configured memory.
-    fetch_slots: Semaphore,
+    /// Bounds bytes being fetched at once: the memory tier's in-flight slots, also taken by the
+    /// exact ranges of random reads, which bypass the tiers.
+    in_flight: Arc<Semaphore>,
     /// 64 KiB regions a random read touched once (and fetched only in part).
-    touched: moka::sync::Cache<(BlockKey, u64), ()>,
+    touched: moka::sync::Cache<(BlockId, u64), ()>,
     /// Largest read-ahead window of one handle, in blocks; shared out between the handles
     /// reading sequentially at the same time (`sequential_handles`).
     max_window: u64,
@@ -74,42 +65,32 @@ const TOUCH_REGION_BITS: u32 = 16;
 pub const DEFAULT_PREFETCH_CONCURRENCY: usize = 16;
 
 impl BlockReader {
-    /// `memory_bytes` bounds the in-memory block cache (weighted by block length); `disk`, when
-    /// given, is consulted after memory and before S3 (its block size must be `block_size`).
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        block_size: u64,
-        memory_bytes: u64,
-        disk: Option<Arc<DiskCache>>,
-    ) -> BlockReader {
-        assert!(
-            disk.as_ref().is_none_or(|d| d.block_size() == block_size),
-            "disk cache block size differs"
-        );
-        // A quarter of the memory for blocks in flight (4 to 64 of them), the rest for the cache.
-        let in_flight = (memory_bytes / 4 / block_size).clamp(4, 64);
-        let blocks = Cache::builder()
-            .max_capacity(memory_bytes.saturating_sub(in_flight * block_size).max(block_size))
-            .weigher(|_: &BlockKey, b: &Bytes| b.len().try_into().unwrap_or(u32::MAX))
-            // Plain LRU: a prefetched block, seen once, must not be refused admission in
-            // favour of older, more often read blocks (TinyLFU's default).
-            .eviction_policy(EvictionPolicy::lru())
-            .build();
+    /// Reads blocks through `chain`. `memory_bytes` is the block memory of the chain's memory
+    /// tier, whose in-flight slots are `in_flight`: read-ahead windows together fill at most
+    /// half of it.
+    pub fn new(chain: Arc<TierChain>, in_flight: Arc<Semaphore>, memory_bytes: u64) -> BlockReader {
+        let block_size = chain.block_size();
         // All windows together may fill at most half the memory, so that prefetched blocks are
         // still there when their readers arrive, and one window never more than 64 MiB.
         let max_window = (memory_bytes / 2).min(64 << 20) / block_size;
         BlockReader {
-            store,
+            chain,
             block_size,
-            blocks,
-            disk,
             prefetch_slots: Arc::new(Semaphore::new(DEFAULT_PREFETCH_CONCURRENCY)),
-            fetch_slots: Semaphore::new(in_flight as usize),
+            in_flight,
             // Remembering 64k blocks costs a few MiB at most.
             touched: moka::sync::Cache::new(1 << 16),
             max_window,
             sequential_handles: Arc::default(),
         }
+    }
+
+    /// A reader whose only cache is a memory tier of `memory_bytes` (unit tests, embedding).
+    pub fn memory_only(store: Arc<dyn ObjectStore>, block_size: u64, memory_bytes: u64) -> BlockReader {
+        let memory = Arc::new(MemoryTier::new(memory_bytes, block_size));
+        let in_flight = memory.in_flight();
+        let chain = TierChain::new(SourceId::new(None, "test"), block_size, store).with(memory);
+        BlockReader::new(Arc::new(chain), in_flight, memory_bytes)
     }
 
     /// Sets how many prefetch GETs may be in flight at once (across all handles).
@@ -123,52 +104,32 @@ impl BlockReader {
         ReadHandle::new(self.clone(), meta)
     }
 
+    pub fn block_size(&self) -> u64 {
+        self.block_size
+    }
+
     /// Starts fetching block `index` in the background (unless cached or already coming).
     fn prefetch(self: &Arc<Self>, obj: &ObjectMeta, index: u64) {
-        if self.blocks.contains_key(&BlockKey { id: obj.id(), index }) {
+        let block = self.chain.block(obj, index);
+        if self.chain.holds(&block) {
             return;
         }
-        let (this, obj) = (self.clone(), obj.clone());
+        let this = self.clone();
         tokio::spawn(async move {
             let Ok(_permit) = this.prefetch_slots.clone().acquire_owned().await else {
                 return;
             };
-            if let Err(e) = this.block(&obj, index).await {
-                tracing::debug!(key = %obj.key, index, "prefetch failed: {e}");
+            if let Err(e) = this.chain.get(&block).await {
+                tracing::debug!(key = %block.id.key, index, "prefetch failed: {e}");
             }
         });
     }
 
-    /// The object as one verified local file, if the disk cache has assembled it.
-    pub async fn full_file(&self, obj: &ObjectMeta) -> Option<std::fs::File> {
-        self.disk.as_ref()?.full_file(obj).await
-    }
-
-    /// Assembles the object in the disk cache, in the background, if all its blocks are there.
-    pub fn assemble_in_background(&self, obj: &ObjectMeta) {
-        if let Some(d) = &self.disk {
-            d.assemble_in_background(obj);
-        }
-    }
-
-    /// A block if it is in memory or on disk, without fetching it.
-    async fn peek(&self, obj: &ObjectMeta, index: u64) -> Option<Bytes> {
-        let key = BlockKey { id: obj.id(), index };
-        if let Some(b) = self.blocks.get(&key).await {
-            return Some(b);
-        }
-        let disk = self.disk.as_ref()?;
-        let b = disk
-            .peek(obj, index, block_range(index, self.block_size, obj.size))
-            .await?;
-        self.blocks.insert(key, b.clone()).await;
-        Some(b)
-    }
-
-    /// Reads exactly `[offset, offset+len)` for a random access: from cached blocks when they
-    /// are all there, otherwise with one ranged GET of just those bytes (not cached as blocks,
-    /// so a random 64 KiB read does not cost a 1 MiB GET).
-    pub async fn read_exact(&self, obj: &ObjectMeta, offset: u64, len: u32) -> Result<Bytes, ReadError> {
+    /// Reads exactly `[offset, offset+len)` for a random access: from the tiers when every
+    /// block it touches is cached, otherwise with one ranged GET of just those bytes (not kept,
+    /// so a random 64 KiB read does not cost a 1 MiB GET). A region read at random a second
+    /// time is read through whole cached blocks instead.
+    pub async fn read_random(&self, obj: &ObjectMeta, offset: u64, len: u32) -> Result<Bytes, ReadError> {
         if offset >= obj.size || len == 0 {
             return Ok(Bytes::new());
         }
@@ -176,43 +137,27 @@ impl BlockReader {
         let (first, last) = (offset / self.block_size, (end - 1) / self.block_size);
         let mut cached = Vec::new();
         for i in first..=last {
-            match self.peek(obj, i).await {
+            match self.chain.peek(&self.chain.block(obj, i)).await {
                 Some(b) => cached.push(b),
                 None => break,
             }
         }
         if cached.len() as u64 == last - first + 1 {
-            return Ok(self.assemble(obj, offset, end, first, &cached));
+            return Ok(self.join_blocks(obj, offset, end, first, &cached));
         }
         // The same region read at random a second time is hot (a Parquet footer every
-        // executor reads, say): fetch and cache its blocks whole, in memory and on disk.
-        let region = (
-            BlockKey {
-                id: obj.id(),
-                index: first,
-            },
-            offset >> TOUCH_REGION_BITS,
-        );
+        // executor reads, say): fetch and cache its blocks whole, in every tier.
+        let region = (self.chain.block(obj, first).id, offset >> TOUCH_REGION_BITS);
         if self.touched.contains_key(&region) {
             return self.read(obj, offset, len).await;
         }
         self.touched.insert(region, ());
-        let range = crate::object::ByteRange::new(offset, end);
-        let _slot = self.fetch_slots.acquire().await.expect("semaphore is never closed");
-        let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
-        if bytes.len() as u64 != range.len() {
-            return Err(ReadError::Store(StoreError::BadResponse(format!(
-                "{}: expected {} bytes at {offset}, got {}",
-                obj.key,
-                range.len(),
-                bytes.len()
-            ))));
-        }
-        Ok(bytes)
+        let _slot = self.in_flight.acquire().await.expect("semaphore is never closed");
+        Ok(self.chain.get_uncached(obj, ByteRange::new(offset, end)).await?)
     }
 
     /// The bytes `[offset, end)` out of consecutive blocks starting at block `first`.
-    fn assemble(&self, obj: &ObjectMeta, offset: u64, end: u64, first: u64, blocks: &[Bytes]) -> Bytes {
+    fn join_blocks(&self, obj: &ObjectMeta, offset: u64, end: u64, first: u64, blocks: &[Bytes]) -> Bytes {
         let slice = |index: u64, block: &Bytes| {
             let start = block_range(index, self.block_size, obj.size).start;
             let from = offset.max(start) - start;
@@ -229,12 +174,8 @@ impl BlockReader {
         out.freeze()
     }
 
-    pub fn block_size(&self) -> u64 {
-        self.block_size
-    }
-
-    /// Reads up to `len` bytes at `offset` of `obj` through whole cached blocks; shorter only
-    /// at end of file.
+    /// Reads up to `len` bytes at `offset` of `obj` through whole blocks of the tier chain;
+    /// shorter only at end of file.
     pub async fn read(&self, obj: &ObjectMeta, offset: u64, len: u32) -> Result<Bytes, ReadError> {
         if offset >= obj.size || len == 0 {
             return Ok(Bytes::new());
@@ -244,38 +185,15 @@ impl BlockReader {
         let last = (end - 1) / self.block_size;
         if first == last {
             // The common case (a read within one block): a slice of it, no allocation.
-            let block = self.block(obj, first).await?;
-            return Ok(self.assemble(obj, offset, end, first, std::slice::from_ref(&block)));
+            let block = self.chain.get(&self.chain.block(obj, first)).await?;
+            return Ok(self.join_blocks(obj, offset, end, first, std::slice::from_ref(&block)));
         }
-        let blocks = futures::future::try_join_all((first..=last).map(|i| self.block(obj, i))).await?;
-        Ok(self.assemble(obj, offset, end, first, &blocks))
-    }
-
-    async fn block(&self, obj: &ObjectMeta, index: u64) -> Result<Bytes, ReadError> {
-        let key = BlockKey { id: obj.id(), index };
-        let range = block_range(index, self.block_size, obj.size);
-        self.blocks
-            .try_get_with(key, async {
-                let _slot = self.fetch_slots.acquire().await.expect("semaphore is never closed");
-                let fetch = async {
-                    let bytes = self.store.get_range(&obj.key, range, &obj.etag).await?;
-                    if bytes.len() as u64 != range.len() {
-                        return Err(ReadError::Store(StoreError::BadResponse(format!(
-                            "block {index} of {}: expected {} bytes, got {}",
-                            obj.key,
-                            range.len(),
-                            bytes.len()
-                        ))));
-                    }
-                    Ok(bytes)
-                };
-                match &self.disk {
-                    Some(disk) => disk.get_or_fetch(obj, index, range, fetch).await,
-                    None => fetch.await,
-                }
-            })
-            .await
-            .map_err(|e| (*e).clone())
+        let blocks = futures::future::try_join_all((first..=last).map(|i| async move {
+            let block = self.chain.block(obj, i);
+            self.chain.get(&block).await
+        }))
+        .await?;
+        Ok(self.join_blocks(obj, offset, end, first, &blocks))
     }
 }
 
@@ -302,7 +220,7 @@ mod tests {
     #[tokio::test]
     async fn reads_are_byte_exact_at_every_boundary() {
         let (s, meta, d) = setup(10_000).await;
-        let r = BlockReader::new(s.clone(), 1024, 1 << 20, None);
+        let r = BlockReader::memory_only(s.clone(), 1024, 1 << 20);
         for (off, len) in [
             (0, 1),
             (0, 1024),
@@ -325,7 +243,7 @@ mod tests {
     async fn concurrent_reads_of_one_block_make_one_get() {
         let (s, meta, _) = setup(4096).await;
         s.set_latency(Duration::from_millis(30));
-        let r = Arc::new(BlockReader::new(s.clone(), 4096, 1 << 20, None));
+        let r = Arc::new(BlockReader::memory_only(s.clone(), 4096, 1 << 20));
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let (r, meta) = (r.clone(), meta.clone());
@@ -341,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn changed_object_fails_instead_of_mixing() {
         let (s, meta, _) = setup(4096).await;
-        let r = BlockReader::new(s.clone(), 1024, 1 << 20, None);
+        let r = BlockReader::memory_only(s.clone(), 1024, 1 << 20);
         r.read(&meta, 0, 10).await.unwrap();
         s.inner().put("obj", vec![0u8; 4096]);
         assert_eq!(r.read(&meta, 2048, 10).await, Err(ReadError::Changed));
@@ -352,7 +270,7 @@ mod tests {
     #[tokio::test]
     async fn failed_fetches_are_not_cached() {
         let (s, meta, d) = setup(100).await;
-        let r = BlockReader::new(s.clone(), 1024, 1 << 20, None);
+        let r = BlockReader::memory_only(s.clone(), 1024, 1 << 20);
         s.fail_next(1, StoreError::Timeout);
         assert!(r.read(&meta, 0, 10).await.is_err());
         assert_eq!(&r.read(&meta, 0, 10).await.unwrap()[..], &d[..10]);

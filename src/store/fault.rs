@@ -1,5 +1,6 @@
 //! A wrapper [`ObjectStore`] that adds latency and injects failures, for unit tests of retry,
-//! single-flight and error paths without a network.
+//! single-flight and error paths without a network. Over a [`WritableStore`] it is one too, and
+//! writes and deletes get the same latency and injected failures as every other request.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ListRequest, ObjectStore, StoreError};
+use super::{ListPage, ListRequest, ObjectStore, PutOutcome, StoreError, WritableStore};
 use crate::object::{ByteRange, ObjectMeta};
 
 pub struct FaultStore<S> {
@@ -73,5 +74,23 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
 
     fn describe(&self) -> String {
         format!("fault({})", self.inner.describe())
+    }
+}
+
+#[async_trait]
+impl<S: WritableStore> WritableStore for FaultStore<S> {
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
+        self.before().await?;
+        self.inner.put_if_absent(key, body).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.before().await?;
+        self.inner.delete(key).await
+    }
+
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        self.before().await?;
+        self.inner.get_object(key, max_len).await
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! It follows S3's listing rules (UTF-8 byte order, delimiter roll-up, common prefixes count as
 //! one entry toward `max_keys`, opaque continuation tokens) so that the namespace code can be
-//! tested without HTTP. Request counts are kept per operation.
+//! tested without HTTP. Request counts are kept per operation. It is also a [`WritableStore`]:
+//! `put_if_absent` checks and inserts under one lock, so concurrent writers of a key have exactly
+//! one winner.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -12,7 +14,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ListPage, ListRequest, ObjectStore, StoreError};
+use super::{ListPage, ListRequest, ObjectStore, PutOutcome, StoreError, WritableStore};
 use crate::object::{ByteRange, ObjectMeta};
 
 #[derive(Default)]
@@ -23,6 +25,9 @@ pub struct MemoryStore {
     pub heads: AtomicU64,
     pub gets: AtomicU64,
     pub get_bytes: AtomicU64,
+    /// `put_if_absent` calls (both outcomes); `put` is the test's own seeding and is not counted.
+    pub puts: AtomicU64,
+    pub deletes: AtomicU64,
 }
 
 impl MemoryStore {
@@ -30,19 +35,24 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Stores `data` under `key` with a fresh ETag; returns the ETag.
+    /// Stores `data` under `key` with a fresh ETag, replacing any object; returns the ETag.
     pub fn put(&self, key: &str, data: impl Into<Bytes>) -> String {
-        let data = data.into();
+        let (data, meta) = self.object(key, data.into());
+        let etag = meta.etag.to_string();
+        self.objects.lock().unwrap().insert(key.to_string(), (data, meta));
+        etag
+    }
+
+    /// An object with a fresh ETag.
+    fn object(&self, key: &str, data: Bytes) -> (Bytes, ObjectMeta) {
         let v = self.version.fetch_add(1, Ordering::Relaxed);
-        let etag = format!("\"v{v}-{}\"", data.len());
         let meta = ObjectMeta {
             key: key.into(),
             size: data.len() as u64,
-            etag: etag.as_str().into(),
+            etag: format!("\"v{v}-{}\"", data.len()).into(),
             last_modified: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000),
         };
-        self.objects.lock().unwrap().insert(key.to_string(), (data, meta));
-        etag
+        (data, meta)
     }
 
     pub fn remove(&self, key: &str) {
@@ -51,7 +61,11 @@ impl MemoryStore {
 
     /// Total requests of every kind.
     pub fn requests(&self) -> u64 {
-        self.lists.load(Ordering::Relaxed) + self.heads.load(Ordering::Relaxed) + self.gets.load(Ordering::Relaxed)
+        self.lists.load(Ordering::Relaxed)
+            + self.heads.load(Ordering::Relaxed)
+            + self.gets.load(Ordering::Relaxed)
+            + self.puts.load(Ordering::Relaxed)
+            + self.deletes.load(Ordering::Relaxed)
     }
 }
 
@@ -112,16 +126,50 @@ impl ObjectStore for MemoryStore {
         if &*meta.etag != etag {
             return Err(StoreError::PreconditionFailed);
         }
-        if range.start >= meta.size || range.is_empty() {
+        // Like `S3Store`: a range that does not lie wholly within the object is an error, never a
+        // shorter answer.
+        if range.is_empty() || range.end > meta.size {
             return Err(StoreError::InvalidRange);
         }
-        let out = data.slice(range.start as usize..range.end.min(meta.size) as usize);
+        let out = data.slice(range.start as usize..range.end as usize);
         self.get_bytes.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
     fn describe(&self) -> String {
         "memory://".into()
+    }
+}
+
+#[async_trait]
+impl WritableStore for MemoryStore {
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        // The check and the insert under one lock: of concurrent writers, exactly one creates.
+        let mut objects = self.objects.lock().unwrap();
+        if objects.contains_key(key) {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        let object = self.object(key, body);
+        objects.insert(key.to_string(), object);
+        Ok(PutOutcome::Created)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.deletes.fetch_add(1, Ordering::Relaxed);
+        self.objects.lock().unwrap().remove(key);
+        Ok(())
+    }
+
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        let objects = self.objects.lock().unwrap();
+        let (data, _) = objects.get(key).ok_or(StoreError::NotFound)?;
+        if data.len() as u64 > max_len {
+            return Err(StoreError::InvalidRange);
+        }
+        self.get_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data.clone())
     }
 }
 
@@ -165,6 +213,32 @@ mod tests {
         let (keys, prefixes, _) = list_all(&s, "c/", 1).await;
         assert_eq!(keys, vec!["c/z"]);
         assert_eq!(prefixes, vec!["c/x/"]);
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_keeps_the_first_body_and_counts_writes() {
+        let s = MemoryStore::new();
+        assert_eq!(
+            s.put_if_absent("k", Bytes::from_static(b"first")).await,
+            Ok(PutOutcome::Created)
+        );
+        assert_eq!(
+            s.put_if_absent("k", Bytes::from_static(b"second")).await,
+            Ok(PutOutcome::AlreadyExists)
+        );
+        let meta = s.head("k").await.unwrap();
+        assert_eq!(
+            s.get_range("k", ByteRange::new(0, 5), &meta.etag).await.unwrap(),
+            "first"
+        );
+        assert_eq!(s.delete("k").await, Ok(()));
+        assert_eq!(s.delete("k").await, Ok(()));
+        assert_eq!(s.head("k").await, Err(StoreError::NotFound));
+        assert_eq!(
+            (s.puts.load(Ordering::Relaxed), s.deletes.load(Ordering::Relaxed)),
+            (2, 2)
+        );
+        assert_eq!(s.requests(), 7);
     }
 
     #[tokio::test]

@@ -5,6 +5,9 @@
 //! ours, not the SDK's, so one policy covers both the request and the streaming of the body
 //! (which the SDK never retries): bounded attempts, exponential backoff with full jitter, a
 //! longer pause after `SlowDown`, and a timeout on every attempt including its body.
+//!
+//! It is also a [`WritableStore`] (conditional PutObject, DeleteObject) for a cache tier's own
+//! bucket; writes go through the same retry policy, timeouts and request metrics.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
@@ -20,8 +23,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bytes::Bytes;
 use tracing::{debug, warn};
 
-use super::{ListPage, ListRequest, ObjectStore, StoreError};
-use crate::metrics::Metrics;
+use super::{ListPage, ListRequest, ObjectStore, PutOutcome, StoreError, WritableStore};
+use crate::metrics::{Metrics, StoreRole};
 use crate::object::{ByteRange, ObjectMeta};
 
 /// Region used when neither `--region` nor the AWS configuration chain names one.
@@ -37,6 +40,8 @@ pub struct S3Settings {
     pub profile: Option<String>,
     pub no_sign_request: bool,
     pub retry: RetryPolicy,
+    /// Which bucket this is, so its requests are counted apart (the source, or the shared tier's).
+    pub role: StoreRole,
 }
 
 /// Bounded retries with backoff; the worst case of one call is about
@@ -72,6 +77,7 @@ pub struct S3Store {
     bucket: String,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
+    role: StoreRole,
 }
 
 impl S3Store {
@@ -106,6 +112,7 @@ impl S3Store {
             bucket: settings.bucket.clone(),
             retry: settings.retry,
             metrics,
+            role: settings.role,
         }
     }
 
@@ -133,7 +140,8 @@ impl S3Store {
                 Ok(_) => Some(ok_status),
                 Err(e) => e.http_status(),
             };
-            self.metrics.s3_request(what, status, started.elapsed().as_secs_f64());
+            self.metrics
+                .store_request(self.role, what, status, started.elapsed().as_secs_f64());
             match result {
                 Err(e) if e.is_transient() && n < self.retry.max_attempts => {
                     let pause = backoff(&self.retry, n, matches!(e, StoreError::Throttled));
@@ -173,6 +181,11 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     parts.join(": ")
+}
+
+/// The object size of a `Content-Range: bytes 0-9/1234` header (`None` for `*` or anything unparsable).
+fn content_range_size(value: &str) -> Option<u64> {
+    value.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 fn to_system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
@@ -288,6 +301,14 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(classify)?;
+            // S3 answers a range that starts inside the object but runs past its end with the part
+            // that exists, and the object's size in Content-Range. That is a wrong range, not a
+            // fault of the network: not retried, and not read.
+            if let Some(size) = out.content_range().and_then(content_range_size)
+                && range.end > size
+            {
+                return Err(StoreError::InvalidRange);
+            }
             // Into one buffer of the expected size: no second copy, no over-allocation.
             let mut body = bytes::BytesMut::with_capacity(range.len() as usize);
             let mut stream = out.body;
@@ -304,7 +325,9 @@ impl ObjectStore for S3Store {
                 body.extend_from_slice(&chunk);
             }
             let body = body.freeze();
-            self.metrics.s3_bytes.inc_by(body.len() as u64);
+            if self.role == StoreRole::Origin {
+                self.metrics.s3_bytes.inc_by(body.len() as u64);
+            }
             if body.len() as u64 != range.len() {
                 return Err(StoreError::BadResponse(format!(
                     "expected {} bytes of {key} at {}, got {}",
@@ -323,9 +346,96 @@ impl ObjectStore for S3Store {
     }
 }
 
+#[async_trait]
+impl WritableStore for S3Store {
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
+        let put = self
+            .retrying("PutObject", 200, key, || async {
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .if_none_match("*")
+                    .content_length(body.len() as i64)
+                    // A clone of `Bytes` shares the buffer: every attempt sends the same bytes.
+                    .body(aws_sdk_s3::primitives::ByteStream::from(body.clone()))
+                    .send()
+                    .await
+                    .map_err(classify)?;
+                Ok(())
+            })
+            .await;
+        // The 412 stays an error inside `retrying`, so it is not retried and is counted as a 412.
+        match put {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(StoreError::PreconditionFailed) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_object(&self, key: &str, max_len: u64) -> Result<Bytes, StoreError> {
+        self.retrying("GetObject", 200, key, || async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
+            let len = out.content_length().and_then(|n| u64::try_from(n).ok());
+            if len.is_some_and(|n| n > max_len) {
+                return Err(StoreError::InvalidRange);
+            }
+            let mut body = bytes::BytesMut::with_capacity(len.unwrap_or(0) as usize);
+            let mut stream = out.body;
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(|e| StoreError::BadResponse(format!("body of {key} cut short: {e}")))?
+            {
+                if (body.len() + chunk.len()) as u64 > max_len {
+                    return Err(StoreError::InvalidRange);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if len.is_some_and(|n| n != body.len() as u64) {
+                return Err(StoreError::BadResponse(format!(
+                    "body of {key} shorter than its length"
+                )));
+            }
+            Ok(body.freeze())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.retrying("DeleteObject", 204, key, || async {
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(classify)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_range_sizes() {
+        assert_eq!(content_range_size("bytes 0-9/1234"), Some(1234));
+        assert_eq!(content_range_size("bytes 90-99/100"), Some(100));
+        assert_eq!(content_range_size("bytes */100"), Some(100));
+        assert_eq!(content_range_size("bytes 0-9/*"), None);
+        assert_eq!(content_range_size("garbage"), None);
+    }
 
     /// The pauses behind the documented bound (docs/SEMANTICS.md, docs/RELIABILITY.md): each
     /// below `min(base × 2ⁿ, max_backoff)`, with a 4× larger base after `SlowDown`.

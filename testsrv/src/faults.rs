@@ -7,8 +7,8 @@ use crate::stats::Op;
 
 /// A set of fault rules plus the seed of the deterministic dice.
 ///
-/// For every request the rules are tried in order; a rule is *eligible* when its `ops`, `key_contains` and
-/// `max_count` allow the request, and every eligible rule rolls the dice (one draw from the seeded PRNG). The
+/// For every request the rules are tried in order; a rule is *eligible* when its `ops`, `bucket`, `key_contains`
+/// and `max_count` allow the request, and every eligible rule rolls the dice (one draw from the seeded PRNG). The
 /// first eligible rule whose roll is below its `probability` applies. With sequential requests the same plan and
 /// seed therefore always faults the same requests.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -45,6 +45,8 @@ pub struct FaultRule {
     pub max_count: Option<u64>,
     /// Only requests whose object key contains this substring (requests without a key never match).
     pub key_contains: Option<String>,
+    /// Only requests to this bucket (e.g. break a cache bucket while the source bucket works).
+    pub bucket: Option<String>,
 }
 
 impl FaultRule {
@@ -56,6 +58,7 @@ impl FaultRule {
             kind,
             max_count: None,
             key_contains: None,
+            bucket: None,
         }
     }
 
@@ -83,9 +86,16 @@ impl FaultRule {
         self
     }
 
-    fn eligible(&self, op: Op, key: Option<&str>, injected: u64) -> bool {
+    /// Restricts the rule to requests to `bucket`.
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = Some(bucket.into());
+        self
+    }
+
+    fn eligible(&self, op: Op, bucket: &str, key: Option<&str>, injected: u64) -> bool {
         (self.ops.is_empty() || self.ops.contains(&op))
             && self.max_count.is_none_or(|m| injected < m)
+            && self.bucket.as_deref().is_none_or(|b| b == bucket)
             && match &self.key_contains {
                 None => true,
                 Some(s) => key.is_some_and(|k| k.contains(s.as_str())),
@@ -100,6 +110,9 @@ pub enum FaultKind {
     Status500,
     /// Answer 503 SlowDown (XML body; empty for HEAD) instead of processing the request.
     SlowDown,
+    /// Answer 409 ConditionalRequestConflict (XML body; empty for HEAD) instead of processing the request, as
+    /// S3 answers a conditional write that raced another write or a delete of the same key. A retry resolves it.
+    ConditionalConflict,
     /// Send the head with the full Content-Length, half of the body, then reset the TCP connection (RST).
     /// For a response without body bytes (HEAD, empty object) the connection is reset before any response.
     ResetMidBody,
@@ -150,9 +163,9 @@ impl FaultState {
     }
 
     /// Decides the fault (if any) for one request.
-    pub(crate) fn roll(&mut self, op: Op, key: Option<&str>) -> Option<FaultKind> {
+    pub(crate) fn roll(&mut self, op: Op, bucket: &str, key: Option<&str>) -> Option<FaultKind> {
         for (rule, injected) in &mut self.rules {
-            if !rule.eligible(op, key, *injected) {
+            if !rule.eligible(op, bucket, key, *injected) {
                 continue;
             }
             if self.rng.next_f64() < rule.probability {
@@ -174,7 +187,7 @@ mod tests {
         let run = || {
             let mut st = FaultState::new(plan.clone());
             (0..100)
-                .map(|_| st.roll(Op::Get, Some("k")).is_some())
+                .map(|_| st.roll(Op::Get, "b", Some("k")).is_some())
                 .collect::<Vec<_>>()
         };
         let a = run();
@@ -186,9 +199,23 @@ mod tests {
     fn filters() {
         let plan = FaultPlan::new(1).rule(FaultRule::new(FaultKind::SlowDown).ops([Op::Head]).key_contains("x"));
         let mut st = FaultState::new(plan);
-        assert_eq!(st.roll(Op::Get, Some("x")), None);
-        assert_eq!(st.roll(Op::Head, Some("y")), None);
-        assert_eq!(st.roll(Op::Head, None), None);
-        assert_eq!(st.roll(Op::Head, Some("axb")), Some(FaultKind::SlowDown));
+        assert_eq!(st.roll(Op::Get, "b", Some("x")), None);
+        assert_eq!(st.roll(Op::Head, "b", Some("y")), None);
+        assert_eq!(st.roll(Op::Head, "b", None), None);
+        assert_eq!(st.roll(Op::Head, "b", Some("axb")), Some(FaultKind::SlowDown));
+
+        let plan = FaultPlan::new(1).rule(FaultRule::new(FaultKind::ConditionalConflict).bucket("cache"));
+        let mut st = FaultState::new(plan);
+        assert_eq!(st.roll(Op::Put, "source", Some("k")), None);
+        assert_eq!(st.roll(Op::Put, "cache2", Some("k")), None);
+        assert_eq!(st.roll(Op::Put, "cach", Some("k")), None);
+        assert_eq!(
+            st.roll(Op::Put, "cache", Some("k")),
+            Some(FaultKind::ConditionalConflict)
+        );
+        assert_eq!(
+            st.roll(Op::HeadBucket, "cache", None),
+            Some(FaultKind::ConditionalConflict)
+        );
     }
 }

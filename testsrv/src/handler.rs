@@ -1,6 +1,7 @@
 //! HTTP request handling: path-style routing of S3 requests, accounting, latency and fault injection, and the
 //! S3 operations themselves (ListObjects V1/V2, Head/Get/Put/DeleteObject, HeadBucket, GetBucketLocation,
-//! Create/DeleteBucket, ListBuckets) with S3's headers, conditionals, ranges and error documents.
+//! Create/DeleteBucket, ListBuckets) with S3's headers, conditionals (conditional writes included), ranges and
+//! error documents.
 
 use std::io;
 use std::sync::Arc;
@@ -187,6 +188,7 @@ impl Route {
             Route::HeadObject => Op::Head,
             Route::GetObject => Op::Get,
             Route::PutObject => Op::Put,
+            Route::DeleteObject => Op::Delete,
             _ => Op::Other,
         }
     }
@@ -265,6 +267,7 @@ pub(crate) async fn handle(
         query: query_str,
         range: header_str(&header::RANGE),
         if_match: header_str(&header::IF_MATCH),
+        if_none_match: header_str(&header::IF_NONE_MATCH),
         status: 0,
         fault: None,
     });
@@ -276,7 +279,7 @@ pub(crate) async fn handle(
     if !settings.latency.is_zero() {
         tokio::time::sleep(settings.latency).await;
     }
-    let fault = shared.roll_fault(op, target.key.as_deref());
+    let fault = shared.roll_fault(op, &target.bucket, target.key.as_deref());
     if let Some(f) = &fault {
         shared.stats().set_fault(record, f.clone());
     }
@@ -290,6 +293,11 @@ pub(crate) async fn handle(
             StatusCode::SERVICE_UNAVAILABLE,
             "SlowDown",
             "Please reduce your request rate.",
+        ),
+        Some(FaultKind::ConditionalConflict) => ctx.error(
+            StatusCode::CONFLICT,
+            "ConditionalRequestConflict",
+            "A conflicting operation occurred. If using PutObject you can retry the request.",
         ),
         other => {
             if let Some(FaultKind::Stall(d)) = other {
@@ -604,14 +612,17 @@ fn put_object(shared: &Shared, bucket: &str, key: &str, headers: &HeaderMap, bod
             "You did not provide the number of bytes specified by the Content-Length HTTP header",
         );
     }
-    if shared.store().bucket(bucket).is_none() {
+    let digest = md5_digest(&data);
+    // The conditions are checked and the object stored under one write lock: of concurrent conditional writes of
+    // a key, exactly one succeeds.
+    let mut store = shared.store_mut();
+    if store.bucket(bucket).is_none() {
         return ctx.error(
             StatusCode::NOT_FOUND,
             "NoSuchBucket",
             "The specified bucket does not exist",
         );
     }
-    let digest = md5_digest(&data);
     if let Some(md5) = h("content-md5")
         && md5.trim() != base64(&digest)
     {
@@ -621,10 +632,51 @@ fn put_object(shared: &Shared, bucket: &str, key: &str, headers: &HeaderMap, bod
             "The Content-MD5 you specified did not match what we received.",
         );
     }
-    let etag = shared
-        .store_mut()
-        .put(bucket, key, Object::with_md5(data, digest, SystemTime::now()));
+    if let Some(refused) = put_preconditions(store.get(bucket, key), h("if-none-match"), h("if-match"), ctx) {
+        return refused;
+    }
+    let etag = store.put(bucket, key, Object::with_md5(data, digest, SystemTime::now()));
     Reply::new(StatusCode::OK).header(header::ETAG, etag)
+}
+
+/// S3's conditional writes: `If-None-Match: *` succeeds only when no object has the key (else 412), and
+/// `If-Match: <etag>` only when the object has that ETag (412 when it differs, 404 NoSuchKey when there is no
+/// object). `If-None-Match` with anything but `*` is not supported by S3 either. `None` lets the write proceed.
+fn put_preconditions(
+    current: Option<&Object>,
+    if_none_match: Option<&str>,
+    if_match: Option<&str>,
+    ctx: &Ctx,
+) -> Option<Reply> {
+    let precondition_failed = || {
+        ctx.error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+        )
+    };
+    if let Some(inm) = if_none_match {
+        if inm.trim() != "*" {
+            return Some(ctx.error(
+                StatusCode::NOT_IMPLEMENTED,
+                "NotImplemented",
+                "A header you provided implies functionality that is not implemented",
+            ));
+        }
+        if current.is_some() {
+            return Some(precondition_failed());
+        }
+    }
+    if let Some(im) = if_match {
+        match current {
+            None => {
+                return Some(ctx.error(StatusCode::NOT_FOUND, "NoSuchKey", "The specified key does not exist."));
+            }
+            Some(obj) if !etag_matches(im, &obj.etag) => return Some(precondition_failed()),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! speaking path-style S3 (`/{bucket}` and `/{bucket}/{key}`) over HTTP/1.1 keep-alive on loopback, good enough
 //! for the official `aws-sdk-s3` client (with `force_path_style(true)`). Authorization headers are accepted and
 //! ignored. Besides the object store it offers request counting and logging, first-byte latency, bandwidth
-//! throttling and deterministic fault injection ([`FaultPlan`]).
+//! throttling and deterministic fault injection ([`FaultPlan`]), server-wide or for one bucket.
 //!
 //! The API is synchronous and can be used from plain `#[test]` functions as well as from async code.
 //!
@@ -168,14 +168,28 @@ impl TestServer {
             .update_settings(|s| s.bandwidth = bytes_per_sec.filter(|b| *b > 0));
     }
 
-    /// Installs a fault plan (replacing any previous one; rule counters and the PRNG start afresh).
+    /// Installs the server-wide fault plan, for requests to every bucket (replacing any previous server-wide
+    /// plan; rule counters and the PRNG start afresh). Bucket plans ([`TestServer::set_bucket_faults`]) stay.
     pub fn set_faults(&self, plan: FaultPlan) {
         self.shared.set_faults(Some(FaultState::new(plan)));
     }
 
-    /// Removes the fault plan.
+    /// Installs a fault plan for requests to `bucket` only (replacing any previous plan of that bucket), e.g. to
+    /// break a cache bucket while the source bucket keeps working. It has its own rule counters and PRNG, rolled
+    /// only by requests to `bucket`, so which of them it faults does not depend on requests to other buckets. A
+    /// request to `bucket` rolls this plan first; only when it injects nothing does the server-wide plan roll.
+    pub fn set_bucket_faults(&self, bucket: &str, plan: FaultPlan) {
+        self.shared.set_bucket_faults(bucket, Some(FaultState::new(plan)));
+    }
+
+    /// Removes the fault plan of `bucket` (the server-wide plan and other buckets' plans stay).
+    pub fn clear_bucket_faults(&self, bucket: &str) {
+        self.shared.set_bucket_faults(bucket, None);
+    }
+
+    /// Removes every fault plan: the server-wide one and each bucket's.
     pub fn clear_faults(&self) {
-        self.shared.set_faults(None);
+        self.shared.clear_all_faults();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The state shared between the [`crate::TestServer`] handle and the request handlers: object store, stats and
-//! request log, latency/bandwidth settings and the active fault plan.
+//! request log, latency/bandwidth settings and the active fault plans (server-wide and per bucket).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub(crate) struct Shared {
     stats: Mutex<Stats>,
     settings: Mutex<Settings>,
     faults: Mutex<Option<FaultState>>,
+    /// Plans that apply only to requests to one bucket, each with its own counters and dice.
+    bucket_faults: Mutex<HashMap<String, FaultState>>,
     next_seq: AtomicU64,
 }
 
@@ -54,8 +57,25 @@ impl Shared {
         *lock(&self.faults) = faults;
     }
 
-    pub(crate) fn roll_fault(&self, op: Op, key: Option<&str>) -> Option<FaultKind> {
-        lock(&self.faults).as_mut()?.roll(op, key)
+    pub(crate) fn set_bucket_faults(&self, bucket: &str, faults: Option<FaultState>) {
+        let mut plans = lock(&self.bucket_faults);
+        match faults {
+            Some(f) => plans.insert(bucket.to_owned(), f),
+            None => plans.remove(bucket),
+        };
+    }
+
+    pub(crate) fn clear_all_faults(&self) {
+        *lock(&self.faults) = None;
+        lock(&self.bucket_faults).clear();
+    }
+
+    /// The bucket's own plan decides first; when it injects nothing, the server-wide plan rolls.
+    pub(crate) fn roll_fault(&self, op: Op, bucket: &str, key: Option<&str>) -> Option<FaultKind> {
+        let own = lock(&self.bucket_faults)
+            .get_mut(bucket)
+            .and_then(|f| f.roll(op, bucket, key));
+        own.or_else(|| lock(&self.faults).as_mut()?.roll(op, bucket, key))
     }
 
     pub(crate) fn next_seq(&self) -> u64 {

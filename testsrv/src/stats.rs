@@ -16,7 +16,9 @@ pub enum Op {
     HeadBucket,
     /// `PUT /{bucket}/{key}` (PutObject).
     Put,
-    /// Everything else: DeleteObject, GetBucketLocation, CreateBucket, ListBuckets, unsupported requests.
+    /// `DELETE /{bucket}/{key}` (DeleteObject).
+    Delete,
+    /// Everything else: GetBucketLocation, CreateBucket, DeleteBucket, ListBuckets, unsupported requests.
     Other,
 }
 
@@ -28,6 +30,7 @@ pub struct Counts {
     pub get: u64,
     pub head_bucket: u64,
     pub put: u64,
+    pub delete: u64,
     pub other: u64,
     /// Object body bytes handed to the connection for successful (200/206) GetObject responses.
     pub get_bytes: u64,
@@ -38,9 +41,9 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Number of requests of all kinds (`list + head + get + head_bucket + put + other`).
+    /// Number of requests of all kinds (`list + head + get + head_bucket + put + delete + other`).
     pub fn total(&self) -> u64 {
-        self.list + self.head + self.get + self.head_bucket + self.put + self.other
+        self.list + self.head + self.get + self.head_bucket + self.put + self.delete + self.other
     }
 
     fn bump(&mut self, op: Op) {
@@ -50,6 +53,7 @@ impl Counts {
             Op::Get => self.get += 1,
             Op::HeadBucket => self.head_bucket += 1,
             Op::Put => self.put += 1,
+            Op::Delete => self.delete += 1,
             Op::Other => self.other += 1,
         }
     }
@@ -75,6 +79,8 @@ pub struct RequestRecord {
     pub range: Option<String>,
     /// `If-Match` request header.
     pub if_match: Option<String>,
+    /// `If-None-Match` request header.
+    pub if_none_match: Option<String>,
     /// Response status; 0 while the response head has not been produced or when the connection was aborted.
     pub status: u16,
     /// The fault injected into this request, if any.

@@ -381,3 +381,44 @@ fn binary_serves_a_seeded_dir() {
     let out = Command::new(bin).args(["--seed-dir", "/tmp"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Conditional PUT at the wire: 412 with S3's error document when `If-None-Match: *` finds the key, 501 for an
+/// `If-None-Match` other than `*` (S3 supports only `*` on writes), and the header in the request log.
+#[test]
+fn conditional_put_answers() {
+    let server = TestServer::start();
+    server.create_bucket("b");
+    let r = raw(server.addr(), "PUT", "/b/k%20x", &[("If-None-Match", "*")], b"first");
+    assert_eq!(r.status, 200);
+    let r = raw(server.addr(), "PUT", "/b/k%20x", &[("If-None-Match", "*")], b"second");
+    assert_eq!(r.status, 412);
+    assert_eq!(r.header("content-type"), Some("application/xml"));
+    let id = r.header("x-amz-request-id").unwrap().to_owned();
+    assert_eq!(
+        r.text(),
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>PreconditionFailed</Code>\
+             <Message>At least one of the pre-conditions you specified did not hold</Message>\
+             <Resource>/b/k x</Resource><RequestId>{id}</RequestId></Error>"
+        )
+    );
+    let r = raw(server.addr(), "PUT", "/b/other", &[("If-None-Match", "\"abc\"")], b"x");
+    assert_eq!(r.status, 501);
+    assert_eq!(tags(&r.text(), "Code"), ["NotImplemented"]);
+    assert_eq!(server.get_object("b", "k x").as_deref(), Some(&b"first"[..]));
+    assert_eq!(server.get_object("b", "other"), None);
+    let log: Vec<(Option<String>, u16)> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.if_none_match, r.status))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (Some("*".into()), 200),
+            (Some("*".into()), 412),
+            (Some("\"abc\"".into()), 501)
+        ]
+    );
+    assert_eq!(server.counts().put, 3);
+}

@@ -248,3 +248,161 @@ async fn seeded_plans_are_deterministic() {
         a.iter().chain(&b).chain(&other).filter(|s| s.is_some()).count()
     );
 }
+
+/// A plan set for one bucket faults only requests to that bucket: the cache bucket answers 500 to everything
+/// while the source bucket on the same server works. The bucket's plan has its own dice and counters (the
+/// server-wide plan faults the same requests with or without it), is rolled first, and is removed by
+/// `clear_bucket_faults` (only it) or `clear_faults` (every plan).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_fault_plans() {
+    let server = setup();
+    server.put("cache", "blk", pattern(10));
+    let c = client_no_retry(&server).await;
+    server.set_bucket_faults("cache", FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500)));
+    for _ in 0..3 {
+        let e = c.get_object().bucket("cache").key("blk").send().await.unwrap_err();
+        assert_eq!(status_and_code(&e), (Some(500), Some("InternalError".into())));
+        let e = c
+            .put_object()
+            .bucket("cache")
+            .key("new")
+            .if_none_match("*")
+            .body(pattern(5).into())
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(status_and_code(&e).0, Some(500));
+        let e = c.delete_object().bucket("cache").key("blk").send().await.unwrap_err();
+        assert_eq!(status_and_code(&e).0, Some(500));
+        c.get_object().bucket(B).key("obj").send().await.unwrap();
+        c.put_object()
+            .bucket(B)
+            .key("new")
+            .body(pattern(5).into())
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(server.get_object("cache", "blk").as_deref(), Some(&pattern(10)[..]));
+    assert_eq!(server.get_object("cache", "new"), None);
+    let counts = server.counts();
+    assert_eq!(
+        (counts.faults, counts.errors, counts.put, counts.delete),
+        (9, 9, 6, 3),
+        "{counts:?}"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .all(|r| r.fault.is_some() == (r.bucket == "cache"))
+    );
+
+    // With a server-wide plan too: the bucket's plan decides first, the server-wide plan faults the others.
+    server.set_faults(FaultPlan::new(1).rule(FaultRule::new(FaultKind::SlowDown).ops([Op::Get])));
+    let e = c.get_object().bucket("cache").key("blk").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e).0, Some(500));
+    let e = c.get_object().bucket(B).key("obj").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e).0, Some(503));
+    // Removing the bucket's plan leaves the server-wide one.
+    server.clear_bucket_faults("cache");
+    let e = c.get_object().bucket("cache").key("blk").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e).0, Some(503));
+    c.head_object().bucket("cache").key("blk").send().await.unwrap();
+    // clear_faults removes every plan.
+    server.set_bucket_faults("cache", FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500)));
+    server.clear_faults();
+    c.get_object().bucket("cache").key("blk").send().await.unwrap();
+    c.get_object().bucket(B).key("obj").send().await.unwrap();
+
+    // A bucket's plan has dice of its own: it faults the same cache requests whether or not requests to the
+    // source bucket (faulted by a server-wide plan of the same seed, scoped to the source) come in between.
+    let plan = |bucket: Option<&str>| {
+        let rule = FaultRule::new(FaultKind::Status500).probability(0.5);
+        FaultPlan::new(5).rule(match bucket {
+            Some(b) => rule.bucket(b),
+            None => rule,
+        })
+    };
+    let mut runs = Vec::new();
+    for interleaved in [false, true] {
+        server.set_bucket_faults("cache", plan(None));
+        server.set_faults(plan(Some(B)));
+        let (mut cache, mut source) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            cache.push(c.head_object().bucket("cache").key("blk").send().await.is_ok());
+            if interleaved {
+                source.push(c.head_object().bucket(B).key("obj").send().await.is_ok());
+            }
+        }
+        runs.push((cache, source));
+        server.clear_faults();
+    }
+    let (cache, source) = (&runs[1].0, &runs[1].1);
+    assert_eq!(&runs[0].0, cache);
+    // Same seed, own dice: the source requests see the very pattern the cache requests do.
+    assert_eq!(source, cache);
+    assert!(cache.iter().any(|ok| *ok) && cache.iter().any(|ok| !*ok), "{cache:?}");
+}
+
+/// `FaultRule::bucket` scopes one rule of a plan to one bucket; requests to other buckets are not eligible and
+/// do not count toward its `max_count`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_bucket_filter() {
+    let server = setup();
+    server.put("cache", "blk", pattern(10));
+    let c = client_no_retry(&server).await;
+    server.set_faults(FaultPlan::new(1).rule(FaultRule::new(FaultKind::SlowDown).bucket("cache").max_count(2)));
+    for _ in 0..3 {
+        c.get_object().bucket(B).key("obj").send().await.unwrap();
+    }
+    for _ in 0..2 {
+        let e = c.head_object().bucket("cache").key("blk").send().await.unwrap_err();
+        assert_eq!(status_and_code(&e).0, Some(503));
+    }
+    c.head_object().bucket("cache").key("blk").send().await.unwrap();
+    assert_eq!(server.counts().faults, 2);
+}
+
+/// The 409 ConditionalRequestConflict fault answers as S3 does to a conditional write racing another write, and
+/// writes nothing; with `max_count` the next attempt goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_conflict_fault() {
+    let server = setup();
+    let c = client_no_retry(&server).await;
+    server.set_faults(
+        FaultPlan::new(1).rule(
+            FaultRule::new(FaultKind::ConditionalConflict)
+                .ops([Op::Put])
+                .max_count(1),
+        ),
+    );
+    let put = || {
+        c.put_object()
+            .bucket(B)
+            .key("new")
+            .if_none_match("*")
+            .body(pattern(7).into())
+            .send()
+    };
+    let e = put().await.unwrap_err();
+    assert_eq!(
+        status_and_code(&e),
+        (Some(409), Some("ConditionalRequestConflict".into()))
+    );
+    assert_eq!(server.get_object(B, "new"), None);
+    put().await.unwrap();
+    assert_eq!(server.get_object(B, "new").as_deref(), Some(&pattern(7)[..]));
+    let faulted: Vec<_> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.op, r.fault, r.status))
+        .collect();
+    assert_eq!(
+        faulted,
+        [
+            (Op::Put, Some(FaultKind::ConditionalConflict), 409),
+            (Op::Put, None, 200)
+        ]
+    );
+}

@@ -464,6 +464,146 @@ async fn put_delete_round_trip() {
     assert!(c.head_bucket().bucket("fresh").send().await.is_err());
 }
 
+/// PutObject with `If-None-Match: *` creates a key once: a second conditional write is 412 PreconditionFailed and
+/// leaves the first body, while an unconditional write still overwrites. `If-Match` writes only over the ETag it
+/// names: 412 for another ETag, 404 NoSuchKey when there is no object. Every attempt counts as one PUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_puts() {
+    let server = TestServer::start();
+    server.create_bucket(B);
+    let c = client(&server).await;
+    let put =
+        |key: &'static str, body: &'static [u8]| c.put_object().bucket(B).key(key).body(ByteStream::from_static(body));
+    let first = put("k", b"first").if_none_match("*").send().await.unwrap();
+    let e = put("k", b"second").if_none_match("*").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e), (Some(412), Some("PreconditionFailed".into())));
+    assert_eq!(server.get_object(B, "k").as_deref(), Some(&b"first"[..]));
+    let got = c.head_object().bucket(B).key("k").send().await.unwrap();
+    assert_eq!(got.e_tag(), first.e_tag());
+    // An empty body takes a key too.
+    put("empty", b"").if_none_match("*").send().await.unwrap();
+    let e = put("empty", b"").if_none_match("*").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e).0, Some(412));
+
+    // If-Match: only over the named ETag.
+    let e = put("k", b"third").if_match("\"0123\"").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e), (Some(412), Some("PreconditionFailed".into())));
+    assert_eq!(server.get_object(B, "k").as_deref(), Some(&b"first"[..]));
+    let third = put("k", b"third")
+        .if_match(first.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(server.get_object(B, "k").as_deref(), Some(&b"third"[..]));
+    assert_ne!(third.e_tag(), first.e_tag());
+    let e = put("absent", b"x")
+        .if_match(first.e_tag().unwrap())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status_and_code(&e), (Some(404), Some("NoSuchKey".into())));
+    assert_eq!(server.get_object(B, "absent"), None);
+
+    // Without a condition, a write overwrites; after a delete, the conditional write creates again.
+    put("k", b"fourth").send().await.unwrap();
+    assert_eq!(server.get_object(B, "k").as_deref(), Some(&b"fourth"[..]));
+    c.delete_object().bucket(B).key("k").send().await.unwrap();
+    put("k", b"fifth").if_none_match("*").send().await.unwrap();
+    assert_eq!(server.get_object(B, "k").as_deref(), Some(&b"fifth"[..]));
+
+    let counts = server.counts();
+    assert_eq!(
+        (counts.put, counts.delete, counts.head, counts.errors),
+        (9, 1, 1, 4),
+        "{counts:?}"
+    );
+    let statuses: Vec<(String, Option<String>, Option<String>, u16)> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.op == Op::Put)
+        .map(|r| (r.key.unwrap(), r.if_none_match, r.if_match, r.status))
+        .collect();
+    let star = || Some("*".to_string());
+    assert_eq!(statuses[0], ("k".into(), star(), None, 200));
+    assert_eq!(statuses[1], ("k".into(), star(), None, 412));
+    assert_eq!(statuses[4], ("k".into(), None, Some("\"0123\"".into()), 412));
+    assert_eq!(statuses[8], ("k".into(), star(), None, 200));
+}
+
+/// Sixteen conditional writes of one key at once, each with its own body: exactly one is answered 200, the
+/// others 412, and the key holds the body of the one that succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_conditional_puts_have_one_winner() {
+    let server = TestServer::start();
+    server.create_bucket(B);
+    let c = client(&server).await;
+    for round in 0..3 {
+        let key = format!("race-{round}");
+        let tasks: Vec<_> = (0..16u8)
+            .map(|i| {
+                let (c, key) = (c.clone(), key.clone());
+                tokio::spawn(async move {
+                    let body = vec![i; 1000 + i as usize];
+                    let r = c
+                        .put_object()
+                        .bucket(B)
+                        .key(&key)
+                        .if_none_match("*")
+                        .body(ByteStream::from(body.clone()))
+                        .send()
+                        .await;
+                    (body, r.map_err(|e| status_and_code(&e)))
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                (body, Ok(_)) => winners.push(body),
+                (_, Err(e)) => assert_eq!(e, (Some(412), Some("PreconditionFailed".into()))),
+            }
+        }
+        assert_eq!(winners.len(), 1, "{key}");
+        assert_eq!(server.get_object(B, &key).as_deref(), Some(&winners[0][..]), "{key}");
+    }
+    let counts = server.counts();
+    assert_eq!((counts.put, counts.errors), (48, 45), "{counts:?}");
+}
+
+/// DeleteObject is counted as `Op::Delete`: 204 for a present key and a missing one alike, 404 NoSuchBucket for a
+/// missing bucket; the object is gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_object_is_counted() {
+    let server = TestServer::start();
+    server.put(B, "d/k", &b"x"[..]);
+    server.put(B, "d/k2", &b"y"[..]);
+    let c = client(&server).await;
+    server.reset_counts();
+    c.delete_object().bucket(B).key("d/k").send().await.unwrap();
+    c.delete_object().bucket(B).key("d/k").send().await.unwrap();
+    c.delete_object().bucket(B).key("d/").send().await.unwrap();
+    let e = c.delete_object().bucket("nope").key("d/k").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e), (Some(404), Some("NoSuchBucket".into())));
+    assert_eq!(server.get_object(B, "d/k"), None);
+    assert_eq!(server.get_object(B, "d/k2").as_deref(), Some(&b"y"[..]));
+    let counts = server.counts();
+    assert_eq!(
+        counts,
+        Counts {
+            delete: 4,
+            errors: 1,
+            ..Counts::default()
+        }
+    );
+    let log: Vec<(Op, String, u16)> = server
+        .requests()
+        .into_iter()
+        .map(|r| (r.op, r.method, r.status))
+        .collect();
+    let del = |status| (Op::Delete, "DELETE".to_string(), status);
+    assert_eq!(log, [del(204), del(204), del(204), del(404)]);
+}
+
 /// Also runs on the default current-thread test runtime: the server has its own runtime and thread.
 #[tokio::test]
 async fn counts_are_exact() {
@@ -510,7 +650,8 @@ async fn counts_are_exact() {
             get: 4,
             head_bucket: 1,
             put: 1,
-            other: 2,
+            delete: 1,
+            other: 1,
             get_bytes: 900,
             errors: 1,
             faults: 0,
@@ -530,7 +671,7 @@ async fn counts_are_exact() {
             Op::Get,
             Op::HeadBucket,
             Op::Put,
-            Op::Other,
+            Op::Delete,
             Op::Other
         ]
     );

@@ -1,5 +1,5 @@
-//! The on-disk format of one cached block: a self-describing, checksummed header followed by
-//! the block's bytes. A block is only trusted if every field matches what the reader asked for
+//! The format of one cached block, on the node's disk and as an object in the shared tier: a
+//! self-describing, checksummed header followed by the block's bytes. A block is only trusted if every field matches what the reader asked for
 //! and both checksums match, so a truncated, corrupted, foreign or misplaced file can never be
 //! served as data.
 //!
@@ -21,20 +21,28 @@
 //! | H      | len  | data                                               |
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::object::{BlockId, SourceId};
 
 pub const MAGIC: &[u8; 8] = b"S3CFSBLK";
 
 /// Bump on any change to the layout above (and add a golden test for the new version).
 pub const FORMAT_VERSION: u32 = 1;
 
-/// What a block file must say about itself to be trusted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockId<'a> {
-    pub store: &'a str,
-    pub key: &'a str,
-    pub etag: &'a str,
-    pub index: u64,
-    pub block_size: u64,
+/// The identity of an object version's blocks, as file and object names: 32 hex digits, and the
+/// same as a number (for lock stripes and shards). Covers the source, key, ETag and block size,
+/// each length-prefixed, so no two different tuples share a name by concatenation.
+pub fn object_hash(source: &SourceId, key: &str, etag: &str, block_size: u64) -> (String, u64) {
+    let mut h = Sha256::new();
+    for part in [source.as_str().as_bytes(), key.as_bytes(), etag.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(block_size.to_le_bytes());
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    (hex, u64::from_le_bytes(digest[..8].try_into().unwrap()))
 }
 
 /// Why a block file was rejected.
@@ -57,7 +65,7 @@ pub enum FormatError {
 }
 
 fn header_len(id: &BlockId) -> usize {
-    44 + 2 + id.store.len() + 2 + id.key.len() + 2 + id.etag.len() + 4
+    44 + 2 + id.source.as_str().len() + 2 + id.key.len() + 2 + id.etag.len() + 4
 }
 
 /// The header for `data` stored as block `id`.
@@ -71,7 +79,7 @@ pub fn encode_header(id: &BlockId, data: &[u8]) -> Result<Vec<u8>, FormatError> 
     h.extend_from_slice(&id.block_size.to_le_bytes());
     h.extend_from_slice(&(data.len() as u64).to_le_bytes());
     h.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    for s in [id.store, id.key, id.etag] {
+    for s in [id.source.as_str(), &id.key, &id.etag] {
         let n = u16::try_from(s.len()).map_err(|_| FormatError::TooLong)?;
         h.extend_from_slice(&n.to_le_bytes());
         h.extend_from_slice(s.as_bytes());
@@ -141,7 +149,7 @@ pub fn decode(file: Bytes, want: &BlockId, want_len: u64) -> Result<Bytes, Forma
         return Err(FormatError::Truncated);
     }
     let checks: [(bool, &'static str); 6] = [
-        (store == want.store.as_bytes(), "store"),
+        (store == want.source.as_str().as_bytes(), "store"),
         (key == want.key.as_bytes(), "key"),
         (etag == want.etag.as_bytes(), "etag"),
         (index == want.index, "index"),
@@ -164,13 +172,14 @@ pub fn decode(file: Bytes, want: &BlockId, want_len: u64) -> Result<Bytes, Forma
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::object::SourceId;
     use proptest::prelude::*;
 
-    fn id() -> BlockId<'static> {
+    fn id() -> BlockId {
         BlockId {
-            store: "s3|bucket",
-            key: "jars/a.jar",
-            etag: "\"abc\"",
+            source: SourceId::new(Some("s3"), "bucket"),
+            key: "jars/a.jar".into(),
+            etag: "\"abc\"".into(),
             index: 3,
             block_size: 1 << 20,
         }
@@ -214,14 +223,17 @@ mod tests {
         let f = file(&id(), &data);
         assert_eq!(&decode(f.clone(), &id(), 1000).unwrap()[..], &data[..]);
         assert_eq!(file_len(&id(), 1000), f.len() as u64);
-        let other = |m: fn(&mut BlockId<'static>)| {
+        let other = |m: fn(&mut BlockId)| {
             let mut w = id();
             m(&mut w);
             decode(f.clone(), &w, 1000).unwrap_err()
         };
-        assert_eq!(other(|w| w.key = "jars/b.jar"), FormatError::Mismatch("key"));
-        assert_eq!(other(|w| w.etag = "\"new\""), FormatError::Mismatch("etag"));
-        assert_eq!(other(|w| w.store = "s3|other"), FormatError::Mismatch("store"));
+        assert_eq!(other(|w| w.key = "jars/b.jar".into()), FormatError::Mismatch("key"));
+        assert_eq!(other(|w| w.etag = "\"new\"".into()), FormatError::Mismatch("etag"));
+        assert_eq!(
+            other(|w| w.source = SourceId::new(Some("s3"), "other")),
+            FormatError::Mismatch("store")
+        );
         assert_eq!(other(|w| w.index = 4), FormatError::Mismatch("index"));
         assert_eq!(other(|w| w.block_size = 8 << 20), FormatError::Mismatch("block size"));
         assert_eq!(

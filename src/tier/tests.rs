@@ -1,0 +1,311 @@
+//! The tier conformance suite: the same cases run against every tier (`tier_suite!` at the
+//! bottom instantiates them per tier). A new tier adds one line there.
+//!
+//! Each case builds a chain `[tier under test] -> origin`, where the origin is an in-memory
+//! store that counts GETs and can fail or delay them, and checks what a tier promises: exact
+//! bytes, one trip below per block however many readers ask at once, nothing kept from a failed
+//! fetch, identities that never match another version, source or block size, and `peek` that
+//! never reaches the origin.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use super::disk::DiskTier;
+use super::memory::MemoryTier;
+use super::shared::{SharedTier, SharedTierSettings};
+use super::*;
+use crate::cache::{DiskCache, DiskCacheSettings};
+use crate::metrics::Metrics;
+use crate::store::fault::FaultStore;
+use crate::store::memory::MemoryStore;
+
+const BS: u64 = 4096;
+
+type Origin = Arc<FaultStore<MemoryStore>>;
+
+/// A fresh tier of one kind, with whatever must live as long as it (a temp directory), and
+/// what to wait for before its writes can be seen (the shared tier writes in the background).
+struct Made {
+    tier: Arc<dyn Tier>,
+    _keep: Box<dyn std::any::Any>,
+    shared: Option<Arc<SharedTier>>,
+}
+
+impl Made {
+    fn new(tier: Arc<dyn Tier>, keep: impl std::any::Any) -> Made {
+        Made {
+            tier,
+            _keep: Box::new(keep),
+            shared: None,
+        }
+    }
+
+    /// Waits until what the tier was given to keep is kept.
+    async fn settle(&self) {
+        if let Some(s) = &self.shared {
+            s.flush().await;
+        }
+    }
+}
+
+fn memory_tier() -> Made {
+    Made::new(Arc::new(MemoryTier::new(1 << 20, BS)), ())
+}
+
+/// The shared tier over an in-memory bucket (its own store, apart from the origin).
+fn shared_tier() -> Made {
+    let bucket = Arc::new(MemoryStore::new());
+    let tier = Arc::new(SharedTier::new(
+        bucket.clone(),
+        SharedTierSettings::new("cache/".into()),
+        crate::metrics::SharedTierMetrics::default(),
+    ));
+    Made {
+        tier: tier.clone(),
+        _keep: Box::new(bucket),
+        shared: Some(tier),
+    }
+}
+
+fn disk_tier() -> Made {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(
+        DiskCacheSettings {
+            dir: dir.path().to_path_buf(),
+            max_size: None,
+            min_free_percent: 0.0,
+            block_size: BS,
+            source: source(),
+        },
+        &Metrics::new(),
+    )
+    .unwrap();
+    Made::new(Arc::new(DiskTier::new(cache)), dir)
+}
+
+fn source() -> SourceId {
+    SourceId::new(Some("http://127.0.0.1:1"), "bucket")
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| ((i * 131 + i / 4093) as u8) ^ seed).collect()
+}
+
+fn origin_with(key: &str, body: &[u8]) -> (Origin, ObjectMeta) {
+    let s = Arc::new(FaultStore::new(MemoryStore::new()));
+    let etag = s.inner().put(key, body.to_vec());
+    let meta = ObjectMeta {
+        key: key.into(),
+        size: body.len() as u64,
+        etag: etag.into(),
+        last_modified: SystemTime::UNIX_EPOCH,
+    };
+    (s, meta)
+}
+
+fn chain(origin: &Origin, tier: &Arc<dyn Tier>) -> TierChain {
+    TierChain::new(source(), BS, origin.clone()).with(tier.clone())
+}
+
+fn gets(origin: &Origin) -> u64 {
+    origin.inner().gets.load(Ordering::SeqCst)
+}
+
+fn expected(body: &[u8], block: &BlockRef) -> Vec<u8> {
+    body[block.range.start as usize..block.range.end as usize].to_vec()
+}
+
+/// A miss goes below once; the same block again is served by the tier, byte for byte.
+async fn miss_then_hit(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let body = data(3 * BS as usize + 100, 1);
+    let (origin, meta) = origin_with("a/b.jar", &body);
+    let c = chain(&origin, &tier);
+    for index in 0..4 {
+        let b = c.block(&meta, index);
+        assert_eq!(c.get(&b).await.unwrap().to_vec(), expected(&body, &b), "block {index}");
+    }
+    made.settle().await;
+    assert_eq!(gets(&origin), 4);
+    for index in (0..4).rev() {
+        let b = c.block(&meta, index);
+        assert_eq!(
+            c.get(&b).await.unwrap().to_vec(),
+            expected(&body, &b),
+            "block {index} again"
+        );
+        assert_eq!(c.peek(&b).await.unwrap().to_vec(), expected(&body, &b), "peek {index}");
+    }
+    assert_eq!(gets(&origin), 4, "hits never go below");
+    // The last block is short, and exactly as long as the object's tail.
+    assert_eq!(c.get(&c.block(&meta, 3)).await.unwrap().len(), 100);
+}
+
+/// `peek` of a block nobody fetched answers `None` and sends nothing to the origin.
+async fn peek_never_reaches_the_origin(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let (origin, meta) = origin_with("k", &data(BS as usize, 2));
+    let c = chain(&origin, &tier);
+    assert!(c.peek(&c.block(&meta, 0)).await.is_none());
+    assert_eq!(gets(&origin), 0);
+}
+
+/// Many readers missing one block at once send one request below.
+async fn concurrent_misses_coalesce(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let body = data(2 * BS as usize, 3);
+    let (origin, meta) = origin_with("hot", &body);
+    origin.set_latency(Duration::from_millis(50));
+    let c = Arc::new(chain(&origin, &tier));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (c, meta) = (c.clone(), meta.clone());
+            tokio::spawn(async move {
+                let b = c.block(&meta, 1);
+                c.get(&b).await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(&t.await.unwrap()[..], &body[BS as usize..]);
+    }
+    assert_eq!(gets(&origin), 1);
+}
+
+/// A failed fetch is the caller's error and leaves nothing behind: the next read fetches again.
+async fn failures_are_not_kept(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let body = data(BS as usize, 4);
+    let (origin, meta) = origin_with("k", &body);
+    let c = chain(&origin, &tier);
+    let b = c.block(&meta, 0);
+    origin.fail_next(1, StoreError::Timeout);
+    assert_eq!(c.get(&b).await, Err(StoreError::Timeout));
+    made.settle().await;
+    assert!(c.peek(&b).await.is_none());
+    assert_eq!(&c.get(&b).await.unwrap()[..], &body[..]);
+}
+
+/// A block is another block under another ETag, source or block size: none of them is ever
+/// answered with bytes kept for the other.
+async fn identity_covers_version_source_and_block_size(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let old = data(BS as usize, 5);
+    let (origin, meta) = origin_with("k", &old);
+    let c = chain(&origin, &tier);
+    let b = c.block(&meta, 0);
+    assert_eq!(&c.get(&b).await.unwrap()[..], &old[..]);
+    made.settle().await;
+
+    // The object changes: the new version's block is fetched anew, never the old bytes.
+    let new = data(BS as usize, 6);
+    let new_meta = ObjectMeta {
+        etag: origin.inner().put("k", new.clone()).into(),
+        ..meta.clone()
+    };
+    let nb = c.block(&new_meta, 0);
+    assert!(c.peek(&nb).await.is_none());
+    assert_eq!(&c.get(&nb).await.unwrap()[..], &new[..]);
+    made.settle().await;
+    assert_eq!(gets(&origin), 2);
+
+    // The same key and ETag from another source is another block.
+    let other =
+        TierChain::new(SourceId::new(Some("http://127.0.0.1:2"), "bucket"), BS, origin.clone()).with(tier.clone());
+    assert!(other.peek(&other.block(&new_meta, 0)).await.is_none());
+
+    // ... and so is the same object cut into blocks of another size.
+    let halves = TierChain::new(source(), BS / 2, origin.clone()).with(tier.clone());
+    let half = halves.block(&new_meta, 0);
+    assert!(halves.peek(&half).await.is_none());
+    assert_eq!(&halves.get(&half).await.unwrap()[..], &new[..BS as usize / 2]);
+    assert_eq!(gets(&origin), 3);
+
+    // A block of a version the origin no longer has fails; it is never served as data.
+    let stale = c.block(&meta, 0);
+    let fresh = TierChain::new(source(), BS, origin.clone());
+    assert_eq!(fresh.get(&stale).await, Err(StoreError::PreconditionFailed));
+}
+
+/// What a tier below finds on `peek` is kept by the tier above it.
+async fn peek_keeps_what_below_found(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let body = data(BS as usize, 7);
+    let (origin, meta) = origin_with("k", &body);
+    let below: Arc<dyn Tier> = Arc::new(MemoryTier::new(1 << 20, BS));
+    let lower = TierChain::new(source(), BS, origin.clone()).with(below.clone());
+    let b = lower.block(&meta, 0);
+    lower.get(&b).await.unwrap();
+    let both = TierChain::new(source(), BS, origin.clone())
+        .with(tier.clone())
+        .with(below);
+    assert_eq!(&both.peek(&b).await.unwrap()[..], &body[..]);
+    made.settle().await;
+    let alone = chain(&origin, &tier);
+    assert_eq!(&alone.peek(&b).await.unwrap()[..], &body[..]);
+    assert_eq!(gets(&origin), 1);
+}
+
+/// A body of the wrong length from the origin is an error, never a block.
+async fn wrong_length_from_the_origin_is_an_error(make: fn() -> Made) {
+    let made = make();
+    let tier = made.tier.clone();
+    let body = data(BS as usize, 8);
+    let (origin, meta) = origin_with("k", &body);
+    let c = chain(&origin, &tier);
+    // The object claims to be longer than it is: its block 0 asks for bytes S3 does not have.
+    let longer = ObjectMeta {
+        size: BS + 10,
+        ..meta.clone()
+    };
+    let b = c.block(&longer, 1);
+    assert!(c.get(&b).await.is_err());
+    made.settle().await;
+    assert!(c.peek(&b).await.is_none());
+}
+
+macro_rules! tier_suite {
+    ($($tier:ident),*) => {
+        $(
+            mod $tier {
+                #[tokio::test]
+                async fn miss_then_hit() {
+                    super::miss_then_hit(super::$tier).await;
+                }
+                #[tokio::test]
+                async fn peek_never_reaches_the_origin() {
+                    super::peek_never_reaches_the_origin(super::$tier).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn concurrent_misses_coalesce() {
+                    super::concurrent_misses_coalesce(super::$tier).await;
+                }
+                #[tokio::test]
+                async fn failures_are_not_kept() {
+                    super::failures_are_not_kept(super::$tier).await;
+                }
+                #[tokio::test]
+                async fn identity_covers_version_source_and_block_size() {
+                    super::identity_covers_version_source_and_block_size(super::$tier).await;
+                }
+                #[tokio::test]
+                async fn peek_keeps_what_below_found() {
+                    super::peek_keeps_what_below_found(super::$tier).await;
+                }
+                #[tokio::test]
+                async fn wrong_length_from_the_origin_is_an_error() {
+                    super::wrong_length_from_the_origin_is_an_error(super::$tier).await;
+                }
+            }
+        )*
+    };
+}
+
+tier_suite!(memory_tier, disk_tier, shared_tier);
