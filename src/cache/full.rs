@@ -111,12 +111,11 @@ impl DiskCache {
     /// `want` (key, ETag, size). `None` when absent or not valid (an invalid one is removed).
     fn open_full(&self, object: &str, key: &str, etag: &str, size: u64) -> Option<(File, Index)> {
         let path = self.full_path(object);
-        if !self.real_parents(&path) {
-            return None;
-        }
         let file = match self.dir.open_read(&path, false) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            // A symlink in place of a directory is removed here.
+            Err(_) if !self.real_parents(&path) => return None,
             Err(e) => {
                 self.reject(&path, None, &format!("cannot open: {e}"));
                 return None;

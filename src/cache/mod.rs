@@ -278,14 +278,13 @@ impl DiskCache {
     fn load_block(&self, loc: &Location) -> Option<Bytes> {
         let id = &loc.id;
         let expected = format::file_len(id, loc.len);
-        if !self.real_parents(&loc.path) {
-            // No shard directory: the block is absent, or in the object's assembled file.
-            return self.read_from_full(loc);
-        }
         let mut file = match self.dir.open_read(&loc.path, true) {
             Ok(f) => f,
             // Blocks of an assembled object live in its full file.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read_from_full(loc),
+            // No shard directory (a symlink in its place is removed here): the block is absent,
+            // or in the object's assembled file.
+            Err(_) if !self.real_parents(&loc.path) => return self.read_from_full(loc),
             Err(e) => {
                 // ELOOP (a symlink planted in the cache), EACCES, ...: never trusted.
                 self.reject(&loc.path, None, &format!("cannot open: {e}"));
