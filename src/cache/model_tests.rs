@@ -155,7 +155,7 @@ impl Model {
                 etag: format!("\"{o}.{n}\"").into(),
                 last_modified: SystemTime::UNIX_EPOCH,
             },
-            // Distinct for every version, whatever the generated seed.
+            // Versions differ even when the generated seeds are equal (shrinking makes them 0).
             seed: seed ^ ((o as u64) << 56) ^ ((n as u64) << 48),
         });
     }
@@ -299,7 +299,7 @@ enum Op {
         seed: u64,
     },
     EvictAll,
-    /// Evict down to `percent` of the current usage.
+    /// Evict until about `percent` of the evictable bytes are left.
     EvictTo {
         percent: u64,
     },
