@@ -564,7 +564,7 @@ impl Harness {
         Ok(())
     }
 
-    /// Evicts down to `percent` of the usage, under the lock eviction takes. Which files go
+    /// Evicts until about `percent` of the evictable bytes are left, under the lock eviction takes. Which files go
     /// depends on access times the model does not keep (they tie within a clock tick), so the
     /// model follows what is left on disk; the test checks that least recently used went first
     /// and that the scan stopped only at the target.
