@@ -9,11 +9,11 @@
 //! never trusted. Reads through the daemon verify the crc of each block they take from the
 //! file; a file handed to the kernel is verified whole once per process.
 
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -107,6 +107,15 @@ impl DiskCache {
         self.dir.area(Area::Full).join(hex_shard(object)).join(object)
     }
 
+    /// Removes the index of a rejected assembled object and gives its bytes back to the counter.
+    fn remove_index(&self, path: &Path) {
+        if let Ok(m) = self.dir.metadata(path)
+            && self.dir.remove_file(path).is_ok()
+        {
+            self.usage.sub(m.blocks() * 512);
+        }
+    }
+
     /// Opens an assembled object's data file and its index, checking that both describe
     /// `want` (key, ETag, size). `None` when absent or not valid (an invalid one is removed).
     fn open_full(&self, object: &str, key: &str, etag: &str, size: u64) -> Option<(File, Index)> {
@@ -140,7 +149,7 @@ impl DiskCache {
         });
         if !valid {
             self.reject(&path, Some(&meta), "assembled object does not match its index");
-            let _ = self.dir.remove_file(&idx_path);
+            self.remove_index(&idx_path);
             return None;
         }
         Some((file, index?))
@@ -162,7 +171,7 @@ impl DiskCache {
                 file.metadata().ok().as_ref(),
                 "block checksum mismatch",
             );
-            let _ = self.dir.remove_file(&self.full_path(&loc.object).with_extension("idx"));
+            self.remove_index(&self.full_path(&loc.object).with_extension("idx"));
             return None;
         }
         // SAFETY: valid descriptor; null times means "now" (last access, for LRU eviction).
@@ -182,7 +191,7 @@ impl DiskCache {
         let (object, _) = self.assembled_hash(obj);
         let (file, index) = self.open_full(&object, &obj.key, &obj.etag, obj.size)?;
         let meta = file.metadata().ok()?;
-        let id = (meta.dev(), meta.ino());
+        let id = file_identity(&file, &meta);
         if !self.verified_full.lock().unwrap().contains(&id) {
             let mut buf = vec![0u8; self.cfg.block_size as usize];
             for (i, want) in index.crcs.iter().enumerate() {
@@ -190,7 +199,7 @@ impl DiskCache {
                 let b = &mut buf[..r.len() as usize];
                 if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
                     self.reject(&self.full_path(&object), Some(&meta), "block checksum mismatch");
-                    let _ = self.dir.remove_file(&self.full_path(&object).with_extension("idx"));
+                    self.remove_index(&self.full_path(&object).with_extension("idx"));
                     return None;
                 }
             }
@@ -319,6 +328,23 @@ impl DiskCache {
             m.blocks() * 512
         })
     }
+}
+
+/// What tells a file from a later one that is given its inode number once it is deleted (an
+/// object assembled again after eviction, or another object): device, inode, and the inode's
+/// generation (`FS_IOC_GETVERSION`: ext4, xfs, btrfs), else its birth time.
+fn file_identity(file: &File, meta: &fs::Metadata) -> (u64, u64, u64) {
+    let mut generation: libc::c_long = 0;
+    // SAFETY: a valid descriptor, and room for the long the ioctl writes.
+    let tag = if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut generation) } == 0 {
+        generation as u64
+    } else {
+        meta.created()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    (meta.dev(), meta.ino(), tag)
 }
 
 impl AssembledFiles for DiskCache {

@@ -70,8 +70,9 @@ pub struct DiskCache {
     usage: Usage,
     stats: CacheMetrics,
     warnings: Warnings,
-    /// Full files (by device and inode) whose every block this process has verified.
-    verified_full: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// Full files (by device, inode and inode generation) whose every block this process has
+    /// verified.
+    verified_full: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
 }
 
 /// Where one block lives and what it must say about itself.
@@ -562,5 +563,7 @@ fn is_block_name(name: &std::ffi::OsStr) -> bool {
     })
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;
