@@ -154,6 +154,12 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// Whether a file found in the cache may be trusted at all: a regular file of this user (the
+/// owner check of every file read; the directory's own is in [`CacheDir::open`]).
+pub fn is_own_file(meta: &fs::Metadata) -> bool {
+    meta.is_file() && meta.uid() == euid()
+}
+
 /// An opened, owner-checked cache directory. See the module docs.
 #[derive(Clone, Debug)]
 pub struct CacheDir {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use tracing::debug;
 
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
-use crate::cachedir::{Area, hex_shard};
+use crate::cachedir::{Area, hex_shard, is_own_file};
 use crate::object::{AssembledFiles, BlockRef, ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
@@ -144,8 +144,7 @@ impl DiskCache {
                 && i.size == size
                 && i.block_size == self.cfg.block_size
                 && meta.len() == size
-                && meta.is_file()
-                && meta.uid() == unsafe { libc::geteuid() }
+                && is_own_file(&meta)
         });
         if !valid {
             self.reject(&path, Some(&meta), "assembled object does not match its index");

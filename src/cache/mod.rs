@@ -293,7 +293,7 @@ impl DiskCache {
             }
         };
         let meta = file.metadata().ok()?;
-        if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
+        if !cachedir::is_own_file(&meta) {
             self.reject(&loc.path, Some(&meta), "not a regular file owned by this user");
             return None;
         }

@@ -333,3 +333,18 @@ fn a_removed_or_replaced_cache_directory_is_not_used() {
     fs::rename(&moved, f.dir.path()).unwrap();
     f.dir.temp(&tmp_dir, "tmp", None).unwrap();
 }
+
+#[test]
+fn only_own_regular_files_are_trusted() {
+    let f = Fixture::new();
+    let p = f.dir.area(Area::Blocks).join("f");
+    fs::write(&p, b"x").unwrap();
+    assert!(is_own_file(&f.dir.metadata(&p).unwrap()));
+    std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+    assert!(!is_own_file(&f.dir.metadata(&p).unwrap()));
+    assert!(!is_own_file(&f.dir.metadata(&f.dir.area(Area::Blocks)).unwrap()));
+    symlink(&p, f.dir.area(Area::Blocks).join("l")).unwrap();
+    assert!(!is_own_file(
+        &f.dir.metadata(&f.dir.area(Area::Blocks).join("l")).unwrap()
+    ));
+}

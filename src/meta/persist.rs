@@ -425,7 +425,7 @@ impl MetaStore {
     fn read_file(&self, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         let mut file = self.dir.open_read(path, true)?;
         let meta = file.metadata()?;
-        if !meta.is_file() || meta.uid() != crate::cachedir::euid() {
+        if !crate::cachedir::is_own_file(&meta) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "not a regular file owned by this user",
