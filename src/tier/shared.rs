@@ -13,10 +13,12 @@
 //!   counts as success, nothing is overwritten. They go through a bounded queue drained in the
 //!   background, so a reader never waits for them; a full queue drops the write (counted).
 //! - **Cross-node coalescing.** A node that misses a block takes a lease first: a small object
-//!   next to the block, created with a conditional PUT and holding its expiry. The holder fetches
-//!   from the origin and writes the block; the others poll for the block for at most
-//!   `lease_wait`, then fetch from the origin themselves. A crashed holder delays the others by at
-//!   most that bound; its lease expires after `2 × lease_wait` and is then taken over.
+//!   next to the block, created with a conditional PUT and holding its expiry. The holder looks
+//!   for the block once more (a previous holder may have just written it and released the lease),
+//!   then fetches from the origin and writes the block; the others poll for the block for at most
+//!   `lease_wait` (and once more when the lease goes away), then fetch from the origin
+//!   themselves. A crashed holder delays the others by at most that bound; its lease expires
+//!   after `2 × lease_wait` and is then taken over.
 //! - **Failures never fail a read.** Any error of the shared bucket (unreachable, slow, throttled,
 //!   denied) passes the request to the origin, and opens a circuit breaker: for
 //!   `breaker_interval` the tier is skipped, then one request probes it again. A dead tier costs
@@ -215,7 +217,8 @@ impl Tier for SharedTier {
 
     async fn get(&self, block: &BlockRef, below: Below<'_>) -> Result<Bytes, StoreError> {
         let inner = &self.inner;
-        if let Some(b) = inner.lookup(block).await {
+        let first = inner.find(block, true).await;
+        if let Found::Block(b) = first {
             return Ok(b);
         }
         if self.writes.is_none() || !inner.breaker.allows() {
@@ -224,7 +227,18 @@ impl Tier for SharedTier {
         // Missed: take the lease, or wait for the node that holds it.
         let lease = inner.lease_key(block);
         let held = match inner.take_lease(&lease).await {
-            Lease::Taken => Some(lease),
+            Lease::Taken => {
+                // Another node may have written the block and released its lease between the
+                // look above and our lease: look once more (not another miss) before going to
+                // the origin. An invalid object stays invalid (nothing overwrites it).
+                if matches!(first, Found::Absent)
+                    && let Found::Block(b) = inner.find(block, false).await
+                {
+                    inner.release(&lease).await;
+                    return Ok(b);
+                }
+                Some(lease)
+            }
             Lease::HeldElsewhere => {
                 if let Some(b) = inner.wait_for(block, &lease).await {
                     return Ok(b);
@@ -252,6 +266,15 @@ impl Tier for SharedTier {
     }
 }
 
+/// What a look for a block in the shared bucket found.
+enum Found {
+    Block(Bytes),
+    /// No object.
+    Absent,
+    /// An invalid object, a failed request, or the breaker is open.
+    Unusable,
+}
+
 /// The outcome of trying to take a block's lease.
 enum Lease {
     Taken,
@@ -276,8 +299,17 @@ impl Inner {
     /// The block from the shared bucket if it is there and valid; `None` on a miss, an invalid
     /// object or any error (which opens the breaker).
     async fn lookup(&self, block: &BlockRef) -> Option<Bytes> {
+        match self.find(block, true).await {
+            Found::Block(b) => Some(b),
+            Found::Absent | Found::Unusable => None,
+        }
+    }
+
+    /// Like `lookup`, telling an absent object from an unusable one; `count_miss: false` for a
+    /// second look at a block already counted as a miss.
+    async fn find(&self, block: &BlockRef, count_miss: bool) -> Found {
         if !self.breaker.allows() {
-            return None;
+            return Found::Unusable;
         }
         let key = self.object_key(block);
         // A block object is at most the block file and a tag; anything longer is not one.
@@ -289,25 +321,27 @@ impl Inner {
                     Ok(data) => {
                         self.metrics.hits.inc();
                         self.metrics.hit_bytes.inc_by(data.len() as u64);
-                        Some(data)
+                        Found::Block(data)
                     }
                     Err(why) => {
                         self.metrics.invalid.inc();
                         self.warn(format_args!(
                             "shared cache object {key} is not valid ({why}); not serving it"
                         ));
-                        None
+                        Found::Unusable
                     }
                 }
             }
             Err(StoreError::NotFound) => {
                 self.breaker.success();
-                self.metrics.misses.inc();
-                None
+                if count_miss {
+                    self.metrics.misses.inc();
+                }
+                Found::Absent
             }
             Err(e) => {
                 self.failed("read", &e);
-                None
+                Found::Unusable
             }
         }
     }
@@ -422,8 +456,15 @@ impl Inner {
             }
             match self.store.head(lease).await {
                 Ok(_) => {}
-                // Released without the block (the holder's fetch or write failed), or the tier
-                // is failing: stop waiting.
+                // Released: the holder wrote the block after the lookup above (look once more),
+                // or its fetch or write failed.
+                Err(StoreError::NotFound) => {
+                    return match self.find(block, false).await {
+                        Found::Block(b) => Some(b),
+                        Found::Absent | Found::Unusable => None,
+                    };
+                }
+                // The tier is failing: stop waiting.
                 Err(_) => return None,
             }
         }
