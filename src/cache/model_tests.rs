@@ -37,8 +37,8 @@ fn source() -> SourceId {
     SourceId::new(Some("model"), "bucket")
 }
 
-fn config(dir: &Path) -> CacheConfig {
-    CacheConfig {
+fn config(dir: &Path) -> DiskCacheSettings {
+    DiskCacheSettings {
         dir: dir.to_path_buf(),
         max_size: None,
         min_free_percent: 0.0,
