@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -107,6 +107,15 @@ impl DiskCache {
         self.root.join("full").join(&object[..3]).join(object)
     }
 
+    /// Removes the index of a rejected assembled object and gives its bytes back to the counter.
+    fn remove_index(&self, path: &Path) {
+        if let Ok(m) = fs::symlink_metadata(path)
+            && fs::remove_file(path).is_ok()
+        {
+            self.usage.sub(m.blocks() * 512);
+        }
+    }
+
     /// Opens an assembled object's data file and its index, checking that both describe
     /// `want` (key, ETag, size). `None` when absent or not valid (an invalid one is removed).
     fn open_full(&self, object: &str, key: &str, etag: &str, size: u64) -> Option<(File, Index)> {
@@ -150,7 +159,7 @@ impl DiskCache {
         });
         if !valid {
             self.reject(&path, Some(&meta), "assembled object does not match its index");
-            let _ = fs::remove_file(&idx_path);
+            self.remove_index(&idx_path);
             return None;
         }
         Some((file, index?))
@@ -172,7 +181,7 @@ impl DiskCache {
                 file.metadata().ok().as_ref(),
                 "block checksum mismatch",
             );
-            let _ = fs::remove_file(self.full_path(&loc.object).with_extension("idx"));
+            self.remove_index(&self.full_path(&loc.object).with_extension("idx"));
             return None;
         }
         // SAFETY: valid descriptor; null times means "now" (last access, for LRU eviction).
@@ -192,7 +201,7 @@ impl DiskCache {
         let (object, _) = self.assembled_hash(obj);
         let (file, index) = self.open_full(&object, &obj.key, &obj.etag, obj.size)?;
         let meta = file.metadata().ok()?;
-        let id = (meta.dev(), meta.ino());
+        let id = file_identity(&file, &meta);
         if !self.verified_full.lock().unwrap().contains(&id) {
             let mut buf = vec![0u8; self.cfg.block_size as usize];
             for (i, want) in index.crcs.iter().enumerate() {
@@ -200,7 +209,7 @@ impl DiskCache {
                 let b = &mut buf[..r.len() as usize];
                 if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
                     self.reject(&self.full_path(&object), Some(&meta), "block checksum mismatch");
-                    let _ = fs::remove_file(self.full_path(&object).with_extension("idx"));
+                    self.remove_index(&self.full_path(&object).with_extension("idx"));
                     return None;
                 }
             }
@@ -354,6 +363,23 @@ impl DiskCache {
             m.blocks() * 512
         })
     }
+}
+
+/// What tells a file from a later one that is given its inode number once it is deleted (an
+/// object assembled again after eviction, or another object): device, inode, and the inode's
+/// generation (`FS_IOC_GETVERSION`: ext4, xfs, btrfs), else its birth time.
+fn file_identity(file: &File, meta: &fs::Metadata) -> (u64, u64, u64) {
+    let mut generation: libc::c_long = 0;
+    // SAFETY: a valid descriptor, and room for the long the ioctl writes.
+    let tag = if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut generation) } == 0 {
+        generation as u64
+    } else {
+        meta.created()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    (meta.dev(), meta.ino(), tag)
 }
 
 impl AssembledFiles for DiskCache {

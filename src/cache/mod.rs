@@ -82,8 +82,9 @@ pub struct DiskCache {
     stats: CacheMetrics,
     tmp_seq: AtomicU64,
     last_warn: Mutex<Option<Instant>>,
-    /// Full files (by device and inode) whose every block this process has verified.
-    verified_full: Mutex<std::collections::HashSet<(u64, u64)>>,
+    /// Full files (by device, inode and inode generation) whose every block this process has
+    /// verified.
+    verified_full: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
 }
 
 /// Where one block lives and what it must say about itself.
@@ -674,5 +675,7 @@ fn statvfs(path: &Path) -> Option<(u64, u64)> {
     ))
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;
