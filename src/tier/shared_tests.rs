@@ -271,6 +271,30 @@ async fn a_block_written_by_the_lease_holder_ends_the_wait() {
     assert_eq!(src.gets.load(Ordering::SeqCst), 1, "one origin GET for two nodes");
 }
 
+/// A block written (and its lease released) by another node between a node's miss and its lease
+/// is found by a second look, not fetched from the origin again.
+#[tokio::test]
+async fn a_block_that_lands_before_the_lease_is_taken_is_not_fetched_again() {
+    let data = body(BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let first = node(&src, &b, settings());
+    let block = first.chain.block(&meta, 0);
+    first.chain.get(&block).await.unwrap();
+    first.tier.flush().await;
+    assert_eq!(src.gets.load(Ordering::SeqCst), 1);
+    // The second node's first look misses (as if just before the first node's write landed).
+    let second = node(&src, &b, settings());
+    b.fail_next(1, StoreError::NotFound);
+    assert_eq!(&second.chain.get(&block).await.unwrap()[..], &data[..]);
+    assert_eq!(src.gets.load(Ordering::SeqCst), 1, "no second origin GET");
+    assert_eq!((second.metrics.misses.get(), second.metrics.hits.get()), (1, 1));
+    assert!(
+        keys(&b, "cache/s3cachefs/v1/leases/").await.is_empty(),
+        "the lease is released"
+    );
+}
+
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_without_waiting() {
     let data = body(BS as usize);
