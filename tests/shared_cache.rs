@@ -447,8 +447,10 @@ fn a_lease_holder_killed_mid_fetch_delays_another_node_by_a_bounded_wait() {
     let s = setup();
     let objects = seed(&s, "data", &[700_000], 7);
     let o = &objects[0];
-    let mut a = node(&s, &["--shared-cache-lease-wait", "1"]);
-    let (b, port) = node_with_metrics(&s, &["--shared-cache-lease-wait", "1"]);
+    // The lease expires 2 x 5 s after A takes it: long enough that B, however slow this machine,
+    // finds it still held and waits (at most 5 s) rather than taking it over.
+    let mut a = node(&s, &["--shared-cache-lease-wait", "5"]);
+    let (b, port) = node_with_metrics(&s, &["--shared-cache-lease-wait", "5"]);
     for m in [&a, &b] {
         fs::metadata(m.join(&o.key)).unwrap();
     }
@@ -474,7 +476,7 @@ fn a_lease_holder_killed_mid_fetch_delays_another_node_by_a_bounded_wait() {
         "the dead holder's lease is left behind"
     );
 
-    // B waits for the lease (at most 1 s), then reads from the source itself.
+    // B waits for the lease (at most 5 s), then reads from the source itself.
     let path = b.join(&o.key);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(fs::read(path)));

@@ -109,6 +109,9 @@ struct Write {
     data: Bytes,
     /// The lease this node holds for the block, released once the block is written.
     lease: Option<String>,
+    /// An invalid object is in the block's place: delete it first (a conditional write never
+    /// overwrites, so it would otherwise stay until the lifecycle rule expires it).
+    replace: bool,
 }
 
 impl SharedTier {
@@ -210,6 +213,7 @@ impl Tier for SharedTier {
             block: block.clone(),
             data: data.clone(),
             lease: None,
+            replace: false,
         };
         self.enqueue(write).await;
         Some(data)
@@ -260,6 +264,7 @@ impl Tier for SharedTier {
             block: block.clone(),
             data: data.clone(),
             lease: held,
+            replace: matches!(first, Found::Invalid),
         };
         self.enqueue(write).await;
         Ok(data)
@@ -271,7 +276,9 @@ enum Found {
     Block(Bytes),
     /// No object.
     Absent,
-    /// An invalid object, a failed request, or the breaker is open.
+    /// An object that does not validate (corrupt, forged, unsigned): a writer replaces it.
+    Invalid,
+    /// A failed request, or the breaker is open.
     Unusable,
 }
 
@@ -301,7 +308,7 @@ impl Inner {
     async fn lookup(&self, block: &BlockRef) -> Option<Bytes> {
         match self.find(block, true).await {
             Found::Block(b) => Some(b),
-            Found::Absent | Found::Unusable => None,
+            Found::Absent | Found::Invalid | Found::Unusable => None,
         }
     }
 
@@ -328,7 +335,7 @@ impl Inner {
                         self.warn(format_args!(
                             "shared cache object {key} is not valid ({why}); not serving it"
                         ));
-                        Found::Unusable
+                        Found::Invalid
                     }
                 }
             }
@@ -461,7 +468,7 @@ impl Inner {
                 Err(StoreError::NotFound) => {
                     return match self.find(block, false).await {
                         Found::Block(b) => Some(b),
-                        Found::Absent | Found::Unusable => None,
+                        Found::Absent | Found::Invalid | Found::Unusable => None,
                     };
                 }
                 // The tier is failing: stop waiting.
@@ -478,6 +485,11 @@ impl Inner {
 
     async fn store(&self, w: &Write) {
         let key = self.object_key(&w.block);
+        if w.replace
+            && let Err(e) = self.store.delete(&key).await
+        {
+            debug!(key, "cannot remove an invalid shared cache object: {e}");
+        }
         if let Some(body) = self.encode(&w.block, &w.data) {
             match self.store.put_if_absent(&key, body).await {
                 Ok(_) => {

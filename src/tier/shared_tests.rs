@@ -151,6 +151,16 @@ async fn invalid_objects_are_never_served() {
     }
     assert_eq!(reader.metrics.invalid.get(), 2);
     assert_eq!(reader.metrics.hits.get(), 0);
+    // The reader replaced both with valid blocks: the next node is served from the bucket.
+    reader.tier.flush().await;
+    let next = node(&src, &b, settings());
+    let before = src.gets.load(Ordering::SeqCst);
+    for block in [&b0, &b1] {
+        let got = next.chain.get(block).await.unwrap();
+        assert_eq!(&got[..], &data[block.range.start as usize..block.range.end as usize]);
+    }
+    assert_eq!(next.metrics.hits.get(), 2);
+    assert_eq!(src.gets.load(Ordering::SeqCst), before);
 }
 
 #[tokio::test]
@@ -372,6 +382,7 @@ async fn a_full_write_queue_drops_writes_and_counts_them() {
                 block: n.chain.block(&meta, i),
                 data: Bytes::from(vec![0u8; BS as usize]),
                 lease: None,
+                replace: false,
             })
             .await;
     }
