@@ -543,3 +543,7 @@ impl Breaker {
         was_closed
     }
 }
+
+#[cfg(test)]
+#[path = "shared_tests.rs"]
+mod tests;
