@@ -305,6 +305,16 @@ impl Inner {
                 self.metrics.misses.inc();
                 None
             }
+            // Longer than `max`: not a block object (planted or foreign), and no failure of the
+            // bucket, which answered; the breaker stays closed for every other block.
+            Err(StoreError::InvalidRange) => {
+                self.breaker.success();
+                self.metrics.invalid.inc();
+                self.warn(format_args!(
+                    "shared cache object {key} is longer than a block object; not serving it"
+                ));
+                None
+            }
             Err(e) => {
                 self.failed("read", &e);
                 None

@@ -368,3 +368,34 @@ async fn the_probe_writes_and_removes_one_object_and_reports_failures() {
     b.fail_next(1, StoreError::AccessDenied("no".into()));
     assert!(matches!(n.tier.probe().await, Err(StoreError::AccessDenied(_))));
 }
+
+/// An object too long to be a block object (planted, or foreign) is an invalid block, not a
+/// failure of the bucket: it is not served, and the breaker stays closed for the other blocks.
+#[tokio::test]
+async fn an_oversized_object_is_invalid_and_does_not_open_the_breaker() {
+    let data = body(2 * BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let writer = node(&src, &b, settings());
+    writer.chain.get(&writer.chain.block(&meta, 1)).await.unwrap();
+    writer.tier.flush().await;
+    let b0 = writer.chain.block(&meta, 0);
+    b.inner()
+        .put(&writer.tier.inner.object_key(&b0), vec![7u8; 4 * BS as usize]);
+    let reader = node(&src, &b, settings());
+    for i in 0..2 {
+        let block = reader.chain.block(&meta, i);
+        assert_eq!(
+            &reader.chain.get(&block).await.unwrap()[..],
+            &data[block.range.start as usize..block.range.end as usize]
+        );
+    }
+    assert_eq!(reader.metrics.invalid.get(), 1);
+    assert_eq!(reader.metrics.errors.get(), 0);
+    assert_eq!(reader.metrics.breaker_open.get(), 0);
+    assert_eq!(
+        reader.metrics.hits.get(),
+        1,
+        "block 1 still came from the shared bucket"
+    );
+}
