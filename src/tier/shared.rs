@@ -200,7 +200,7 @@ impl Tier for SharedTier {
     }
 
     async fn peek(&self, block: &BlockRef, below: Below<'_>) -> Option<Bytes> {
-        if let Some(b) = self.inner.lookup(block).await {
+        if let Some(b) = self.inner.lookup(block, Look::First).await {
             return Some(b);
         }
         let data = below.peek(block).await?;
@@ -215,7 +215,7 @@ impl Tier for SharedTier {
 
     async fn get(&self, block: &BlockRef, below: Below<'_>) -> Result<Bytes, StoreError> {
         let inner = &self.inner;
-        if let Some(b) = inner.lookup(block).await {
+        if let Some(b) = inner.lookup(block, Look::First).await {
             return Ok(b);
         }
         if self.writes.is_none() || !inner.breaker.allows() {
@@ -252,6 +252,14 @@ impl Tier for SharedTier {
     }
 }
 
+/// Why a block is looked up: a block missing at its first look is a miss; the polls of a lease
+/// wait are not misses again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Look {
+    First,
+    Poll,
+}
+
 /// The outcome of trying to take a block's lease.
 enum Lease {
     Taken,
@@ -275,7 +283,7 @@ impl Inner {
 
     /// The block from the shared bucket if it is there and valid; `None` on a miss, an invalid
     /// object or any error (which opens the breaker).
-    async fn lookup(&self, block: &BlockRef) -> Option<Bytes> {
+    async fn lookup(&self, block: &BlockRef, look: Look) -> Option<Bytes> {
         if !self.breaker.allows() {
             return None;
         }
@@ -302,7 +310,9 @@ impl Inner {
             }
             Err(StoreError::NotFound) => {
                 self.breaker.success();
-                self.metrics.misses.inc();
+                if look == Look::First {
+                    self.metrics.misses.inc();
+                }
                 None
             }
             // Longer than `max`: not a block object (planted or foreign), and no failure of the
@@ -427,7 +437,7 @@ impl Inner {
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-            if let Some(b) = self.lookup(block).await {
+            if let Some(b) = self.lookup(block, Look::Poll).await {
                 return Some(b);
             }
             match self.store.head(lease).await {

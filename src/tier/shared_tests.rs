@@ -399,3 +399,32 @@ async fn an_oversized_object_is_invalid_and_does_not_open_the_breaker() {
         "block 1 still came from the shared bucket"
     );
 }
+
+/// A node that waits for another node's fetch missed the block once: the polls of its wait are
+/// not counted as misses (they would sink the hit ratio `stats` shows).
+#[tokio::test]
+async fn the_polls_of_a_lease_wait_are_not_misses() {
+    let data = body(BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let n = node(
+        &src,
+        &b,
+        SharedTierSettings {
+            lease_wait: Duration::from_millis(500),
+            ..settings()
+        },
+    );
+    let block = n.chain.block(&meta, 0);
+    let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
+    b.inner()
+        .put(&n.tier.inner.lease_key(&block), format!("{expiry} other:1"));
+    let gets = b.inner().gets.load(Ordering::SeqCst);
+    assert_eq!(&n.chain.get(&block).await.unwrap()[..], &data[..]);
+    assert!(
+        b.inner().gets.load(Ordering::SeqCst) - gets > 3,
+        "the wait polled the bucket several times"
+    );
+    assert_eq!(n.metrics.lease_waits.get(), 1);
+    assert_eq!(n.metrics.misses.get(), 1);
+}
