@@ -389,6 +389,7 @@ impl Inner {
                     return match self.store.put_if_absent(lease, Bytes::from(body)).await {
                         Ok(PutOutcome::Created) => Lease::Taken,
                         Ok(PutOutcome::AlreadyExists) => Lease::HeldElsewhere,
+                        Err(e) if raced(&e) => Lease::HeldElsewhere,
                         Err(e) => {
                             self.failed("lease", &e);
                             Lease::Unavailable
@@ -397,6 +398,8 @@ impl Inner {
                 }
                 Lease::HeldElsewhere
             }
+            // Another node is creating the lease this very moment: it holds it.
+            Err(e) if raced(&e) => Lease::HeldElsewhere,
             Err(e) => {
                 self.failed("lease", &e);
                 Lease::Unavailable
@@ -464,6 +467,8 @@ impl Inner {
                     self.metrics.writes.inc();
                     self.metrics.written_bytes.inc_by(w.data.len() as u64);
                 }
+                // Another node is writing the same block this very moment.
+                Err(e) if raced(&e) => self.breaker.success(),
                 Err(e) => self.failed("write", &e),
             }
         }
@@ -511,6 +516,13 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>, concurrenc
             drop(permit);
         });
     }
+}
+
+/// A conditional PUT that raced another write of the same key (S3's 409
+/// `ConditionalRequestConflict`, which the shared bucket's single attempt does not retry): the
+/// bucket works, and someone else is creating the object.
+fn raced(e: &StoreError) -> bool {
+    matches!(e, StoreError::Service { status: 409, code, .. } if code == crate::store::CONDITIONAL_REQUEST_CONFLICT)
 }
 
 fn unix_ms(t: SystemTime) -> u64 {

@@ -428,3 +428,45 @@ async fn the_polls_of_a_lease_wait_are_not_misses() {
     assert_eq!(n.metrics.lease_waits.get(), 1);
     assert_eq!(n.metrics.misses.get(), 1);
 }
+
+/// S3 answers a conditional PUT that races another write of the same key with 409
+/// `ConditionalRequestConflict`. For a block or a lease, that is another node creating the same
+/// object: not a failure of the bucket, so the breaker stays closed.
+#[tokio::test]
+async fn a_conditional_put_that_races_another_node_does_not_open_the_breaker() {
+    let data = body(BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let n = node(&src, &b, settings());
+    let block = n.chain.block(&meta, 0);
+    let conflict = || StoreError::Service {
+        status: 409,
+        code: crate::store::CONDITIONAL_REQUEST_CONFLICT.into(),
+        message: "A conflicting operation occurred".into(),
+    };
+    b.fail_next(1, conflict());
+    assert!(matches!(
+        n.tier.inner.take_lease(&n.tier.inner.lease_key(&block)).await,
+        Lease::HeldElsewhere
+    ));
+    b.fail_next(1, conflict());
+    n.tier.inner.pending.fetch_add(1, Ordering::SeqCst); // as `enqueue` does
+    n.tier
+        .inner
+        .store(&Write {
+            block: block.clone(),
+            data: Bytes::from(data.clone()),
+            lease: None,
+        })
+        .await;
+    assert_eq!(n.metrics.errors.get(), 0);
+    assert_eq!(n.metrics.breaker_open.get(), 0);
+    // Any other error still opens it.
+    b.fail_next(1, StoreError::Timeout);
+    assert!(matches!(
+        n.tier.inner.take_lease(&n.tier.inner.lease_key(&block)).await,
+        Lease::Unavailable
+    ));
+    assert_eq!(n.metrics.errors.get(), 1);
+    assert_eq!(n.metrics.breaker_open.get(), 1);
+}
