@@ -6,12 +6,15 @@ file and asserts the fields that make the deployment work: privileges, /dev/fuse
 propagation, probes, the mountpoint layout (/mnt/s3 holds the mounts, /mnt/s3/jars is one),
 read-only Spark volumes, local:///mnt/s3/ JARs, and that every s3cachefs command line in deploy/
 and docs/DEPLOYMENT.md uses only flags that exist. Cross-file facts (node selector, mountpoint,
-the unit embedded in the EC2 user data, the Rust version) are compared between the files.
+the unit embedded in the EC2 user data, the Rust version) are compared between the files. The shared
+tier's files (deploy/shared-cache/: lifecycle rule, IAM and bucket policies) are checked for what
+s3cachefs needs, and every --shared-cache URL in deploy/, docs/ and README.md against their prefix.
 
 Usage: python3 deploy/validate.py [--verbose]
 Prints one line per check ("ok" or "FAIL ... reason") and a last line
 "validate.py: passed=N failed=M skipped=K"; exits 1 if any check failed.
-Needs PyYAML. Optional: botocore (validates the EMR on EKS request against the AWS API model),
+Needs PyYAML. Optional: botocore (validates the EMR on EKS request and the lifecycle rule against the
+AWS API models),
 shellcheck (lints the shell scripts embedded in the YAML files and the unit), and S3CACHEFS_BIN=path
 to a built s3cachefs (compares the flag lists above with its "mount --help" and "warm --help").
 """
@@ -917,7 +920,7 @@ def _():
                 seen.add(bucket)
         for ref in re.findall(r"file://(deploy/[\w./-]+)", text):
             expect(os.path.exists(os.path.join(ROOT, ref)), f"{rel(p)}: {ref} does not exist")
-    expect(seen & express, f"docs/DEPLOYMENT.md names no --shared-cache s3://{sorted(express)}/")
+    expect(seen & express, f"no --shared-cache URL in deploy/, docs/ or README.md names the directory bucket {sorted(express)}")
 
 
 # ---------------------------------------------------------------------------------------------
