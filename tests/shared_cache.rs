@@ -554,6 +554,15 @@ fn a_shared_cache_overlapping_the_mounted_prefix_is_refused() {
         assert_ne!(code, 0);
         assert!(err.contains("--shared-cache") && err.contains("overlaps"), "{err}");
         assert_eq!(s.counts().total(), 0, "refused before any request");
+        // `warm` refuses the same overlap: it would write block objects into the source.
+        let mut c = command();
+        c.args(["warm", source, "--shared-cache", shared])
+            .args(endpoint_args(&s));
+        let out = run_with_timeout(c, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(exit_code(&out.status), 0, "{err}");
+        assert!(err.contains("overlaps"), "{err}");
+        assert_eq!(s.counts().total(), 0, "refused before any request");
     }
     // The same bucket under a prefix outside the mounted one is fine.
     let objects = seed(&s, "data", &[1000], 11);

@@ -10,7 +10,8 @@
 //!   (`--shared-cache-key-file`). Everything is checked on every read; a mismatch is a miss
 //!   (counted, logged), never data.
 //! - **Writes** are conditional (`If-None-Match: *`): the first writer wins, an existing object
-//!   counts as success, nothing is overwritten. They go through a bounded queue drained in the
+//!   counts as success, no valid block is overwritten (an invalid object, met by a writer, is
+//!   deleted and written anew). They go through a bounded queue drained in the
 //!   background, so a reader never waits for them; a full queue drops the write (counted).
 //! - **Cross-node coalescing.** A node that misses a block takes a lease first: a small object
 //!   next to the block, created with a conditional PUT and holding its expiry. The holder looks
@@ -234,7 +235,7 @@ impl Tier for SharedTier {
             Lease::Taken => {
                 // Another node may have written the block and released its lease between the
                 // look above and our lease: look once more (not another miss) before going to
-                // the origin. An invalid object stays invalid (nothing overwrites it).
+                // the origin. (An invalid object is replaced after the origin fetch below.)
                 if matches!(first, Found::Absent)
                     && let Found::Block(b) = inner.find(block, false).await
                 {
@@ -346,6 +347,16 @@ impl Inner {
                 }
                 Found::Absent
             }
+            // Longer than `max`: not a block object (planted or foreign), and no failure of the
+            // bucket, which answered; the breaker stays closed for every other block.
+            Err(StoreError::InvalidRange) => {
+                self.breaker.success();
+                self.metrics.invalid.inc();
+                self.warn(format_args!(
+                    "shared cache object {key} is longer than a block object; not serving it"
+                ));
+                Found::Invalid
+            }
             Err(e) => {
                 self.failed("read", &e);
                 Found::Unusable
@@ -410,6 +421,7 @@ impl Inner {
                     return match self.store.put_if_absent(lease, Bytes::from(body)).await {
                         Ok(PutOutcome::Created) => Lease::Taken,
                         Ok(PutOutcome::AlreadyExists) => Lease::HeldElsewhere,
+                        Err(e) if raced(&e) => Lease::HeldElsewhere,
                         Err(e) => {
                             self.failed("lease", &e);
                             Lease::Unavailable
@@ -418,6 +430,8 @@ impl Inner {
                 }
                 Lease::HeldElsewhere
             }
+            // Another node is creating the lease this very moment: it holds it.
+            Err(e) if raced(&e) => Lease::HeldElsewhere,
             Err(e) => {
                 self.failed("lease", &e);
                 Lease::Unavailable
@@ -458,7 +472,7 @@ impl Inner {
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-            if let Some(b) = self.lookup(block).await {
+            if let Found::Block(b) = self.find(block, false).await {
                 return Some(b);
             }
             match self.store.head(lease).await {
@@ -497,6 +511,8 @@ impl Inner {
                     self.metrics.writes.inc();
                     self.metrics.written_bytes.inc_by(w.data.len() as u64);
                 }
+                // Another node is writing the same block this very moment.
+                Err(e) if raced(&e) => self.breaker.success(),
                 Err(e) => self.failed("write", &e),
             }
         }
@@ -544,6 +560,13 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>, concurrenc
             drop(permit);
         });
     }
+}
+
+/// A conditional PUT that raced another write of the same key (S3's 409
+/// `ConditionalRequestConflict`, which the shared bucket's single attempt does not retry): the
+/// bucket works, and someone else is creating the object.
+fn raced(e: &StoreError) -> bool {
+    matches!(e, StoreError::Service { status: 409, code, .. } if code == crate::store::CONDITIONAL_REQUEST_CONFLICT)
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
