@@ -4,7 +4,7 @@
 #   - systemd-analyze verify on deploy/systemd/s3cachefs@.service (skipped where systemd-analyze
 #     is missing);
 #   - deploy/validate.py: parses every YAML and JSON file under deploy/ and asserts the fields that
-#     matter (see its docstring).
+#     matter (see its docstring), the shared tier's lifecycle rule and IAM policies included.
 # Installs shellcheck (apt), PyYAML and botocore (pip) when they are missing. hadolint is not
 # available from the package registries, so the Dockerfile is only checked by validate.py.
 # Set S3CACHEFS_BIN to a built binary (e.g. target/debug/s3cachefs) to also compare the flags used

@@ -6,12 +6,15 @@ file and asserts the fields that make the deployment work: privileges, /dev/fuse
 propagation, probes, the mountpoint layout (/mnt/s3 holds the mounts, /mnt/s3/jars is one),
 read-only Spark volumes, local:///mnt/s3/ JARs, and that every s3cachefs command line in deploy/
 and docs/DEPLOYMENT.md uses only flags that exist. Cross-file facts (node selector, mountpoint,
-the unit embedded in the EC2 user data, the Rust version) are compared between the files.
+the unit embedded in the EC2 user data, the Rust version) are compared between the files. The shared
+tier's files (deploy/shared-cache/: lifecycle rule, IAM and bucket policies) are checked for what
+s3cachefs needs, and every --shared-cache URL in deploy/, docs/ and README.md against their prefix.
 
 Usage: python3 deploy/validate.py [--verbose]
 Prints one line per check ("ok" or "FAIL ... reason") and a last line
 "validate.py: passed=N failed=M skipped=K"; exits 1 if any check failed.
-Needs PyYAML. Optional: botocore (validates the EMR on EKS request against the AWS API model),
+Needs PyYAML. Optional: botocore (validates the EMR on EKS request and the lifecycle rule against the
+AWS API models),
 shellcheck (lints the shell scripts embedded in the YAML files and the unit), and S3CACHEFS_BIN=path
 to a built s3cachefs (compares the flag lists above with its "mount --help" and "warm --help").
 """
@@ -40,18 +43,25 @@ MOUNT_FLAGS = {
     "--max-attempts", "--request-timeout", "--profile", "--no-sign-request", "--prefix",
     "--foreground", "-f", "--log-level", "--log-file", "--metrics-addr", "--help", "-h",
 }
+# The shared tier's flags, on both "mount" and "warm".
+SHARED_CACHE_FLAGS = {
+    "--shared-cache", "--shared-cache-region", "--shared-cache-endpoint-url", "--shared-cache-read-only",
+    "--shared-cache-key-file", "--shared-cache-lease-wait", "--shared-cache-timeout",
+}
+SHARED_CACHE_FLAGS_WITH_VALUE = SHARED_CACHE_FLAGS - {"--shared-cache-read-only"}
+MOUNT_FLAGS |= SHARED_CACHE_FLAGS
 MOUNT_FLAGS_WITH_VALUE = {
     "--cache", "--max-cache-size", "--cache-min-free", "--metadata-ttl", "--negative-metadata-ttl",
     "--block-size", "--memory-cache-size", "--uid", "--gid", "--file-mode", "--dir-mode",
     "--fuse-threads", "--region", "--endpoint-url", "--max-attempts", "--request-timeout",
     "--profile", "--prefix", "--log-level", "--log-file", "--metrics-addr",
-}
+} | SHARED_CACHE_FLAGS_WITH_VALUE
 WARM_FLAGS = {
     "--cache", "--max-cache-size", "--cache-min-free", "--block-size", "--include", "--exclude",
     "--manifest", "--concurrency", "--log-level", "--prefix", "--region", "--endpoint-url",
     "--force-path-style", "--max-attempts", "--request-timeout", "--profile", "--no-sign-request",
     "--help", "-h",
-}
+} | SHARED_CACHE_FLAGS
 # Mount options of fstab lines that are not s3cachefs flags.
 GENERIC_MOUNT_OPTIONS = {"ro", "rw", "_netdev", "nofail", "noauto", "auto", "defaults", "user", "users", "nouser"}
 
@@ -768,6 +778,149 @@ def _():
         expect(keep not in pats and not any(x in (keep + "/", "/" + keep) for x in pats), f"{keep} must stay in the context")
     expect(not os.path.exists(os.path.join(DEPLOY, "docker", ".dockerignore")),
            "deploy/docker/.dockerignore would be ignored (the context is the repository root); use Dockerfile.dockerignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared tier: lifecycle rule, IAM policies, and the --shared-cache URLs that use them
+# ---------------------------------------------------------------------------------------------
+
+SHARED = os.path.join(DEPLOY, "shared-cache")
+LIFECYCLE_PATH = os.path.join(SHARED, "lifecycle.json")
+DIRECTORY_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]*--[a-z0-9-]+--x-s3")
+EXPRESS_BUCKET_ARN = re.compile(r"arn:aws[a-z-]*:s3express:[a-z0-9-]+:\d{12}:bucket/(" + DIRECTORY_BUCKET.pattern + ")")
+# What s3cachefs sends to the shared bucket (src/tier/shared.rs): GET and HEAD of blocks, leases
+# and the probe; conditional PUT and DELETE of blocks, leases and the probe (writers only).
+WRITER_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+READER_ACTIONS = {"s3:GetObject"}
+
+
+def statements(policy):
+    expect(policy.get("Version") == "2012-10-17", "Version is not 2012-10-17")
+    sts = policy.get("Statement")
+    expect(isinstance(sts, list) and sts, "no Statement list")
+    for st in sts:
+        expect(st.get("Effect") == "Allow", f"statement {st.get('Sid')}: only Allow statements are expected")
+        for k in ("Action", "Resource"):
+            expect(st.get(k), f"statement {st.get('Sid')}: no {k}")
+    return sts
+
+
+def as_list(v):
+    return v if isinstance(v, list) else [v]
+
+
+def lifecycle_prefix():
+    rules = json.loads(read(LIFECYCLE_PATH))["Rules"]
+    expect(len(rules) == 1, f"expected one rule, found {len(rules)}")
+    return rules[0]["Filter"]["Prefix"]
+
+
+def shared_cache_urls(text):
+    """(bucket, prefix) of every --shared-cache s3://... and shared_cache=s3://... in text."""
+    out = []
+    for m in re.finditer(r"(?:--shared-cache[ =]|shared_cache=)s3://([a-z0-9.-]+)(/[^\s,`'\"\\]*)?", text):
+        prefix = (m.group(2) or "").strip("/")
+        out.append((m.group(1), prefix + "/" if prefix else ""))
+    return out
+
+
+@check("shared-cache lifecycle.json: one enabled rule expiring <prefix>s3cachefs/ and aborting uploads; directory-bucket safe")
+def _():
+    rule = json.loads(read(LIFECYCLE_PATH))["Rules"][0]
+    expect(rule.get("Status") == "Enabled", "the rule is not Enabled")
+    flt = rule.get("Filter") or {}
+    expect(set(flt) == {"Prefix"}, f"the filter should be a prefix only (directory buckets take no tag filters): {flt}")
+    expect(lifecycle_prefix().endswith("s3cachefs/"), "the prefix must end in s3cachefs/ (src/tier/shared.rs names objects so)")
+    days = (rule.get("Expiration") or {}).get("Days")
+    expect(isinstance(days, int) and days >= 1, f"Expiration.Days should be a whole number of days, is {days!r}")
+    abort = (rule.get("AbortIncompleteMultipartUpload") or {}).get("DaysAfterInitiation")
+    expect(isinstance(abort, int) and abort >= 1, "no AbortIncompleteMultipartUpload.DaysAfterInitiation")
+    unsupported = sorted(k for k in rule if "Transition" in k or "Noncurrent" in k)
+    expect(not unsupported, f"directory buckets support only expiration and aborting uploads: {unsupported}")
+
+
+@check("shared-cache lifecycle.json: valid PutBucketLifecycleConfiguration request (AWS API model)")
+def _():
+    try:
+        import botocore.session
+        from botocore.validate import ParamValidator
+    except ImportError:
+        raise Skip("botocore is not installed")
+    op = botocore.session.get_session().get_service_model("s3").operation_model("PutBucketLifecycleConfiguration")
+    req = {"Bucket": "jars-cache--use1-az4--x-s3", "LifecycleConfiguration": json.loads(read(LIFECYCLE_PATH))}
+    report = ParamValidator().validate(req, op.input_shape)
+    expect(not report.has_errors(), report.generate_report())
+
+
+@check("shared-cache IAM (general purpose bucket): writer and reader on <prefix>s3cachefs/*, s3:ListBucket for 404s")
+def _():
+    prefix = lifecycle_prefix()
+    buckets = set()
+    for name, want in (("iam-writer.json", WRITER_ACTIONS), ("iam-reader.json", READER_ACTIONS)):
+        sts = statements(json.loads(read(os.path.join(SHARED, name))))
+        objects = [st for st in sts if any(a != "s3:ListBucket" for a in as_list(st["Action"]))]
+        actions = {a for st in objects for a in as_list(st["Action"])}
+        expect(actions == want, f"{name}: object actions {sorted(actions)}, expected {sorted(want)}")
+        for st in objects:
+            for r in as_list(st["Resource"]):
+                m = re.fullmatch(r"arn:aws[a-z-]*:s3:::([a-z0-9.-]+)/(.*)\*", r)
+                expect(m and m.group(2) == prefix, f"{name}: object resource {r} is not arn:aws:s3:::BUCKET/{prefix}*")
+                buckets.add(m.group(1))
+        lists = [st for st in sts if as_list(st["Action"]) == ["s3:ListBucket"]]
+        expect(lists, f"{name}: no s3:ListBucket (without it a missing block is 403, which opens the breaker)")
+        for st in lists:
+            expect(not st.get("Condition"), f"{name}: s3:ListBucket has a condition; a GET of a missing block carries no prefix")
+            for r in as_list(st["Resource"]):
+                m = re.fullmatch(r"arn:aws[a-z-]*:s3:::([a-z0-9.-]+)", r)
+                expect(m, f"{name}: s3:ListBucket resource {r} is not a bucket ARN")
+                buckets.add(m.group(1))
+    expect(len(buckets) == 1, f"the policies name different buckets: {sorted(buckets)}")
+
+
+@check("shared-cache IAM (S3 Express directory bucket): CreateSession, ReadOnly for readers; lifecycle service principal")
+def _():
+    arns = set()
+    for name in ("iam-writer-express.json", "iam-reader-express.json", "bucket-policy-express-lifecycle.json"):
+        sts = statements(json.loads(read(os.path.join(SHARED, name))))
+        for st in sts:
+            expect(as_list(st["Action"]) == ["s3express:CreateSession"], f"{name}: only s3express:CreateSession is needed")
+            for r in as_list(st["Resource"]):
+                expect(EXPRESS_BUCKET_ARN.fullmatch(r), f"{name}: {r} is not a directory bucket ARN (name--azid--x-s3)")
+                arns.add(r)
+        modes = [((st.get("Condition") or {}).get("StringEquals") or {}).get("s3express:SessionMode") for st in sts]
+        if name.startswith("iam-reader"):
+            expect(modes == ["ReadOnly"], f"{name}: readers must be limited to s3express:SessionMode ReadOnly")
+        else:
+            expect("ReadOnly" not in modes, f"{name}: needs ReadWrite sessions")
+        if name.startswith("bucket-policy"):
+            expect(all((st.get("Principal") or {}).get("Service") == "lifecycle.s3.amazonaws.com" for st in sts),
+                   f"{name}: the principal must be the S3 Lifecycle service, lifecycle.s3.amazonaws.com")
+    expect(len(arns) == 1, f"the files name different buckets: {sorted(arns)}")
+
+
+@check("--shared-cache URLs in deploy/ and docs/ match the lifecycle prefix and the policies' buckets")
+def _():
+    prefix = lifecycle_prefix()
+    policy_text = "".join(read(p) for p in files_under(SHARED, (".json",)))
+    gp = set(re.findall(r"arn:aws[a-z-]*:s3:::([a-z0-9.-]+)", policy_text))
+    express = {m.group(1) for m in EXPRESS_BUCKET_ARN.finditer(policy_text)}
+    paths = [p for p in files_under(DEPLOY, ("",)) if not p.endswith("validate.py")]
+    paths += files_under(os.path.join(ROOT, "docs"), (".md",)) + [os.path.join(ROOT, "README.md")]
+    seen = set()
+    for p in paths:
+        try:
+            text = read(p)
+        except UnicodeDecodeError:
+            continue
+        for bucket, url_prefix in shared_cache_urls(text):
+            if bucket in gp | express:
+                expect(url_prefix + "s3cachefs/" == prefix,
+                       f"{rel(p)}: s3://{bucket}/{url_prefix} keeps its objects under {url_prefix}s3cachefs/, "
+                       f"but lifecycle.json and the policies cover {prefix}")
+                seen.add(bucket)
+        for ref in re.findall(r"file://(deploy/[\w./-]+)", text):
+            expect(os.path.exists(os.path.join(ROOT, ref)), f"{rel(p)}: {ref} does not exist")
+    expect(seen & express, f"no --shared-cache URL in deploy/, docs/ or README.md names the directory bucket {sorted(express)}")
 
 
 # ---------------------------------------------------------------------------------------------

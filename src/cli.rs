@@ -22,7 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Mount a bucket (or a prefix of it) read-only at a directory.
     Mount(MountArgs),
-    /// Preload objects into a disk cache (shared with running mounts), e.g. before pods start.
+    /// Preload objects into a disk cache (shared with running mounts) and/or the shared cache,
+    /// e.g. before pods start or when JARs are published.
     Warm(WarmArgs),
     /// Print a short summary of a running mount's metrics (hit ratio, bytes saved, S3 calls).
     Stats(StatsArgs),
@@ -232,8 +233,13 @@ impl WarmArgs {
     pub fn resolve(&self) -> Result<config::WarmConfig, String> {
         check_log_level(self.log_level.as_deref())?;
         let s3 = self.s3.resolve()?;
+        let source = Source::parse(&self.source, self.prefix.as_deref())?;
+        let shared_cache = self.shared.resolve(&s3)?;
+        if let Some(shared) = &shared_cache {
+            shared.check_apart_from(&source, &s3)?;
+        }
         Ok(config::WarmConfig {
-            source: Source::parse(&self.source, self.prefix.as_deref())?,
+            source,
             s3: s3.clone(),
             cache: match &self.cache {
                 None => None,
@@ -243,7 +249,7 @@ impl WarmArgs {
                     self.cache_min_free.as_deref(),
                 )?),
             },
-            shared_cache: self.shared.resolve(&s3)?,
+            shared_cache,
             block_size: config::validate_block_size(
                 config::parse_size(&self.block_size).map_err(|e| format!("--block-size: {e}"))?,
             )

@@ -435,6 +435,7 @@ mod tests {
         m.s3_request("GetObject", Some(200), 0.01);
         m.fuse_op("read");
         m.fuse_error("read", 5);
+        m.store_request(StoreRole::SharedTier, "GetObject", Some(404), 0.01);
         let text = m.encode();
         let mut families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
         families.sort_unstable();
@@ -456,6 +457,18 @@ mod tests {
             "s3cachefs_s3_bytes counter",
             "s3cachefs_s3_request_duration_seconds histogram",
             "s3cachefs_s3_requests counter",
+            "s3cachefs_shared_cache_breaker_open gauge",
+            "s3cachefs_shared_cache_errors counter",
+            "s3cachefs_shared_cache_hit_bytes counter",
+            "s3cachefs_shared_cache_hits counter",
+            "s3cachefs_shared_cache_invalid_blocks counter",
+            "s3cachefs_shared_cache_lease_timeouts counter",
+            "s3cachefs_shared_cache_lease_waits counter",
+            "s3cachefs_shared_cache_misses counter",
+            "s3cachefs_shared_cache_requests counter",
+            "s3cachefs_shared_cache_write_drops counter",
+            "s3cachefs_shared_cache_writes counter",
+            "s3cachefs_shared_cache_written_bytes counter",
         ];
         assert_eq!(families, want);
 
@@ -475,6 +488,17 @@ mod tests {
             (CACHE_CORRUPT_BLOCKS, "s3cachefs_cache_corrupt_blocks_total"),
             (CACHE_WRITE_FAILURES, "s3cachefs_cache_write_failures_total"),
             (CACHE_SKIPPED_FULL, "s3cachefs_cache_skipped_full_total"),
+            (SHARED_REQUESTS, "s3cachefs_shared_cache_requests_total"),
+            (SHARED_HITS, "s3cachefs_shared_cache_hits_total"),
+            (SHARED_MISSES, "s3cachefs_shared_cache_misses_total"),
+            (SHARED_HIT_BYTES, "s3cachefs_shared_cache_hit_bytes_total"),
+            (SHARED_INVALID, "s3cachefs_shared_cache_invalid_blocks_total"),
+            (SHARED_ERRORS, "s3cachefs_shared_cache_errors_total"),
+            (SHARED_LEASE_WAITS, "s3cachefs_shared_cache_lease_waits_total"),
+            (SHARED_LEASE_TIMEOUTS, "s3cachefs_shared_cache_lease_timeouts_total"),
+            (SHARED_WRITES, "s3cachefs_shared_cache_writes_total"),
+            (SHARED_WRITTEN_BYTES, "s3cachefs_shared_cache_written_bytes_total"),
+            (SHARED_WRITE_DROPS, "s3cachefs_shared_cache_write_drops_total"),
         ];
         let series: Vec<String> = parse_text(&text)
             .into_iter()
@@ -486,6 +510,8 @@ mod tests {
         }
         assert_eq!(gauge_name(CACHE_SIZE_BYTES), "s3cachefs_cache_size_bytes");
         assert!(series.contains(&gauge_name(CACHE_SIZE_BYTES)));
+        assert_eq!(gauge_name(SHARED_BREAKER_OPEN), "s3cachefs_shared_cache_breaker_open");
+        assert!(series.contains(&gauge_name(SHARED_BREAKER_OPEN)));
         let histogram = gauge_name(S3_REQUEST_DURATION_SECONDS);
         assert!(series.contains(&format!("{histogram}_bucket")));
     }

@@ -81,6 +81,8 @@ CACHE_DIR="/nvme/s3cache"
 # no instance store), or a size such as 200GiB.
 MAX_CACHE_SIZE="auto"
 # Extra flags of "s3cachefs mount" (after --cache and --max-cache-size, which are added below).
+# For a cluster-wide shared tier, add e.g. --shared-cache s3://jars-cache--use1-az4--x-s3/ (a
+# directory bucket in this instance's Availability Zone; see docs/DEPLOYMENT.md).
 EXTRA_ARGS="--cache-min-free 5% --metadata-ttl indefinite --allow-other --metrics-addr 127.0.0.1:9464 --log-level info"
 # Preload this BUCKET/PREFIX (e.g. "my-bucket/jars/") into the cache before kubelet starts (empty:
 # no warm-up). It delays the node's readiness by the time the download takes; a failure is

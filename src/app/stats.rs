@@ -61,13 +61,49 @@ fn summary(text: &str) -> String {
         counter(metrics::CACHE_CORRUPT_BLOCKS, &[]),
         counter(metrics::CACHE_WRITE_FAILURES, &[])
     );
+    shared_line(&mut out, &counter, gauge(metrics::SHARED_BREAKER_OPEN) >= 1.0);
     out
+}
+
+/// The shared tier's line, only for a daemon that uses one: some shared-tier request or block
+/// was counted (the probe at mount counts requests), or the breaker is open.
+fn shared_line(out: &mut String, counter: &dyn Fn(&str, &[&str]) -> f64, breaker_open: bool) {
+    let (hits, misses) = (counter(metrics::SHARED_HITS, &[]), counter(metrics::SHARED_MISSES, &[]));
+    let activity = [
+        metrics::SHARED_REQUESTS,
+        metrics::SHARED_HITS,
+        metrics::SHARED_MISSES,
+        metrics::SHARED_INVALID,
+        metrics::SHARED_ERRORS,
+        metrics::SHARED_LEASE_WAITS,
+        metrics::SHARED_WRITES,
+        metrics::SHARED_WRITE_DROPS,
+    ]
+    .iter()
+    .any(|name| counter(name, &[]) > 0.0);
+    if !activity && !breaker_open {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "shared cache: {hits:.0} hits, {misses:.0} misses ({:.1}% hit ratio), {:.1} MiB served, {:.0} invalid blocks, \
+         {:.0} errors, {:.0} lease waits ({:.0} timed out), {:.0} writes, {:.0} write drops{}",
+        100.0 * hits / (hits + misses).max(1.0),
+        counter(metrics::SHARED_HIT_BYTES, &[]) / (1 << 20) as f64,
+        counter(metrics::SHARED_INVALID, &[]),
+        counter(metrics::SHARED_ERRORS, &[]),
+        counter(metrics::SHARED_LEASE_WAITS, &[]),
+        counter(metrics::SHARED_LEASE_TIMEOUTS, &[]),
+        counter(metrics::SHARED_WRITES, &[]),
+        counter(metrics::SHARED_WRITE_DROPS, &[]),
+        if breaker_open { ", breaker open" } else { "" }
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::metrics::{Metrics, StoreRole};
 
     #[test]
     fn summarizes_every_line_from_the_daemons_encoding() {
@@ -94,6 +130,86 @@ mod tests {
              S3 requests:  4 GET, 2 HEAD, 1 LIST (2 failed)\n\
              cache disk:   10.0 MiB used, 7 evictions, 2 corrupt blocks, 5 write failures\n"
         );
+    }
+
+    /// The four lines every daemon prints, for a daemon that did nothing else.
+    const IDLE: &str = "disk cache:   0 hits, 0 misses (0.0% hit ratio)\n\
+                        bytes:        0.0 MiB read through the mount, 0.0 MiB from the disk cache, 0.0 MiB from S3\n\
+                        S3 requests:  0 GET, 0 HEAD, 0 LIST (0 failed)\n\
+                        cache disk:   0.0 MiB used, 0 evictions, 0 corrupt blocks, 0 write failures\n";
+
+    #[test]
+    fn the_shared_cache_line_counts_every_shared_metric() {
+        let m = Metrics::new();
+        let s = &m.shared;
+        s.hits.inc_by(6);
+        s.misses.inc_by(2);
+        s.hit_bytes.inc_by(6 << 20);
+        s.invalid.inc_by(3);
+        s.errors.inc_by(4);
+        s.lease_waits.inc_by(5);
+        s.lease_timeouts.inc_by(1);
+        s.writes.inc_by(7);
+        s.written_bytes.inc_by(7 << 20);
+        s.write_drops.inc_by(8);
+        // The shared bucket's requests are not the source's: the S3 line stays at zero.
+        m.store_request(StoreRole::SharedTier, "GetObject", Some(200), 0.01);
+        m.store_request(StoreRole::SharedTier, "PutObject", Some(412), 0.01);
+        assert_eq!(
+            summary(&m.encode()),
+            format!(
+                "{IDLE}shared cache: 6 hits, 2 misses (75.0% hit ratio), 6.0 MiB served, 3 invalid blocks, \
+                 4 errors, 5 lease waits (1 timed out), 7 writes, 8 write drops\n"
+            )
+        );
+        s.breaker_open.set(1);
+        assert!(summary(&m.encode()).ends_with(", 8 write drops, breaker open\n"));
+        s.breaker_open.set(0);
+        assert!(summary(&m.encode()).ends_with(", 8 write drops\n"));
+    }
+
+    /// A mount with a shared tier has counted its probe's requests before anything is read:
+    /// it gets the line, all zeros.
+    #[test]
+    fn a_shared_tier_that_served_nothing_yet_still_has_its_line() {
+        let m = Metrics::new();
+        m.store_request(StoreRole::SharedTier, "PutObject", Some(200), 0.01);
+        m.store_request(StoreRole::SharedTier, "DeleteObject", Some(204), 0.01);
+        assert_eq!(
+            summary(&m.encode()),
+            format!(
+                "{IDLE}shared cache: 0 hits, 0 misses (0.0% hit ratio), 0.0 MiB served, 0 invalid blocks, \
+                 0 errors, 0 lease waits (0 timed out), 0 writes, 0 write drops\n"
+            )
+        );
+    }
+
+    #[test]
+    fn an_open_breaker_alone_shows_the_line() {
+        let m = Metrics::new();
+        m.shared.breaker_open.set(1);
+        assert!(summary(&m.encode()).starts_with(IDLE));
+        assert!(
+            summary(&m.encode()).ends_with("0 writes, 0 write drops, breaker open\n"),
+            "{}",
+            summary(&m.encode())
+        );
+    }
+
+    /// A daemon whose scrape has no shared-tier family at all (an older build) gets no line.
+    #[test]
+    fn a_scrape_without_shared_metrics_has_no_shared_line() {
+        let m = Metrics::new();
+        m.shared.hits.inc_by(3);
+        m.shared.breaker_open.set(1);
+        let text: String = m
+            .encode()
+            .lines()
+            .filter(|l| !l.contains("shared_cache"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!text.is_empty());
+        assert_eq!(summary(&text), IDLE);
     }
 
     #[test]

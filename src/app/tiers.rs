@@ -102,9 +102,15 @@ async fn shared_tier(cfg: &SharedCacheConfig, writes_wait: bool, metrics: &Arc<M
     let url = format!("s3://{}/{}", location.bucket, location.prefix);
     tier.probe().await.with_context(|| {
         if cfg.read_only {
-            format!("the shared cache {url} cannot be read (s3:GetObject is needed)")
+            format!(
+                "the shared cache {url} cannot be read (s3:GetObject is needed, and s3:ListBucket on a \
+                 general purpose bucket, which otherwise answers 403 for missing keys)"
+            )
         } else {
-            format!("the shared cache {url} cannot be written (s3:PutObject and s3:DeleteObject are needed)")
+            format!(
+                "the shared cache {url} cannot be written (s3:PutObject, s3:GetObject and s3:DeleteObject \
+                 are needed, and s3:ListBucket on a general purpose bucket)"
+            )
         }
     })?;
     Ok(tier)

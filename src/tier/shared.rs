@@ -10,13 +10,16 @@
 //!   (`--shared-cache-key-file`). Everything is checked on every read; a mismatch is a miss
 //!   (counted, logged), never data.
 //! - **Writes** are conditional (`If-None-Match: *`): the first writer wins, an existing object
-//!   counts as success, nothing is overwritten. They go through a bounded queue drained in the
+//!   counts as success, no valid block is overwritten (an invalid object, met by a writer, is
+//!   deleted and written anew). They go through a bounded queue drained in the
 //!   background, so a reader never waits for them; a full queue drops the write (counted).
 //! - **Cross-node coalescing.** A node that misses a block takes a lease first: a small object
-//!   next to the block, created with a conditional PUT and holding its expiry. The holder fetches
-//!   from the origin and writes the block; the others poll for the block for at most
-//!   `lease_wait`, then fetch from the origin themselves. A crashed holder delays the others by at
-//!   most that bound; its lease expires after `2 × lease_wait` and is then taken over.
+//!   next to the block, created with a conditional PUT and holding its expiry. The holder looks
+//!   for the block once more (a previous holder may have just written it and released the lease),
+//!   then fetches from the origin and writes the block; the others poll for the block for at most
+//!   `lease_wait` (and once more when the lease goes away), then fetch from the origin
+//!   themselves. A crashed holder delays the others by at most that bound; its lease expires
+//!   after `2 × lease_wait` and is then taken over.
 //! - **Failures never fail a read.** Any error of the shared bucket (unreachable, slow, throttled,
 //!   denied) passes the request to the origin, and opens a circuit breaker: for
 //!   `breaker_interval` the tier is skipped, then one request probes it again. A dead tier costs
@@ -107,6 +110,9 @@ struct Write {
     data: Bytes,
     /// The lease this node holds for the block, released once the block is written.
     lease: Option<String>,
+    /// An invalid object is in the block's place: delete it first (a conditional write never
+    /// overwrites, so it would otherwise stay until the lifecycle rule expires it).
+    replace: bool,
 }
 
 impl SharedTier {
@@ -208,6 +214,7 @@ impl Tier for SharedTier {
             block: block.clone(),
             data: data.clone(),
             lease: None,
+            replace: false,
         };
         self.enqueue(write).await;
         Some(data)
@@ -215,7 +222,8 @@ impl Tier for SharedTier {
 
     async fn get(&self, block: &BlockRef, below: Below<'_>) -> Result<Bytes, StoreError> {
         let inner = &self.inner;
-        if let Some(b) = inner.lookup(block).await {
+        let first = inner.find(block, true).await;
+        if let Found::Block(b) = first {
             return Ok(b);
         }
         if self.writes.is_none() || !inner.breaker.allows() {
@@ -224,7 +232,18 @@ impl Tier for SharedTier {
         // Missed: take the lease, or wait for the node that holds it.
         let lease = inner.lease_key(block);
         let held = match inner.take_lease(&lease).await {
-            Lease::Taken => Some(lease),
+            Lease::Taken => {
+                // Another node may have written the block and released its lease between the
+                // look above and our lease: look once more (not another miss) before going to
+                // the origin. (An invalid object is replaced after the origin fetch below.)
+                if matches!(first, Found::Absent)
+                    && let Found::Block(b) = inner.find(block, false).await
+                {
+                    inner.release(&lease).await;
+                    return Ok(b);
+                }
+                Some(lease)
+            }
             Lease::HeldElsewhere => {
                 if let Some(b) = inner.wait_for(block, &lease).await {
                     return Ok(b);
@@ -246,10 +265,22 @@ impl Tier for SharedTier {
             block: block.clone(),
             data: data.clone(),
             lease: held,
+            replace: matches!(first, Found::Invalid),
         };
         self.enqueue(write).await;
         Ok(data)
     }
+}
+
+/// What a look for a block in the shared bucket found.
+enum Found {
+    Block(Bytes),
+    /// No object.
+    Absent,
+    /// An object that does not validate (corrupt, forged, unsigned): a writer replaces it.
+    Invalid,
+    /// A failed request, or the breaker is open.
+    Unusable,
 }
 
 /// The outcome of trying to take a block's lease.
@@ -276,8 +307,17 @@ impl Inner {
     /// The block from the shared bucket if it is there and valid; `None` on a miss, an invalid
     /// object or any error (which opens the breaker).
     async fn lookup(&self, block: &BlockRef) -> Option<Bytes> {
+        match self.find(block, true).await {
+            Found::Block(b) => Some(b),
+            Found::Absent | Found::Invalid | Found::Unusable => None,
+        }
+    }
+
+    /// Like `lookup`, telling an absent object from an unusable one; `count_miss: false` for a
+    /// second look at a block already counted as a miss.
+    async fn find(&self, block: &BlockRef, count_miss: bool) -> Found {
         if !self.breaker.allows() {
-            return None;
+            return Found::Unusable;
         }
         let key = self.object_key(block);
         // A block object is at most the block file and a tag; anything longer is not one.
@@ -289,25 +329,37 @@ impl Inner {
                     Ok(data) => {
                         self.metrics.hits.inc();
                         self.metrics.hit_bytes.inc_by(data.len() as u64);
-                        Some(data)
+                        Found::Block(data)
                     }
                     Err(why) => {
                         self.metrics.invalid.inc();
                         self.warn(format_args!(
                             "shared cache object {key} is not valid ({why}); not serving it"
                         ));
-                        None
+                        Found::Invalid
                     }
                 }
             }
             Err(StoreError::NotFound) => {
                 self.breaker.success();
-                self.metrics.misses.inc();
-                None
+                if count_miss {
+                    self.metrics.misses.inc();
+                }
+                Found::Absent
+            }
+            // Longer than `max`: not a block object (planted or foreign), and no failure of the
+            // bucket, which answered; the breaker stays closed for every other block.
+            Err(StoreError::InvalidRange) => {
+                self.breaker.success();
+                self.metrics.invalid.inc();
+                self.warn(format_args!(
+                    "shared cache object {key} is longer than a block object; not serving it"
+                ));
+                Found::Invalid
             }
             Err(e) => {
                 self.failed("read", &e);
-                None
+                Found::Unusable
             }
         }
     }
@@ -369,6 +421,7 @@ impl Inner {
                     return match self.store.put_if_absent(lease, Bytes::from(body)).await {
                         Ok(PutOutcome::Created) => Lease::Taken,
                         Ok(PutOutcome::AlreadyExists) => Lease::HeldElsewhere,
+                        Err(e) if raced(&e) => Lease::HeldElsewhere,
                         Err(e) => {
                             self.failed("lease", &e);
                             Lease::Unavailable
@@ -377,6 +430,8 @@ impl Inner {
                 }
                 Lease::HeldElsewhere
             }
+            // Another node is creating the lease this very moment: it holds it.
+            Err(e) if raced(&e) => Lease::HeldElsewhere,
             Err(e) => {
                 self.failed("lease", &e);
                 Lease::Unavailable
@@ -417,13 +472,20 @@ impl Inner {
             }
             tokio::time::sleep(pause.min(left)).await;
             pause = (pause * 2).min(Duration::from_millis(200));
-            if let Some(b) = self.lookup(block).await {
+            if let Found::Block(b) = self.find(block, false).await {
                 return Some(b);
             }
             match self.store.head(lease).await {
                 Ok(_) => {}
-                // Released without the block (the holder's fetch or write failed), or the tier
-                // is failing: stop waiting.
+                // Released: the holder wrote the block after the lookup above (look once more),
+                // or its fetch or write failed.
+                Err(StoreError::NotFound) => {
+                    return match self.find(block, false).await {
+                        Found::Block(b) => Some(b),
+                        Found::Absent | Found::Invalid | Found::Unusable => None,
+                    };
+                }
+                // The tier is failing: stop waiting.
                 Err(_) => return None,
             }
         }
@@ -437,6 +499,11 @@ impl Inner {
 
     async fn store(&self, w: &Write) {
         let key = self.object_key(&w.block);
+        if w.replace
+            && let Err(e) = self.store.delete(&key).await
+        {
+            debug!(key, "cannot remove an invalid shared cache object: {e}");
+        }
         if let Some(body) = self.encode(&w.block, &w.data) {
             match self.store.put_if_absent(&key, body).await {
                 Ok(_) => {
@@ -444,6 +511,8 @@ impl Inner {
                     self.metrics.writes.inc();
                     self.metrics.written_bytes.inc_by(w.data.len() as u64);
                 }
+                // Another node is writing the same block this very moment.
+                Err(e) if raced(&e) => self.breaker.success(),
                 Err(e) => self.failed("write", &e),
             }
         }
@@ -491,6 +560,13 @@ async fn write_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Write>, concurrenc
             drop(permit);
         });
     }
+}
+
+/// A conditional PUT that raced another write of the same key (S3's 409
+/// `ConditionalRequestConflict`, which the shared bucket's single attempt does not retry): the
+/// bucket works, and someone else is creating the object.
+fn raced(e: &StoreError) -> bool {
+    matches!(e, StoreError::Service { status: 409, code, .. } if code == crate::store::CONDITIONAL_REQUEST_CONFLICT)
 }
 
 fn unix_ms(t: SystemTime) -> u64 {

@@ -151,6 +151,16 @@ async fn invalid_objects_are_never_served() {
     }
     assert_eq!(reader.metrics.invalid.get(), 2);
     assert_eq!(reader.metrics.hits.get(), 0);
+    // The reader replaced both with valid blocks: the next node is served from the bucket.
+    reader.tier.flush().await;
+    let next = node(&src, &b, settings());
+    let before = src.gets.load(Ordering::SeqCst);
+    for block in [&b0, &b1] {
+        let got = next.chain.get(block).await.unwrap();
+        assert_eq!(&got[..], &data[block.range.start as usize..block.range.end as usize]);
+    }
+    assert_eq!(next.metrics.hits.get(), 2);
+    assert_eq!(src.gets.load(Ordering::SeqCst), before);
 }
 
 #[tokio::test]
@@ -271,6 +281,30 @@ async fn a_block_written_by_the_lease_holder_ends_the_wait() {
     assert_eq!(src.gets.load(Ordering::SeqCst), 1, "one origin GET for two nodes");
 }
 
+/// A block written (and its lease released) by another node between a node's miss and its lease
+/// is found by a second look, not fetched from the origin again.
+#[tokio::test]
+async fn a_block_that_lands_before_the_lease_is_taken_is_not_fetched_again() {
+    let data = body(BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let first = node(&src, &b, settings());
+    let block = first.chain.block(&meta, 0);
+    first.chain.get(&block).await.unwrap();
+    first.tier.flush().await;
+    assert_eq!(src.gets.load(Ordering::SeqCst), 1);
+    // The second node's first look misses (as if just before the first node's write landed).
+    let second = node(&src, &b, settings());
+    b.fail_next(1, StoreError::NotFound);
+    assert_eq!(&second.chain.get(&block).await.unwrap()[..], &data[..]);
+    assert_eq!(src.gets.load(Ordering::SeqCst), 1, "no second origin GET");
+    assert_eq!((second.metrics.misses.get(), second.metrics.hits.get()), (1, 1));
+    assert!(
+        keys(&b, "cache/s3cachefs/v1/leases/").await.is_empty(),
+        "the lease is released"
+    );
+}
+
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_without_waiting() {
     let data = body(BS as usize);
@@ -348,6 +382,7 @@ async fn a_full_write_queue_drops_writes_and_counts_them() {
                 block: n.chain.block(&meta, i),
                 data: Bytes::from(vec![0u8; BS as usize]),
                 lease: None,
+                replace: false,
             })
             .await;
     }
@@ -367,4 +402,107 @@ async fn the_probe_writes_and_removes_one_object_and_reports_failures() {
     assert!(keys(&b, "").await.is_empty(), "the probe object is removed");
     b.fail_next(1, StoreError::AccessDenied("no".into()));
     assert!(matches!(n.tier.probe().await, Err(StoreError::AccessDenied(_))));
+}
+
+/// An object too long to be a block object (planted, or foreign) is an invalid block, not a
+/// failure of the bucket: it is not served, and the breaker stays closed for the other blocks.
+#[tokio::test]
+async fn an_oversized_object_is_invalid_and_does_not_open_the_breaker() {
+    let data = body(2 * BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let writer = node(&src, &b, settings());
+    writer.chain.get(&writer.chain.block(&meta, 1)).await.unwrap();
+    writer.tier.flush().await;
+    let b0 = writer.chain.block(&meta, 0);
+    b.inner()
+        .put(&writer.tier.inner.object_key(&b0), vec![7u8; 4 * BS as usize]);
+    let reader = node(&src, &b, settings());
+    for i in 0..2 {
+        let block = reader.chain.block(&meta, i);
+        assert_eq!(
+            &reader.chain.get(&block).await.unwrap()[..],
+            &data[block.range.start as usize..block.range.end as usize]
+        );
+    }
+    assert_eq!(reader.metrics.invalid.get(), 1);
+    assert_eq!(reader.metrics.errors.get(), 0);
+    assert_eq!(reader.metrics.breaker_open.get(), 0);
+    assert_eq!(
+        reader.metrics.hits.get(),
+        1,
+        "block 1 still came from the shared bucket"
+    );
+}
+
+/// A node that waits for another node's fetch missed the block once: the polls of its wait are
+/// not counted as misses (they would sink the hit ratio `stats` shows).
+#[tokio::test]
+async fn the_polls_of_a_lease_wait_are_not_misses() {
+    let data = body(BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let n = node(
+        &src,
+        &b,
+        SharedTierSettings {
+            lease_wait: Duration::from_millis(500),
+            ..settings()
+        },
+    );
+    let block = n.chain.block(&meta, 0);
+    let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
+    b.inner()
+        .put(&n.tier.inner.lease_key(&block), format!("{expiry} other:1"));
+    let gets = b.inner().gets.load(Ordering::SeqCst);
+    assert_eq!(&n.chain.get(&block).await.unwrap()[..], &data[..]);
+    assert!(
+        b.inner().gets.load(Ordering::SeqCst) - gets > 3,
+        "the wait polled the bucket several times"
+    );
+    assert_eq!(n.metrics.lease_waits.get(), 1);
+    assert_eq!(n.metrics.misses.get(), 1);
+}
+
+/// S3 answers a conditional PUT that races another write of the same key with 409
+/// `ConditionalRequestConflict`. For a block or a lease, that is another node creating the same
+/// object: not a failure of the bucket, so the breaker stays closed.
+#[tokio::test]
+async fn a_conditional_put_that_races_another_node_does_not_open_the_breaker() {
+    let data = body(BS as usize);
+    let (src, meta) = origin(&data);
+    let b = bucket();
+    let n = node(&src, &b, settings());
+    let block = n.chain.block(&meta, 0);
+    let conflict = || StoreError::Service {
+        status: 409,
+        code: crate::store::CONDITIONAL_REQUEST_CONFLICT.into(),
+        message: "A conflicting operation occurred".into(),
+    };
+    b.fail_next(1, conflict());
+    assert!(matches!(
+        n.tier.inner.take_lease(&n.tier.inner.lease_key(&block)).await,
+        Lease::HeldElsewhere
+    ));
+    b.fail_next(1, conflict());
+    n.tier.inner.pending.fetch_add(1, Ordering::SeqCst); // as `enqueue` does
+    n.tier
+        .inner
+        .store(&Write {
+            block: block.clone(),
+            data: Bytes::from(data.clone()),
+            lease: None,
+            replace: false,
+        })
+        .await;
+    assert_eq!(n.metrics.errors.get(), 0);
+    assert_eq!(n.metrics.breaker_open.get(), 0);
+    // Any other error still opens it.
+    b.fail_next(1, StoreError::Timeout);
+    assert!(matches!(
+        n.tier.inner.take_lease(&n.tier.inner.lease_key(&block)).await,
+        Lease::Unavailable
+    ));
+    assert_eq!(n.metrics.errors.get(), 1);
+    assert_eq!(n.metrics.breaker_open.get(), 1);
 }

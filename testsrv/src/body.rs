@@ -45,7 +45,8 @@ pub(crate) struct ResponseBody {
     end_delay_done: bool,
     done: bool,
     conn: Option<Arc<ConnCtl>>,
-    count_get_bytes: Option<Arc<Shared>>,
+    /// Where to count the body bytes sent: the server's stats, under this bucket.
+    count_get_bytes: Option<(Arc<Shared>, String)>,
 }
 
 impl ResponseBody {
@@ -88,8 +89,8 @@ impl ResponseBody {
         self
     }
 
-    pub(crate) fn counting_get_bytes(mut self, shared: Arc<Shared>) -> Self {
-        self.count_get_bytes = Some(shared);
+    pub(crate) fn counting_get_bytes(mut self, shared: Arc<Shared>, bucket: &str) -> Self {
+        self.count_get_bytes = Some((shared, bucket.to_owned()));
         self
     }
 
@@ -130,8 +131,8 @@ impl Body for ResponseBody {
                 this.slept = false;
                 let frame = this.data.slice(this.pos..this.pos + n);
                 this.pos += n;
-                if let Some(shared) = &this.count_get_bytes {
-                    shared.stats().add_get_bytes(n as u64);
+                if let Some((shared, bucket)) = &this.count_get_bytes {
+                    shared.stats().add_get_bytes(bucket, n as u64);
                 }
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }

@@ -137,6 +137,18 @@ impl TestServer {
         self.shared.store().get(bucket, key).map(|o| o.data.clone())
     }
 
+    /// The keys of `bucket` that start with `prefix`, in listing order (empty if the bucket does not exist).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let store = self.shared.store();
+        let Some(b) = store.bucket(bucket) else {
+            return Vec::new();
+        };
+        b.range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// While denied, every request to the bucket answers 403 AccessDenied (empty body for HEAD).
     pub fn deny_bucket(&self, bucket: &str, deny: bool) {
         self.shared.store_mut().set_denied(bucket, deny);
@@ -145,6 +157,13 @@ impl TestServer {
     /// Snapshot of the counters.
     pub fn counts(&self) -> Counts {
         self.shared.stats().counts()
+    }
+
+    /// Snapshot of the counters of the requests to `bucket` only (all zero if it saw none), e.g. to count the
+    /// requests to a source bucket apart from those to a cache bucket on the same server. `get_bytes`, `errors`
+    /// and `faults` are split the same way.
+    pub fn counts_for(&self, bucket: &str) -> Counts {
+        self.shared.stats().counts_for(bucket)
     }
 
     /// Zeroes the counters and clears the request log.

@@ -1,5 +1,7 @@
-//! Request accounting: the [`Op`] classification of requests, the [`Counts`] snapshot and the request log
-//! ([`RequestRecord`]), plus the internal mutable [`Stats`] they are taken from.
+//! Request accounting: the [`Op`] classification of requests, the [`Counts`] snapshot (server-wide and per
+//! bucket) and the request log ([`RequestRecord`]), plus the internal mutable [`Stats`] they are taken from.
+
+use std::collections::HashMap;
 
 use crate::faults::FaultKind;
 
@@ -97,6 +99,8 @@ pub(crate) struct RecordHandle {
 #[derive(Default)]
 pub(crate) struct Stats {
     counts: Counts,
+    /// The same counters for each bucket (key `""` for requests without a bucket, e.g. ListBuckets).
+    by_bucket: HashMap<String, Counts>,
     log: Vec<RequestRecord>,
     epoch: u64,
 }
@@ -106,12 +110,24 @@ impl Stats {
         self.counts
     }
 
+    pub(crate) fn counts_for(&self, bucket: &str) -> Counts {
+        self.by_bucket.get(bucket).copied().unwrap_or_default()
+    }
+
+    fn bucket_mut(&mut self, bucket: &str) -> &mut Counts {
+        if !self.by_bucket.contains_key(bucket) {
+            self.by_bucket.insert(bucket.to_owned(), Counts::default());
+        }
+        self.by_bucket.get_mut(bucket).expect("inserted above")
+    }
+
     pub(crate) fn requests(&self) -> Vec<RequestRecord> {
         self.log.clone()
     }
 
     pub(crate) fn reset(&mut self) {
         self.counts = Counts::default();
+        self.by_bucket.clear();
         self.log.clear();
         self.epoch += 1;
     }
@@ -119,6 +135,7 @@ impl Stats {
     /// Counts the request by op and appends it to the log.
     pub(crate) fn register(&mut self, record: RequestRecord) -> RecordHandle {
         self.counts.bump(record.op);
+        self.bucket_mut(&record.bucket).bump(record.op);
         self.log.push(record);
         RecordHandle {
             epoch: self.epoch,
@@ -134,23 +151,26 @@ impl Stats {
         }
     }
 
-    pub(crate) fn set_fault(&mut self, h: RecordHandle, kind: FaultKind) {
+    pub(crate) fn set_fault(&mut self, h: RecordHandle, bucket: &str, kind: FaultKind) {
         self.counts.faults += 1;
+        self.bucket_mut(bucket).faults += 1;
         if let Some(e) = self.entry(h) {
             e.fault = Some(kind);
         }
     }
 
-    pub(crate) fn set_status(&mut self, h: RecordHandle, status: u16) {
+    pub(crate) fn set_status(&mut self, h: RecordHandle, bucket: &str, status: u16) {
         if status >= 400 {
             self.counts.errors += 1;
+            self.bucket_mut(bucket).errors += 1;
         }
         if let Some(e) = self.entry(h) {
             e.status = status;
         }
     }
 
-    pub(crate) fn add_get_bytes(&mut self, n: u64) {
+    pub(crate) fn add_get_bytes(&mut self, bucket: &str, n: u64) {
         self.counts.get_bytes += n;
+        self.bucket_mut(bucket).get_bytes += n;
     }
 }

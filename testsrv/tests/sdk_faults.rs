@@ -364,6 +364,100 @@ async fn rule_bucket_filter() {
     assert_eq!(server.counts().faults, 2);
 }
 
+/// `counts_for` splits every counter by bucket (requests, GET body bytes, errors, faults) and the split adds up to
+/// the server-wide counts; `reset_counts` zeroes it too. `keys` lists a bucket's keys under a prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_per_bucket_and_keys() {
+    let server = setup();
+    server.put("cache", "a/1", pattern(10));
+    server.put("cache", "a/2", pattern(20));
+    server.put("cache", "b/1", pattern(30));
+    assert_eq!(server.keys("cache", "a/"), ["a/1", "a/2"]);
+    assert_eq!(server.keys("cache", ""), ["a/1", "a/2", "b/1"]);
+    assert!(server.keys("cache", "c/").is_empty());
+    assert!(server.keys("missing", "").is_empty());
+
+    let c = client_no_retry(&server).await;
+    server.set_bucket_faults(
+        "cache",
+        FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500).ops([Op::Delete])),
+    );
+    for _ in 0..2 {
+        c.get_object()
+            .bucket(B)
+            .key("obj")
+            .send()
+            .await
+            .unwrap()
+            .body
+            .collect()
+            .await
+            .unwrap();
+    }
+    c.head_object().bucket(B).key("x-obj").send().await.unwrap();
+    let got = c
+        .get_object()
+        .bucket("cache")
+        .key("a/2")
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(got.into_bytes().len(), 20);
+    c.put_object()
+        .bucket("cache")
+        .key("a/3")
+        .if_none_match("*")
+        .body(pattern(5).into())
+        .send()
+        .await
+        .unwrap();
+    let e = c.delete_object().bucket("cache").key("a/1").send().await.unwrap_err();
+    assert_eq!(status_and_code(&e).0, Some(500));
+    assert_eq!(server.keys("cache", "a/"), ["a/1", "a/2", "a/3"]);
+
+    let source = server.counts_for(B);
+    let cache = server.counts_for("cache");
+    assert_eq!(
+        (
+            source.get,
+            source.head,
+            source.put,
+            source.delete,
+            source.get_bytes,
+            source.errors,
+            source.faults
+        ),
+        (2, 1, 0, 0, 400_000, 0, 0),
+        "{source:?}"
+    );
+    assert_eq!(
+        (
+            cache.get,
+            cache.head,
+            cache.put,
+            cache.delete,
+            cache.get_bytes,
+            cache.errors,
+            cache.faults
+        ),
+        (1, 0, 1, 1, 20, 1, 1),
+        "{cache:?}"
+    );
+    assert_eq!(server.counts_for("other"), Default::default());
+    let all = server.counts();
+    assert_eq!(all.total(), source.total() + cache.total());
+    assert_eq!(all.get_bytes, source.get_bytes + cache.get_bytes);
+    assert_eq!((all.errors, all.faults), (1, 1));
+
+    server.reset_counts();
+    assert_eq!(server.counts_for(B), Default::default());
+    assert_eq!(server.counts_for("cache"), Default::default());
+}
+
 /// The 409 ConditionalRequestConflict fault answers as S3 does to a conditional write racing another write, and
 /// writes nothing; with `max_count` the next attempt goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
