@@ -486,71 +486,6 @@ impl CacheDir {
     }
 }
 
-/// A file being written in a temp directory; removed on drop unless placed.
-pub struct TempFile<'a> {
-    cache: &'a CacheDir,
-    dir: OwnedFd,
-    name: OsString,
-    path: PathBuf,
-    file: File,
-    /// Renamed away: nothing to remove.
-    placed: bool,
-}
-
-/// What placing a temp file did.
-#[derive(Debug, Default)]
-pub struct Placed {
-    /// Directories created for it.
-    pub dirs_created: u32,
-    /// Bytes on disk of the file it replaced, if any.
-    pub replaced: Option<u64>,
-}
-
-impl TempFile<'_> {
-    pub fn file(&mut self) -> &mut File {
-        &mut self.file
-    }
-
-    /// Where it is (for messages).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Renames it to `dest`, replacing what is there, creating missing directories below
-    /// `create_below`.
-    pub fn place(mut self, dest: &Path, create_below: Option<&Path>) -> io::Result<Placed> {
-        let (dir, name, dirs_created) = self.cache.parent_of(dest, create_below)?;
-        let replaced = stat_at(&dir, name).ok().map(|m| m.blocks() * 512);
-        rustix::fs::renameat(&self.dir, &self.name, &dir, name)?;
-        self.placed = true;
-        Ok(Placed { dirs_created, replaced })
-    }
-
-    /// Makes it `dest` only if there is no `dest` yet (`AlreadyExists` otherwise): a hard
-    /// link, or a rename where the filesystem has no hard links (which may then replace a
-    /// `dest` made at the same moment).
-    pub fn place_new(mut self, dest: &Path) -> io::Result<()> {
-        let (dir, name, _) = self.cache.parent_of(dest, None)?;
-        match rustix::fs::linkat(&self.dir, &self.name, &dir, name, AtFlags::empty()) {
-            Ok(()) => Ok(()), // the temp name is removed on drop
-            Err(Errno::EXIST) => Err(io::ErrorKind::AlreadyExists.into()),
-            Err(_) => {
-                rustix::fs::renameat(&self.dir, &self.name, &dir, name)?;
-                self.placed = true;
-                Ok(())
-            }
-        }
-    }
-}
-
-impl Drop for TempFile<'_> {
-    fn drop(&mut self) {
-        if !self.placed {
-            let _ = rustix::fs::unlinkat(&self.dir, &self.name, AtFlags::empty());
-        }
-    }
-}
-
 /// `lstat` of `name` in `dir`, as std metadata.
 fn stat_at(dir: &OwnedFd, name: &OsStr) -> io::Result<fs::Metadata> {
     let fd = rustix::fs::openat(
@@ -610,49 +545,11 @@ fn outside(path: &Path) -> io::Error {
     )
 }
 
-/// Rate-limited warnings of one kind: at most one per period is logged as a warning; the
-/// others go to the debug log and are counted in the next warning.
-pub struct Warnings {
-    period: Duration,
-    /// Last warning and how many were suppressed since.
-    state: Mutex<(Option<Instant>, u64)>,
-}
+mod temp;
+mod warnings;
 
-impl Warnings {
-    pub const fn new(period: Duration) -> Warnings {
-        Warnings {
-            period,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    pub fn warn(&self, msg: fmt::Arguments) {
-        let mut s = self.state.lock().unwrap();
-        if s.0.is_none_or(|t| t.elapsed() >= self.period) {
-            let suppressed = std::mem::take(&mut s.1);
-            s.0 = Some(Instant::now());
-            if suppressed > 0 {
-                warn!(suppressed, "{msg}");
-            } else {
-                warn!("{msg}");
-            }
-        } else {
-            s.1 += 1;
-            debug!("{msg}");
-        }
-    }
-
-    /// Warnings not logged since the last one that was.
-    pub fn suppressed(&self) -> u64 {
-        self.state.lock().unwrap().1
-    }
-}
-
-impl Default for Warnings {
-    fn default() -> Warnings {
-        Warnings::new(WARN_EVERY)
-    }
-}
+pub use temp::{Placed, TempFile};
+pub use warnings::Warnings;
 
 #[cfg(test)]
 mod tests;

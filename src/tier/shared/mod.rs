@@ -30,22 +30,20 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+mod breaker;
+mod object;
+
+use self::breaker::Breaker;
+use self::object::TRAILER_LEN;
 use super::{Below, Tier};
 use crate::blockfmt;
 use crate::metrics::SharedTierMetrics;
 use crate::object::BlockRef;
 use crate::store::{PutOutcome, StoreError, WritableStore};
-
-/// The tag that ends a signed block object: this magic, then HMAC-SHA256 over everything before it.
-const MAC_MAGIC: &[u8; 8] = b"S3CFSMAC";
-const MAC_LEN: usize = 32;
-const TRAILER_LEN: usize = MAC_MAGIC.len() + MAC_LEN;
 
 /// At most one warning of a kind per this period.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -293,15 +291,11 @@ enum Lease {
 
 impl Inner {
     fn object_key(&self, block: &BlockRef) -> String {
-        let id = &block.id;
-        let (hash, _) = blockfmt::object_hash(&id.source, &id.key, &id.etag, id.block_size);
-        format!("{}s3cachefs/v1/blocks/{hash}/{}", self.settings.prefix, id.index)
+        object::block_key(&self.settings.prefix, block)
     }
 
     fn lease_key(&self, block: &BlockRef) -> String {
-        let id = &block.id;
-        let (hash, _) = blockfmt::object_hash(&id.source, &id.key, &id.etag, id.block_size);
-        format!("{}s3cachefs/v1/leases/{hash}/{}", self.settings.prefix, id.index)
+        object::lease_key(&self.settings.prefix, block)
     }
 
     /// The block from the shared bucket if it is there and valid; `None` on a miss, an invalid
@@ -366,39 +360,12 @@ impl Inner {
 
     /// Checks a shared object against the block it must be; returns the data.
     fn verify(&self, body: Bytes, block: &BlockRef) -> Result<Bytes, String> {
-        let file_len = blockfmt::file_len(&block.id, block.len()) as usize;
-        let file = match &self.settings.key {
-            Some(key) => {
-                if body.len() != file_len + TRAILER_LEN || &body[file_len..file_len + MAC_MAGIC.len()] != MAC_MAGIC {
-                    return Err("no authentication tag".into());
-                }
-                let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-                mac.update(&body[..file_len]);
-                mac.verify_slice(&body[file_len + MAC_MAGIC.len()..])
-                    .map_err(|_| "authentication tag does not match".to_string())?;
-                body.slice(..file_len)
-            }
-            // Unsigned readers accept signed objects too (the tag is just not checked).
-            None if body.len() == file_len + TRAILER_LEN => body.slice(..file_len),
-            None => body,
-        };
-        blockfmt::decode(file, &block.id, block.len()).map_err(|e| e.to_string())
+        object::verify(self.settings.key.as_deref(), body, block)
     }
 
-    /// The object to store for a block: block file, then the tag when signing.
+    /// The object to store for a block.
     fn encode(&self, block: &BlockRef, data: &Bytes) -> Option<Bytes> {
-        let header = blockfmt::encode_header(&block.id, data).ok()?;
-        let mut out = BytesMut::with_capacity(header.len() + data.len() + TRAILER_LEN);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(data);
-        if let Some(key) = &self.settings.key {
-            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
-            mac.update(&out);
-            let tag = mac.finalize().into_bytes();
-            out.extend_from_slice(MAC_MAGIC);
-            out.extend_from_slice(&tag);
-        }
-        Some(out.freeze())
+        object::encode(self.settings.key.as_deref(), block, data)
     }
 
     async fn take_lease(&self, lease: &str) -> Lease {
@@ -573,53 +540,5 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
-/// Skips the tier for an interval after a failure, then lets one request probe it.
-struct Breaker {
-    interval: Duration,
-    open_until: Mutex<Option<Instant>>,
-    metrics: SharedTierMetrics,
-}
-
-impl Breaker {
-    fn new(interval: Duration, metrics: SharedTierMetrics) -> Breaker {
-        Breaker {
-            interval,
-            open_until: Mutex::new(None),
-            metrics,
-        }
-    }
-
-    /// Whether a request may go to the shared bucket now. After the interval, the first caller
-    /// is let through as a probe and the breaker stays open for the others.
-    fn allows(&self) -> bool {
-        let mut open = self.open_until.lock().unwrap();
-        match *open {
-            None => true,
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                *open = Some(Instant::now() + self.interval);
-                true
-            }
-        }
-    }
-
-    fn success(&self) {
-        let mut open = self.open_until.lock().unwrap();
-        if open.take().is_some() {
-            self.metrics.breaker_open.set(0);
-        }
-    }
-
-    /// Opens the breaker; returns whether it was closed before (worth a warning).
-    fn failure(&self) -> bool {
-        let mut open = self.open_until.lock().unwrap();
-        let was_closed = open.is_none();
-        *open = Some(Instant::now() + self.interval);
-        self.metrics.breaker_open.set(1);
-        was_closed
-    }
-}
-
 #[cfg(test)]
-#[path = "shared_tests.rs"]
 mod tests;

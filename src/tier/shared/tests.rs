@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
+use super::object::MAC_MAGIC;
 use super::*;
 use crate::metrics::SharedTierMetrics;
 use crate::object::{ObjectMeta, SourceId};
