@@ -788,7 +788,7 @@ SHARED = os.path.join(DEPLOY, "shared-cache")
 LIFECYCLE_PATH = os.path.join(SHARED, "lifecycle.json")
 DIRECTORY_BUCKET = re.compile(r"[a-z0-9][a-z0-9-]*--[a-z0-9-]+--x-s3")
 EXPRESS_BUCKET_ARN = re.compile(r"arn:aws[a-z-]*:s3express:[a-z0-9-]+:\d{12}:bucket/(" + DIRECTORY_BUCKET.pattern + ")")
-# What s3cachefs sends to the shared bucket (src/tier/shared.rs): GET and HEAD of blocks, leases
+# What s3cachefs sends to the shared bucket (src/tier/shared/): GET and HEAD of blocks, leases
 # and the probe; conditional PUT and DELETE of blocks, leases and the probe (writers only).
 WRITER_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
 READER_ACTIONS = {"s3:GetObject"}
@@ -830,7 +830,7 @@ def _():
     expect(rule.get("Status") == "Enabled", "the rule is not Enabled")
     flt = rule.get("Filter") or {}
     expect(set(flt) == {"Prefix"}, f"the filter should be a prefix only (directory buckets take no tag filters): {flt}")
-    expect(lifecycle_prefix().endswith("s3cachefs/"), "the prefix must end in s3cachefs/ (src/tier/shared.rs names objects so)")
+    expect(lifecycle_prefix().endswith("s3cachefs/"), "the prefix must end in s3cachefs/ (src/tier/shared/object.rs names objects so)")
     days = (rule.get("Expiration") or {}).get("Days")
     expect(isinstance(days, int) and days >= 1, f"Expiration.Days should be a whole number of days, is {days!r}")
     abort = (rule.get("AbortIncompleteMultipartUpload") or {}).get("DaysAfterInitiation")
