@@ -276,8 +276,9 @@ pub(crate) async fn handle(
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
 
     let settings = shared.settings();
-    if !settings.latency.is_zero() {
-        tokio::time::sleep(settings.latency).await;
+    let latency = shared.bucket_latency(&target.bucket).unwrap_or(settings.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let fault = shared.roll_fault(op, &target.bucket, target.key.as_deref());
     if let Some(f) = &fault {
@@ -315,7 +316,7 @@ pub(crate) async fn handle(
         ResponseBody::full(reply.body)
     };
     if op == Op::Get && status.is_success() {
-        rb = rb.counting_get_bytes(shared.clone());
+        rb = rb.counting_get_bytes(shared.clone(), record);
     }
     let rate = match &fault {
         Some(FaultKind::Trickle { bytes_per_sec }) => Some((*bytes_per_sec).max(1)),
