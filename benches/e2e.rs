@@ -5,13 +5,14 @@
 //!     cargo bench --bench e2e                      # full run (scale 1.0: ~0.5 GB of JARs, 1 GiB file)
 //!     cargo bench --bench e2e -- --quick           # smoke test: scale 0.05
 //!     cargo bench --bench e2e -- --latency-ms 20 --scale 1.0 --only warm
+//!     cargo bench --bench e2e -- --quick --only shared   # the shared tier: 1, 8 and a 9th node
 //!
 //! Needs /dev/fuse and root (mounting, and `drop_caches` for the cold rows). See
 //! docs/BENCHMARKS.md for what each row measures and the latest results.
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -21,15 +22,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
-use s3cachefs_testserver::{Counts, TestServer};
+use s3cachefs::metrics as m;
+use s3cachefs_testserver::{Counts, Op, TestServer};
 
-use support::daemon::{Daemon, Target};
+use support::daemon::{Daemon, Extra, Target};
 use support::report::{MB, Row, markdown_table, median, percentile};
 use support::sys::{self, CpuSnapshot, CpuUse};
 use support::workload::{self, BUCKET, Object, Offsets, Workload};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [(&str, &str); 10] = [
+const SCENARIOS: [(&str, &str); 13] = [
     (
         "local",
         "read the JARs from a local directory (page cache dropped, then warm)",
@@ -49,7 +51,24 @@ const SCENARIOS: [(&str, &str); 10] = [
         "read the large file sequentially through a fresh mount, empty cache",
     ),
     ("random", "random 64 KiB preads of the large file through a fresh mount"),
+    (
+        "nodes1",
+        "shared tier: 1 node (own empty --cache) reads the JARs, empty shared bucket",
+    ),
+    (
+        "nodes8",
+        "8 nodes (own empty --cache each) read the JARs at once: without, then with a shared bucket",
+    ),
+    (
+        "node9",
+        "after nodes8: a 9th node with an empty --cache reads the JARs through the filled shared bucket",
+    ),
 ];
+
+/// The shared bucket of the `nodes1` row, and of the `nodes8` and `node9` rows (empty before
+/// `nodes8`). Both are mounted as `s3://BUCKET/cache/`.
+const SHARED_BUCKET_1: &str = "bench-shared-1";
+const SHARED_BUCKET_8: &str = "bench-shared-8";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -67,10 +86,22 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma-separated): local, cold, warm, remount, readers4, mounts4, ls,
-    /// ceiling, seq, random, or `jars` (= local,cold,warm,remount). warm/remount also run cold and local;
-    /// seq also runs ceiling (its reference).
+    /// ceiling, seq, random, nodes1, nodes8, node9, or `jars` (= local,cold,warm,remount) or `shared`
+    /// (= nodes1,nodes8,node9). warm/remount also run cold and local; seq also runs ceiling (its
+    /// reference); node9 also runs nodes8, nodes8 runs nodes1, and nodes1 runs cold.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Delay before every response head of the shared-tier buckets, in ms [default: --latency-ms].
+    /// S3 Express One Zone answers faster than S3 Standard: try e.g. 5 against 20.
+    #[arg(long)]
+    shared_latency_ms: Option<u64>,
+    /// Simulated nodes of the nodes8 rows (node9 is one more)
+    #[arg(long, default_value_t = 8)]
+    nodes: usize,
+    /// Extra flag for the mounts of the shared-tier rows only (repeatable), e.g.
+    /// --shared-arg=--shared-cache-lease-wait=5
+    #[arg(long = "shared-arg", allow_hyphen_values = true)]
+    shared_args: Vec<String>,
     /// Directory for the mounts, caches and the local copy [default: the system temp dir]
     #[arg(long)]
     tmpdir: Option<PathBuf>,
@@ -112,15 +143,18 @@ fn main() -> anyhow::Result<()> {
     let latency = Duration::from_millis(args.latency_ms.unwrap_or(20));
     ensure!(scale > 0.0 && scale.is_finite(), "--scale must be positive");
     ensure!(args.repeat >= 1, "--repeat must be at least 1");
+    ensure!(args.nodes >= 1, "--nodes must be at least 1");
     let selected = select(&args.only)?;
     let on = |s: &str| selected.iter().any(|x| x == s);
 
     let t = Instant::now();
     let w = workload::build(
         scale,
-        ["local", "cold", "warm", "remount", "readers4", "mounts4"]
-            .iter()
-            .any(|s| on(s)),
+        [
+            "local", "cold", "warm", "remount", "readers4", "mounts4", "nodes1", "nodes8", "node9",
+        ]
+        .iter()
+        .any(|s| on(s)),
         ["ceiling", "seq", "random"].iter().any(|s| on(s)),
         on("ls"),
     );
@@ -128,9 +162,15 @@ fn main() -> anyhow::Result<()> {
     server.create_bucket(BUCKET);
     workload::seed(&server, &w);
     server.set_latency(latency);
+    let shared_latency = args.shared_latency_ms.map_or(latency, Duration::from_millis);
+    for bucket in [SHARED_BUCKET_1, SHARED_BUCKET_8] {
+        server.create_bucket(bucket);
+        server.set_bucket_latency(bucket, Some(shared_latency));
+    }
     println!(
-        "s3cachefs e2e benchmark: scale {scale}, {} ms per S3 request, scenarios: {}",
+        "s3cachefs e2e benchmark: scale {scale}, {} ms per S3 request ({} ms for the shared-tier buckets), scenarios: {}",
         latency.as_millis(),
+        shared_latency.as_millis(),
         selected.join(", ")
     );
     println!(
@@ -163,13 +203,14 @@ fn main() -> anyhow::Result<()> {
         daemons_started: 0,
         load_start: sys::loadavg(),
         local_dir: None,
+        shared_latency,
         args,
     };
     println!("temp dir: {}\n", b.root.display());
 
     let result = b.run(&on);
     // Report what was measured even if a later scenario failed.
-    b.report(scale, latency)?;
+    b.report(scale, latency, on("nodes1"))?;
     if b.args.keep {
         let kept = root.keep();
         println!("kept {}", kept.display());
@@ -184,9 +225,10 @@ fn select(only: &[String]) -> anyhow::Result<Vec<String>> {
         match name {
             "all" => want.extend(SCENARIOS.iter().map(|s| s.0.to_string())),
             "jars" => want.extend(["local", "cold", "warm", "remount"].map(String::from)),
+            "shared" => want.extend(["nodes1", "nodes8", "node9"].map(String::from)),
             n if SCENARIOS.iter().any(|s| s.0 == n) => want.push(n.to_string()),
             n => bail!(
-                "unknown scenario {n:?}; known: {}, jars, all",
+                "unknown scenario {n:?}; known: {}, jars, shared, all",
                 SCENARIOS.map(|s| s.0).join(", ")
             ),
         }
@@ -200,6 +242,17 @@ fn select(only: &[String]) -> anyhow::Result<Vec<String>> {
     }
     if has(&want, "seq") {
         want.push("ceiling".into());
+    }
+    // In this order, so that each pulls in the next: node9 needs nodes8's filled bucket, nodes8
+    // compares with nodes1, and nodes1 (and node9) with jars cold.
+    if has(&want, "node9") {
+        want.push("nodes8".into());
+    }
+    if has(&want, "nodes8") {
+        want.push("nodes1".into());
+    }
+    if has(&want, "nodes1") {
+        want.push("cold".into());
     }
     Ok(SCENARIOS
         .iter()
@@ -224,6 +277,8 @@ struct Bench {
     load_start: String,
     /// The local copy of the JARs, once written.
     local_dir: Option<PathBuf>,
+    /// Latency of the shared-tier buckets.
+    shared_latency: Duration,
 }
 
 /// Result of repeated warm passes over one root.
@@ -298,6 +353,15 @@ impl Bench {
         if on("random") {
             self.random()?;
         }
+        if on("nodes1") {
+            self.nodes1()?;
+        }
+        if on("nodes8") {
+            self.nodes8()?;
+        }
+        if on("node9") {
+            self.node9()?;
+        }
         Ok(())
     }
 
@@ -307,11 +371,15 @@ impl Bench {
     }
 
     fn spawn(&mut self, name: &str, cache: &Path) -> anyhow::Result<Daemon> {
+        self.spawn_with(name, cache, &Extra::default())
+    }
+
+    fn spawn_with(&mut self, name: &str, cache: &Path, extra: &Extra) -> anyhow::Result<Daemon> {
         let mnt = self.fresh_dir(&format!("mnt-{name}"));
         let logs = self.root.join("logs");
         let id = format!("{name}-{}", self.seq);
         self.daemons_started += 1;
-        Daemon::spawn(&self.target, &id, &mnt, cache, &logs)
+        Daemon::spawn(&self.target, &id, &mnt, cache, &logs, extra)
     }
 
     /// Starts a daemon and waits for its mount.
@@ -373,7 +441,13 @@ impl Bench {
         if row.counts.errors > 0 {
             // Which requests failed, e.g. "S3 errors: HEAD 404 ×2" (HEADs of directory names).
             let mut groups: Vec<(String, usize)> = Vec::new();
-            for r in self.server.requests().iter().filter(|r| r.status >= 400) {
+            // Of the source bucket: the shared-tier rows list their shared bucket's answers apart.
+            for r in self
+                .server
+                .requests()
+                .iter()
+                .filter(|r| r.status >= 400 && r.bucket == BUCKET)
+            {
                 let g = format!("{:?} {}", r.op, r.status).to_uppercase();
                 match groups.iter_mut().find(|(k, _)| *k == g) {
                     Some((_, n)) => *n += 1,
@@ -495,6 +569,7 @@ impl Bench {
         let m = Measure::start(&[&d]);
         read_tree(&mnt, &self.w.jars, true)?;
         let (elapsed, cpu) = m.stop();
+        self.refs.insert("jars cold", elapsed);
         let row = Row {
             name: "jars cold".into(),
             page_cache,
@@ -863,12 +938,290 @@ impl Bench {
         Ok(())
     }
 
-    fn report(&self, scale: f64, latency: Duration) -> anyhow::Result<()> {
+    /// Mount flags of a node using `bucket` as its shared tier.
+    fn shared_extra(&self, bucket: &str) -> Extra {
+        let mut args = vec!["--shared-cache".to_string(), format!("s3://{bucket}/cache/")];
+        args.extend(self.args.shared_args.iter().cloned());
+        Extra { args, metrics: true }
+    }
+
+    /// Starts `n` simulated nodes: daemons with their own fresh `--cache` dir each, all started
+    /// before any is waited for. Dropping the returned daemons unmounts them (also on error).
+    fn start_nodes(&mut self, label: &str, n: usize, extra: &Extra) -> anyhow::Result<Vec<(Daemon, PathBuf)>> {
+        let t = Instant::now();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let cache = self.fresh_dir("cache");
+            nodes.push((self.spawn_with(&format!("{label}-{i}"), &cache, extra)?, cache));
+        }
+        for (d, _) in &mut nodes {
+            d.wait_mounted()?;
+        }
+        println!(
+            "  {n} node(s) mounted in {:.0} ms (logs in {})",
+            t.elapsed().as_secs_f64() * 1e3,
+            self.root.join("logs").display()
+        );
+        Ok(nodes)
+    }
+
+    /// Unmounts the nodes and removes their caches.
+    fn finish_nodes(&mut self, nodes: Vec<(Daemon, PathBuf)>) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        for (d, cache) in nodes {
+            let r = self.finish(d);
+            let _ = std::fs::remove_dir_all(&cache);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// One reader thread per node reads every JAR (bytes verified), all started at one barrier.
+    /// Returns the row with the source bucket's counts; the caller adds the shared tier's notes.
+    fn read_on_nodes(&mut self, name: String, nodes: &[(Daemon, PathBuf)]) -> anyhow::Result<Row> {
+        let total = self.w.jar_bytes();
+        let daemons: Vec<&Daemon> = nodes.iter().map(|(d, _)| d).collect();
+        let roots: Vec<PathBuf> = daemons.iter().map(|d| d.mnt().to_path_buf()).collect();
+        let page_cache = self.cold_start();
+        self.reset();
+        let (elapsed, cpu) = self.concurrent_jars(&roots, &daemons)?;
+        let n = nodes.len();
+        Ok(Row {
+            name,
+            page_cache,
+            elapsed,
+            app_bytes: Some(n as u64 * total),
+            needed_bytes: Some(total),
+            counts: self.server.counts_for(BUCKET),
+            rss_kib: daemons.iter().filter_map(|d| d.peak_rss_kib()).collect(),
+            vs: None,
+            cpu: Some(cpu),
+            notes: if n == 1 {
+                "empty --cache dir; bytes verified".into()
+            } else {
+                format!(
+                    "{n} daemons, each with its own empty --cache dir, one reader each, started at once; bytes verified; MB/s is the aggregate"
+                )
+            },
+        })
+    }
+
+    /// E.g. "time 1.85× jars cold": the wall time of a row against a reference row's.
+    fn time_vs(&self, elapsed: Duration, reference: &'static str, label: &str) -> Option<String> {
+        self.refs
+            .get(reference)
+            .map(|r| format!("time {:.2}× {label}", elapsed.as_secs_f64() / r.as_secs_f64()))
+    }
+
+    /// Waits for the shared tier's background writes: until `bucket` holds a block object for
+    /// every distinct block the source served since the last reset and no request reached it for
+    /// 0.5 s (the leases' releases follow the writes), or no request reached it for 2 s (at most
+    /// 120 s). Returns (block objects created, distinct source blocks).
+    fn settle_shared(&self, bucket: &str) -> (usize, usize) {
+        let t = Instant::now();
+        let mut last = (self.server.counts_for(bucket).total(), Instant::now());
+        loop {
+            let log = self.server.requests();
+            let source: HashSet<(&str, &str)> = log
+                .iter()
+                .filter(|r| r.bucket == BUCKET && r.op == Op::Get && (r.status == 200 || r.status == 206))
+                .map(|r| (r.key.as_deref().unwrap_or(""), r.range.as_deref().unwrap_or("")))
+                .collect();
+            let blocks: HashSet<&str> = log
+                .iter()
+                .filter(|r| r.bucket == bucket && r.op == Op::Put && r.status == 200)
+                .filter_map(|r| r.key.as_deref())
+                .filter(|k| k.contains("/s3cachefs/v1/blocks/"))
+                .collect();
+            let total = self.server.counts_for(bucket).total();
+            if total != last.0 {
+                last = (total, Instant::now());
+            }
+            let quiet = last.1.elapsed();
+            let covered = blocks.len() >= source.len();
+            if (covered && quiet >= Duration::from_millis(500))
+                || quiet >= Duration::from_secs(2)
+                || t.elapsed() >= Duration::from_secs(120)
+            {
+                println!(
+                    "  shared bucket {bucket}: {} block objects created for {} distinct source blocks (waited {:.1} s for the writes{})",
+                    blocks.len(),
+                    source.len(),
+                    t.elapsed().as_secs_f64(),
+                    if covered { "" } else { "; stopped: no more requests" }
+                );
+                return (blocks.len(), source.len());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Notes on the shared tier for a row: the requests `bucket` received since the last reset
+    /// (by operation, split into block and lease objects, with their non-2xx answers), and the
+    /// change of the daemons' shared-tier counters since `before`.
+    fn shared_notes(&self, bucket: &str, daemons: &[&Daemon], before: &[Vec<(String, f64)>]) -> anyhow::Result<String> {
+        // Requests by (operation, object kind), and their non-2xx answers by (operation, kind, status).
+        let mut tally: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut non_2xx: BTreeMap<(&str, &str, u16), u64> = BTreeMap::new();
+        let log = self.server.requests();
+        for r in log.iter().filter(|r| r.bucket == bucket) {
+            let op = match r.op {
+                Op::Get => "GET",
+                Op::Put => "PUT",
+                Op::Head => "HEAD",
+                Op::Delete => "DELETE",
+                Op::List => "LIST",
+                Op::HeadBucket => "HEAD bucket",
+                Op::Other => "other",
+            };
+            let key = r.key.as_deref().unwrap_or("");
+            let kind = if key.contains("/s3cachefs/v1/blocks/") {
+                "blocks"
+            } else if key.contains("/s3cachefs/v1/leases/") {
+                "leases"
+            } else {
+                "other"
+            };
+            *tally.entry((op, kind)).or_default() += 1;
+            if !(200..300).contains(&r.status) {
+                *non_2xx.entry((op, kind, r.status)).or_default() += 1;
+            }
+        }
+        let c = self.server.counts_for(bucket);
+        let mut parts = Vec::new();
+        for (&(op, kind), n) in &tally {
+            let answers: Vec<String> = non_2xx
+                .range((op, kind, 0)..=(op, kind, u16::MAX))
+                .map(|((_, _, s), k)| match s {
+                    0 => format!("no answer ×{k}"),
+                    s => format!("{s} ×{k}"),
+                })
+                .collect();
+            let answers = if answers.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", answers.join(", "))
+            };
+            parts.push(format!("{op} {kind} {n}{answers}"));
+        }
+        let requests = if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        };
+        let mut deltas = Vec::new();
+        for (label, metric) in [
+            ("hits", m::SHARED_HITS),
+            ("misses", m::SHARED_MISSES),
+            ("lease waits", m::SHARED_LEASE_WAITS),
+            ("lease timeouts", m::SHARED_LEASE_TIMEOUTS),
+            ("writes", m::SHARED_WRITES),
+            ("write drops", m::SHARED_WRITE_DROPS),
+            ("invalid", m::SHARED_INVALID),
+            ("errors", m::SHARED_ERRORS),
+        ] {
+            let name = m::counter_name(metric);
+            let mut delta = 0.0;
+            for (d, b) in daemons.iter().zip(before) {
+                delta += m::sum(&d.metrics()?, &name, &[]) - m::sum(b, &name, &[]);
+            }
+            deltas.push(format!("{label} {delta:.0}"));
+        }
+        Ok(format!(
+            "shared bucket: {} requests, {:.1} MB of GET bodies: {requests}; daemons' shared tier: {}",
+            c.total(),
+            c.get_bytes as f64 / MB,
+            deltas.join(", ")
+        ))
+    }
+
+    fn metrics_of(daemons: &[&Daemon]) -> anyhow::Result<Vec<Vec<(String, f64)>>> {
+        daemons.iter().map(|d| d.metrics()).collect()
+    }
+
+    /// `nodes1`: one node with the shared tier over an empty shared bucket: what the tier adds to a
+    /// cold read (a lease, a miss and a write per block), and the reference for the 8-node rows.
+    fn nodes1(&mut self) -> anyhow::Result<()> {
+        let extra = self.shared_extra(SHARED_BUCKET_1);
+        let nodes = self.start_nodes("nodes1", 1, &extra)?;
+        let daemons: Vec<&Daemon> = nodes.iter().map(|(d, _)| d).collect();
+        let before = Self::metrics_of(&daemons)?;
+        let mut row = self.read_on_nodes("1 node, shared tier (empty)".into(), &nodes)?;
+        self.refs.insert("nodes1", row.elapsed);
+        row.vs = self.vs(row.elapsed, "jars cold", "jars cold");
+        let (written, blocks) = self.settle_shared(SHARED_BUCKET_1);
+        let shared = self.shared_notes(SHARED_BUCKET_1, &daemons, &before)?;
+        row.notes = format!(
+            "{}; {written} of {blocks} blocks written to the shared bucket; {shared}",
+            row.notes
+        );
+        self.push(row);
+        self.finish_nodes(nodes)
+    }
+
+    /// `nodes8`: `--nodes` simulated nodes cold-read the JARs at once, first without a shared
+    /// tier (the baseline: every node fetches everything), then with one shared bucket. The
+    /// bucket is left filled for `node9`.
+    fn nodes8(&mut self) -> anyhow::Result<()> {
+        let n = self.args.nodes;
+        let nodes = self.start_nodes("nodes8-local", n, &Extra::default())?;
+        let mut row = self.read_on_nodes(format!("{n} nodes, no shared tier"), &nodes)?;
+        row.vs = self.time_vs(row.elapsed, "jars cold", "jars cold");
+        row.notes = format!("{}; baseline: every node reads from the source", row.notes);
+        self.push(row);
+        self.finish_nodes(nodes)?;
+
+        let extra = self.shared_extra(SHARED_BUCKET_8);
+        let nodes = self.start_nodes("nodes8", n, &extra)?;
+        let daemons: Vec<&Daemon> = nodes.iter().map(|(d, _)| d).collect();
+        let before = Self::metrics_of(&daemons)?;
+        let mut row = self.read_on_nodes(format!("{n} nodes, shared tier"), &nodes)?;
+        row.vs = self.time_vs(row.elapsed, "nodes1", "1 node, shared tier");
+        let (written, blocks) = self.settle_shared(SHARED_BUCKET_8);
+        let shared = self.shared_notes(SHARED_BUCKET_8, &daemons, &before)?;
+        row.notes = format!(
+            "{}; one shared bucket, empty before; {written} of {blocks} blocks written to it; {shared}",
+            row.notes
+        );
+        self.push(row);
+        self.finish_nodes(nodes)
+    }
+
+    /// `node9`: after `nodes8` (its writes landed), one more node with an empty `--cache` reads
+    /// the JARs: every block should come from the shared bucket, none from the source.
+    fn node9(&mut self) -> anyhow::Result<()> {
+        let extra = self.shared_extra(SHARED_BUCKET_8);
+        let nodes = self.start_nodes("node9", 1, &extra)?;
+        let daemons: Vec<&Daemon> = nodes.iter().map(|(d, _)| d).collect();
+        let before = Self::metrics_of(&daemons)?;
+        let mut row = self.read_on_nodes(format!("node {}, shared tier filled", self.args.nodes + 1), &nodes)?;
+        row.vs = self.vs(row.elapsed, "jars cold", "jars cold");
+        let one_node = self.vs(row.elapsed, "nodes1", "1 node (empty shared tier)");
+        let (written, blocks) = self.settle_shared(SHARED_BUCKET_8);
+        let shared = self.shared_notes(SHARED_BUCKET_8, &daemons, &before)?;
+        row.notes = format!(
+            "{}; the shared bucket as the {} nodes left it{}; {written} of {blocks} blocks read from the source written to it; {shared}",
+            row.notes,
+            self.args.nodes,
+            one_node.map_or(String::new(), |v| format!("; {v}")),
+        );
+        self.push(row);
+        self.finish_nodes(nodes)
+    }
+
+    fn report(&self, scale: f64, latency: Duration, shared: bool) -> anyhow::Result<()> {
         let mut s = String::new();
         use std::fmt::Write as _;
+        let shared_latency = if shared {
+            format!(", {} ms per shared-bucket request", self.shared_latency.as_millis())
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "\n## Results (scale {scale}, {} ms per S3 request)\n",
+            "\n## Results (scale {scale}, {} ms per S3 request{shared_latency})\n",
             latency.as_millis()
         );
         s.push_str(&markdown_table(&self.rows));
@@ -877,6 +1230,14 @@ impl Bench {
             "\nMB = 10^6 bytes. Times exclude mounting. \"S3 bytes ÷ needed\" = GetObject body bytes ÷ distinct bytes the scenario needs. \
              Peak RSS is VmHWM of the daemon(s) read just before unmounting (since daemon start)."
         );
+        if shared {
+            let _ = writeln!(
+                s,
+                "\nShared-tier rows: LIST/HEAD/GET, S3 GET (MB) and \"S3 bytes ÷ needed\" count the source bucket only; \
+                 the notes give the shared bucket's requests (blocks and leases, with the non-2xx answers, including the \
+                 writes that finished after the read) and the daemons' shared_cache_* counters."
+            );
+        }
         let _ = writeln!(s, "\n### Machine\n");
         for (k, v) in sys::machine_description(&self.root) {
             let _ = writeln!(s, "- {k}: {v}");

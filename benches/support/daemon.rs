@@ -8,12 +8,14 @@
 //! it unmounts itself if the benchmark process is killed outright. PDEATHSIG follows the
 //! *thread* that forked, so daemons are only ever spawned from the main thread.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 
 use super::sys::{is_mounted, peak_rss_kib};
 
@@ -31,13 +33,31 @@ pub struct Daemon {
     mnt: PathBuf,
     log: PathBuf,
     stderr: PathBuf,
+    /// `--metrics-addr`, when the daemon was started with one.
+    metrics: Option<SocketAddr>,
     pub name: String,
 }
 
+/// What a daemon gets besides the common flags.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// More `mount` flags for this daemon only (e.g. `--shared-cache s3://…`).
+    pub args: Vec<String>,
+    /// Serve `/metrics` on a free loopback port (`--metrics-addr`), read with [`Daemon::metrics`].
+    pub metrics: bool,
+}
+
 impl Daemon {
-    /// Spawns a daemon mounting `target` at `mnt` (created if missing) with `--cache cache`.
-    /// Does not wait for the mount: call [`Daemon::wait_mounted`].
-    pub fn spawn(target: &Target, name: &str, mnt: &Path, cache: &Path, log_dir: &Path) -> anyhow::Result<Daemon> {
+    /// Spawns a daemon mounting `target` at `mnt` (created if missing) with `--cache cache`, plus
+    /// `extra`. Does not wait for the mount: call [`Daemon::wait_mounted`].
+    pub fn spawn(
+        target: &Target,
+        name: &str,
+        mnt: &Path,
+        cache: &Path,
+        log_dir: &Path,
+        extra: &Extra,
+    ) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(mnt)?;
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
@@ -60,9 +80,17 @@ impl Daemon {
             .args(["--log-level", "info", "--log-file"])
             .arg(&log)
             .args(&target.extra)
+            .args(&extra.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr)?);
+        let metrics = if extra.metrics {
+            let addr = free_port()?;
+            cmd.arg("--metrics-addr").arg(addr.to_string());
+            Some(addr)
+        } else {
+            None
+        };
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -76,6 +104,7 @@ impl Daemon {
             mnt: mnt.to_path_buf(),
             log,
             stderr,
+            metrics,
             name: name.to_string(),
         })
     }
@@ -115,6 +144,27 @@ impl Daemon {
     /// Peak RSS (VmHWM) since the daemon started, in KiB.
     pub fn peak_rss_kib(&self) -> Option<u64> {
         self.pid().and_then(peak_rss_kib)
+    }
+
+    /// The daemon's `/metrics`, parsed into (series, value) pairs (`s3cachefs::metrics::parse_text`).
+    pub fn metrics(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        let Some(addr) = self.metrics else {
+            bail!("daemon {} was started without --metrics-addr", self.name)
+        };
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("daemon {}: cannot connect to {addr}", self.name))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let status = head.lines().next().unwrap_or("");
+        ensure!(
+            status.contains(" 200 "),
+            "daemon {}: /metrics answered {status:?}",
+            self.name
+        );
+        Ok(s3cachefs::metrics::parse_text(body))
     }
 
     pub fn log_path(&self) -> &Path {
@@ -200,4 +250,20 @@ impl Drop for Daemon {
             eprintln!("warning: {e}");
         }
     }
+}
+
+/// A loopback address with a port that was free a moment ago (the daemon binds it itself). Ports
+/// handed out before are never handed out again, so daemons started together get distinct ones.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr);
+        }
+    }
+    bail!("no free loopback port for --metrics-addr")
 }

@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use crate::conn::ConnCtl;
 use crate::state::Shared;
+use crate::stats::RecordHandle;
 
 /// Largest frame sent when streaming under a rate limit.
 const MAX_CHUNK: usize = 256 * 1024;
@@ -45,8 +46,8 @@ pub(crate) struct ResponseBody {
     end_delay_done: bool,
     done: bool,
     conn: Option<Arc<ConnCtl>>,
-    /// Where to count the body bytes sent: the server's stats, under this bucket.
-    count_get_bytes: Option<(Arc<Shared>, String)>,
+    /// Where to count the GetObject body bytes sent: the server and the request's bucket.
+    count_get_bytes: Option<(Arc<Shared>, RecordHandle)>,
 }
 
 impl ResponseBody {
@@ -89,8 +90,8 @@ impl ResponseBody {
         self
     }
 
-    pub(crate) fn counting_get_bytes(mut self, shared: Arc<Shared>, bucket: &str) -> Self {
-        self.count_get_bytes = Some((shared, bucket.to_owned()));
+    pub(crate) fn counting_get_bytes(mut self, shared: Arc<Shared>, record: RecordHandle) -> Self {
+        self.count_get_bytes = Some((shared, record));
         self
     }
 
@@ -131,8 +132,8 @@ impl Body for ResponseBody {
                 this.slept = false;
                 let frame = this.data.slice(this.pos..this.pos + n);
                 this.pos += n;
-                if let Some((shared, bucket)) = &this.count_get_bytes {
-                    shared.stats().add_get_bytes(bucket, n as u64);
+                if let Some((shared, record)) = &this.count_get_bytes {
+                    shared.stats().add_get_bytes(*record, n as u64);
                 }
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }

@@ -276,12 +276,13 @@ pub(crate) async fn handle(
     let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
 
     let settings = shared.settings();
-    if !settings.latency.is_zero() {
-        tokio::time::sleep(settings.latency).await;
+    let latency = shared.bucket_latency(&target.bucket).unwrap_or(settings.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
     let fault = shared.roll_fault(op, &target.bucket, target.key.as_deref());
     if let Some(f) = &fault {
-        shared.stats().set_fault(record, &target.bucket, f.clone());
+        shared.stats().set_fault(record, f.clone());
     }
     let reply = match &fault {
         Some(FaultKind::Status500) => ctx.error(
@@ -315,7 +316,7 @@ pub(crate) async fn handle(
         ResponseBody::full(reply.body)
     };
     if op == Op::Get && status.is_success() {
-        rb = rb.counting_get_bytes(shared.clone(), &target.bucket);
+        rb = rb.counting_get_bytes(shared.clone(), record);
     }
     let rate = match &fault {
         Some(FaultKind::Trickle { bytes_per_sec }) => Some((*bytes_per_sec).max(1)),
@@ -342,7 +343,7 @@ pub(crate) async fn handle(
         rb = rb.truncated(end, conn);
     }
 
-    shared.stats().set_status(record, &target.bucket, status.as_u16());
+    shared.stats().set_status(record, status.as_u16());
     let mut response = Response::new(rb);
     *response.status_mut() = status;
     let h = response.headers_mut();

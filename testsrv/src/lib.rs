@@ -4,7 +4,8 @@
 //! speaking path-style S3 (`/{bucket}` and `/{bucket}/{key}`) over HTTP/1.1 keep-alive on loopback, good enough
 //! for the official `aws-sdk-s3` client (with `force_path_style(true)`). Authorization headers are accepted and
 //! ignored. Besides the object store it offers request counting and logging, first-byte latency, bandwidth
-//! throttling and deterministic fault injection ([`FaultPlan`]), server-wide or for one bucket.
+//! throttling and deterministic fault injection ([`FaultPlan`]); counts, latency and faults are server-wide or
+//! for one bucket.
 //!
 //! The API is synchronous and can be used from plain `#[test]` functions as well as from async code.
 //!
@@ -159,14 +160,13 @@ impl TestServer {
         self.shared.stats().counts()
     }
 
-    /// Snapshot of the counters of the requests to `bucket` only (all zero if it saw none), e.g. to count the
-    /// requests to a source bucket apart from those to a cache bucket on the same server. `get_bytes`, `errors`
-    /// and `faults` are split the same way.
+    /// Snapshot of the counters of requests to one bucket (all zero for a bucket never asked), e.g. to tell a
+    /// cache bucket's requests from the source bucket's. Requests to `/` (ListBuckets) count under `""`.
     pub fn counts_for(&self, bucket: &str) -> Counts {
         self.shared.stats().counts_for(bucket)
     }
 
-    /// Zeroes the counters and clears the request log.
+    /// Zeroes the counters (server-wide and every bucket's) and clears the request log.
     pub fn reset_counts(&self) {
         self.shared.stats().reset();
     }
@@ -176,9 +176,16 @@ impl TestServer {
         self.shared.stats().requests()
     }
 
-    /// Delay before the response head of every request (default 0).
+    /// Delay before the response head of every request (default 0). A bucket with its own latency
+    /// ([`TestServer::set_bucket_latency`]) keeps it.
     pub fn set_latency(&self, d: Duration) {
         self.shared.update_settings(|s| s.latency = d);
+    }
+
+    /// Delay before the response head of every request to `bucket`, instead of the server-wide latency
+    /// (`None`: the server-wide latency again), e.g. a faster cache bucket next to the source.
+    pub fn set_bucket_latency(&self, bucket: &str, d: Option<Duration>) {
+        self.shared.set_bucket_latency(bucket, d);
     }
 
     /// Throttles each response body to this many bytes per second (`None` or `Some(0)` = unlimited).

@@ -15,6 +15,8 @@ pub(crate) struct Shared {
     store: RwLock<Store>,
     stats: Mutex<Stats>,
     settings: Mutex<Settings>,
+    /// Latency for requests to one bucket, instead of `Settings::latency`.
+    bucket_latency: Mutex<HashMap<String, Duration>>,
     faults: Mutex<Option<FaultState>>,
     /// Plans that apply only to requests to one bucket, each with its own counters and dice.
     bucket_faults: Mutex<HashMap<String, FaultState>>,
@@ -51,6 +53,18 @@ impl Shared {
 
     pub(crate) fn update_settings(&self, f: impl FnOnce(&mut Settings)) {
         f(&mut lock(&self.settings));
+    }
+
+    pub(crate) fn bucket_latency(&self, bucket: &str) -> Option<Duration> {
+        lock(&self.bucket_latency).get(bucket).copied()
+    }
+
+    pub(crate) fn set_bucket_latency(&self, bucket: &str, latency: Option<Duration>) {
+        let mut all = lock(&self.bucket_latency);
+        match latency {
+            Some(d) => all.insert(bucket.to_owned(), d),
+            None => all.remove(bucket),
+        };
     }
 
     pub(crate) fn set_faults(&self, faults: Option<FaultState>) {

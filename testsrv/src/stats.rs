@@ -1,8 +1,6 @@
 //! Request accounting: the [`Op`] classification of requests, the [`Counts`] snapshot (server-wide and per
 //! bucket) and the request log ([`RequestRecord`]), plus the internal mutable [`Stats`] they are taken from.
 
-use std::collections::HashMap;
-
 use crate::faults::FaultKind;
 
 /// The kind of S3 operation a request was classified as.
@@ -24,7 +22,7 @@ pub enum Op {
     Other,
 }
 
-/// Per-operation request counters since the last reset.
+/// Per-operation request counters since the last reset (of the whole server, or of one bucket).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub list: u64,
@@ -89,18 +87,22 @@ pub struct RequestRecord {
     pub fault: Option<FaultKind>,
 }
 
-/// Handle to a log entry, valid for the epoch (reset generation) it was created in.
+/// Handle to a log entry, valid for the epoch (reset generation) it was created in, and to the counters of the
+/// request's bucket (valid in every epoch: a request that straddles a reset counts in the new epoch, server-wide
+/// and for its bucket alike).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RecordHandle {
     epoch: u64,
     index: usize,
+    bucket: usize,
 }
 
 #[derive(Default)]
 pub(crate) struct Stats {
     counts: Counts,
-    /// The same counters for each bucket (key `""` for requests without a bucket, e.g. ListBuckets).
-    by_bucket: HashMap<String, Counts>,
+    /// Counters per bucket name (empty for requests to `/`), in order of first request. Entries are never
+    /// removed, only zeroed by a reset, so a [`RecordHandle`]'s bucket index stays valid.
+    buckets: Vec<(String, Counts)>,
     log: Vec<RequestRecord>,
     epoch: u64,
 }
@@ -110,15 +112,13 @@ impl Stats {
         self.counts
     }
 
+    /// The counters of requests to `bucket` (all zero if it was never asked).
     pub(crate) fn counts_for(&self, bucket: &str) -> Counts {
-        self.by_bucket.get(bucket).copied().unwrap_or_default()
-    }
-
-    fn bucket_mut(&mut self, bucket: &str) -> &mut Counts {
-        if !self.by_bucket.contains_key(bucket) {
-            self.by_bucket.insert(bucket.to_owned(), Counts::default());
-        }
-        self.by_bucket.get_mut(bucket).expect("inserted above")
+        self.buckets
+            .iter()
+            .find(|(name, _)| name == bucket)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
     }
 
     pub(crate) fn requests(&self) -> Vec<RequestRecord> {
@@ -127,7 +127,9 @@ impl Stats {
 
     pub(crate) fn reset(&mut self) {
         self.counts = Counts::default();
-        self.by_bucket.clear();
+        for (_, c) in &mut self.buckets {
+            *c = Counts::default();
+        }
         self.log.clear();
         self.epoch += 1;
     }
@@ -135,11 +137,19 @@ impl Stats {
     /// Counts the request by op and appends it to the log.
     pub(crate) fn register(&mut self, record: RequestRecord) -> RecordHandle {
         self.counts.bump(record.op);
-        self.bucket_mut(&record.bucket).bump(record.op);
+        let bucket = match self.buckets.iter().position(|(name, _)| *name == record.bucket) {
+            Some(i) => i,
+            None => {
+                self.buckets.push((record.bucket.clone(), Counts::default()));
+                self.buckets.len() - 1
+            }
+        };
+        self.buckets[bucket].1.bump(record.op);
         self.log.push(record);
         RecordHandle {
             epoch: self.epoch,
             index: self.log.len() - 1,
+            bucket,
         }
     }
 
@@ -151,26 +161,26 @@ impl Stats {
         }
     }
 
-    pub(crate) fn set_fault(&mut self, h: RecordHandle, bucket: &str, kind: FaultKind) {
+    pub(crate) fn set_fault(&mut self, h: RecordHandle, kind: FaultKind) {
         self.counts.faults += 1;
-        self.bucket_mut(bucket).faults += 1;
+        self.buckets[h.bucket].1.faults += 1;
         if let Some(e) = self.entry(h) {
             e.fault = Some(kind);
         }
     }
 
-    pub(crate) fn set_status(&mut self, h: RecordHandle, bucket: &str, status: u16) {
+    pub(crate) fn set_status(&mut self, h: RecordHandle, status: u16) {
         if status >= 400 {
             self.counts.errors += 1;
-            self.bucket_mut(bucket).errors += 1;
+            self.buckets[h.bucket].1.errors += 1;
         }
         if let Some(e) = self.entry(h) {
             e.status = status;
         }
     }
 
-    pub(crate) fn add_get_bytes(&mut self, bucket: &str, n: u64) {
+    pub(crate) fn add_get_bytes(&mut self, h: RecordHandle, n: u64) {
         self.counts.get_bytes += n;
-        self.bucket_mut(bucket).get_bytes += n;
+        self.buckets[h.bucket].1.get_bytes += n;
     }
 }

@@ -1,6 +1,6 @@
 //! The S3 protocol as seen by the official `aws-sdk-s3` client: listing (delimiter, pagination, URL encoding),
 //! awkward keys, HeadObject, ranged GetObject, conditionals, error codes, PutObject/DeleteObject round trips,
-//! exact request counting, latency and bandwidth.
+//! exact request counting (server-wide and per bucket), latency (server-wide and per bucket) and bandwidth.
 
 mod common;
 
@@ -11,8 +11,8 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::operation::RequestId;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::EncodingType;
-use common::{client, form_decode, pattern, status_and_code};
-use s3cachefs_testserver::{Counts, Op, TestServer};
+use common::{client, client_no_retry, form_decode, pattern, status_and_code};
+use s3cachefs_testserver::{Counts, FaultKind, FaultPlan, FaultRule, Op, TestServer};
 
 const B: &str = "bkt";
 
@@ -685,6 +685,116 @@ async fn counts_are_exact() {
     server.reset_counts();
     assert!(server.requests().is_empty());
     assert_eq!(server.counts().total(), 0);
+}
+
+/// `counts_for` splits the counters by bucket (a cache bucket's requests apart from the source's): operations,
+/// GET body bytes, errors and injected faults each land in the bucket asked, and a reset zeroes them all.
+#[tokio::test]
+async fn counts_per_bucket() {
+    let server = TestServer::start();
+    let c = client_no_retry(&server).await;
+    server.put("src", "a", vec![7u8; 300]);
+    server.put("cache", "b", vec![9u8; 40]);
+    server.set_bucket_faults(
+        "cache",
+        FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500).ops([Op::Get]).max_count(1)),
+    );
+    server.reset_counts();
+
+    async fn get(c: &Client, bucket: &str, key: &str) -> Option<usize> {
+        let out = c.get_object().bucket(bucket).key(key).send().await.ok()?;
+        Some(out.body.collect().await.unwrap().into_bytes().len())
+    }
+    c.list_objects_v2().bucket("src").send().await.unwrap();
+    assert_eq!(get(&c, "src", "a").await, Some(300));
+    assert_eq!(get(&c, "src", "a").await, Some(300));
+    assert_eq!(get(&c, "cache", "b").await, None, "the injected 500");
+    assert_eq!(get(&c, "cache", "b").await, Some(40));
+    assert_eq!(get(&c, "cache", "missing").await, None, "404");
+    c.put_object()
+        .bucket("cache")
+        .key("new")
+        .if_none_match("*")
+        .body(ByteStream::from_static(b"x"))
+        .send()
+        .await
+        .unwrap();
+    c.delete_object().bucket("cache").key("new").send().await.unwrap();
+    c.head_object().bucket("cache").key("b").send().await.unwrap();
+
+    let src = Counts {
+        list: 1,
+        get: 2,
+        get_bytes: 600,
+        ..Counts::default()
+    };
+    let cache = Counts {
+        head: 1,
+        get: 3,
+        put: 1,
+        delete: 1,
+        get_bytes: 40,
+        errors: 2,
+        faults: 1,
+        ..Counts::default()
+    };
+    assert_eq!(server.counts_for("src"), src);
+    assert_eq!(server.counts_for("cache"), cache);
+    assert_eq!(server.counts_for("never-asked"), Counts::default());
+    let all = server.counts();
+    assert_eq!(all.total(), src.total() + cache.total());
+    assert_eq!(
+        (all.get_bytes, all.errors, all.faults),
+        (
+            src.get_bytes + cache.get_bytes,
+            src.errors + cache.errors,
+            src.faults + cache.faults
+        )
+    );
+
+    server.reset_counts();
+    assert_eq!(server.counts_for("src"), Counts::default());
+    assert_eq!(server.counts_for("cache"), Counts::default());
+    assert_eq!(get(&c, "cache", "b").await, Some(40));
+    assert_eq!(
+        server.counts_for("cache"),
+        Counts {
+            get: 1,
+            get_bytes: 40,
+            ..Counts::default()
+        }
+    );
+    assert_eq!(server.counts_for("src"), Counts::default());
+}
+
+/// A bucket's own latency replaces the server-wide one for requests to that bucket (checked from below only:
+/// the sleep before the response head can never be shorter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_latency_applies_to_its_bucket() {
+    let server = TestServer::start();
+    let c = client(&server).await;
+    server.put("slow", "k", &b"hi"[..]);
+    server.put("other", "k", &b"hi"[..]);
+    server.set_bucket_latency("slow", Some(Duration::from_millis(400)));
+    let t = Instant::now();
+    c.head_object().bucket("slow").key("k").send().await.unwrap();
+    c.head_object().bucket("slow").key("k").send().await.unwrap();
+    let el = t.elapsed();
+    assert!(el >= Duration::from_millis(800), "{el:?}");
+    // Server-wide latency does not override a bucket's own.
+    server.set_latency(Duration::from_millis(100));
+    server.set_bucket_latency("other", Some(Duration::from_millis(300)));
+    let t = Instant::now();
+    c.head_object().bucket("other").key("k").send().await.unwrap();
+    let el = t.elapsed();
+    assert!(el >= Duration::from_millis(300), "{el:?}");
+    // Cleared: the server-wide latency again (longer than the bucket's was, so a kept 400 ms would show).
+    server.set_bucket_latency("slow", None);
+    server.set_latency(Duration::from_millis(600));
+    let t = Instant::now();
+    c.head_object().bucket("slow").key("k").send().await.unwrap();
+    let el = t.elapsed();
+    assert!(el >= Duration::from_millis(600), "{el:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

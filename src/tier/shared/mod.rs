@@ -63,7 +63,9 @@ pub struct SharedTierSettings {
     pub breaker_interval: Duration,
     /// Blocks waiting to be written; more are dropped.
     pub write_queue: usize,
-    /// Block writes in flight at once.
+    /// Block writes in flight at once: enough to keep up with a node reading from the origin at
+    /// full speed, since a dropped write sends the nodes waiting for the block to the origin
+    /// (docs/BENCHMARKS.md: 4 writers dropped 77 of 508 writes in the 8-node rows, 16 none).
     pub write_concurrency: usize,
     /// Wait for room in the write queue instead of dropping the write (`warm`, whose purpose is
     /// to fill the tier; never a mount, whose readers must not wait).
@@ -79,7 +81,7 @@ impl SharedTierSettings {
             lease_wait: Duration::from_secs(2),
             breaker_interval: Duration::from_secs(30),
             write_queue: 64,
-            write_concurrency: 4,
+            write_concurrency: 16,
             wait_for_queue: false,
         }
     }
@@ -540,5 +542,7 @@ fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
+#[cfg(test)]
+mod race_tests;
 #[cfg(test)]
 mod tests;
