@@ -620,4 +620,41 @@ mod tests {
         );
         assert!(helper(&["mount.fuse.s3cachefs", "b", "-o", "ro"]).unwrap().is_err());
     }
+
+    /// `-o shared_cache=...` (fstab, `mount -t fuse.s3cachefs`) reaches the shared tier's config.
+    #[test]
+    fn mount_helper_passes_the_shared_cache_options() {
+        let args = helper(&[
+            "/sbin/mount.fuse.s3cachefs",
+            "src-bucket/jars/",
+            "/mnt",
+            "-o",
+            "ro,shared_cache=s3://cache-bucket/c/,shared_cache_read_only,shared_cache_lease_wait=0.5",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            &args[4..],
+            [
+                "--shared-cache",
+                "s3://cache-bucket/c/",
+                "--shared-cache-read-only",
+                "--shared-cache-lease-wait",
+                "0.5"
+            ]
+        );
+        let Command::Mount(m) = Cli::try_parse_from(&args).unwrap().command else {
+            panic!("not a mount")
+        };
+        let cfg = m.resolve().unwrap();
+        let shared = cfg.shared_cache.expect("shared cache configured");
+        assert_eq!(shared.location.bucket, "cache-bucket");
+        assert_eq!(shared.location.prefix, "c/");
+        assert!(shared.read_only);
+        assert_eq!(shared.lease_wait, std::time::Duration::from_millis(500));
+        assert_eq!(
+            shared.s3.max_attempts, 1,
+            "the source serves what the shared tier cannot"
+        );
+    }
 }
