@@ -14,10 +14,9 @@
 //!   deleted and written anew). They go through a bounded queue drained in the
 //!   background, so a reader never waits for them; a full queue drops the write (counted).
 //! - **Cross-node coalescing.** A node that misses a block takes a lease first: a small object
-//!   next to the block, created with a conditional PUT and holding its expiry. The holder fetches
-//!   from the origin and writes the block, looking for the block once more during the fetch (a
-//!   previous holder may have just written it and released the lease; a block found first
-//!   wins and the fetch is dropped); the others poll for the block for at most
+//!   next to the block, created with a conditional PUT and holding its expiry. The holder looks
+//!   for the block once more (a previous holder may have just written it and released the lease),
+//!   then fetches from the origin and writes the block; the others poll for the block for at most
 //!   `lease_wait` (and once more when the lease goes away), then fetch from the origin
 //!   themselves. A crashed holder delays the others by at most that bound; its lease expires
 //!   after `2 × lease_wait` and is then taken over.
@@ -32,7 +31,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::future::Either;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -233,38 +231,28 @@ impl Tier for SharedTier {
         }
         // Missed: take the lease, or wait for the node that holds it.
         let lease = inner.lease_key(block);
-        let (held, look_again) = match inner.take_lease(&lease).await {
-            // Another node may have written the block and released its lease between the look
-            // above and our lease (an invalid object is replaced after the origin fetch below).
-            Lease::Taken => (Some(lease), matches!(first, Found::Absent)),
+        let held = match inner.take_lease(&lease).await {
+            Lease::Taken => {
+                // Another node may have written the block and released its lease between the
+                // look above and our lease: look once more (not another miss) before going to
+                // the origin. (An invalid object is replaced after the origin fetch below.)
+                if matches!(first, Found::Absent)
+                    && let Found::Block(b) = inner.find(block, false).await
+                {
+                    inner.release(&lease).await;
+                    return Ok(b);
+                }
+                Some(lease)
+            }
             Lease::HeldElsewhere => {
                 if let Some(b) = inner.wait_for(block, &lease).await {
                     return Ok(b);
                 }
-                (None, false)
+                None
             }
-            Lease::Unavailable => (None, false),
+            Lease::Unavailable => None,
         };
-        let origin = below.get(block);
-        let fetched = if look_again {
-            // Look once more while the origin fetch is already under way, so that the look adds
-            // no latency: a block found wins, and the origin fetch is dropped.
-            let look = std::pin::pin!(inner.find(block, false));
-            let origin = std::pin::pin!(origin);
-            match futures::future::select(look, origin).await {
-                Either::Left((Found::Block(b), _)) => {
-                    if let Some(lease) = &held {
-                        inner.release(lease).await;
-                    }
-                    return Ok(b);
-                }
-                Either::Left((_, origin)) => origin.await,
-                Either::Right((fetched, _)) => fetched,
-            }
-        } else {
-            origin.await
-        };
-        let data = match fetched {
+        let data = match below.get(block).await {
             Ok(d) => d,
             Err(e) => {
                 if let Some(lease) = held {
