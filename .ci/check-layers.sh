@@ -34,6 +34,7 @@ rule "cache/ must not import store, tier, meta or read" src/cache 'crate::(store
 rule "meta/ must not import cache, read or tier" src/meta 'crate::(cache|read|tier)([^a-z_]|$)'
 rule "store/ must not import cache, tier, meta or read" src/store 'crate::(cache|tier|meta|read)([^a-z_]|$)'
 rule "cachedir.rs must not import any other module" src/cachedir.rs 'crate::'
+rule "warnings.rs must not import any other module" src/warnings.rs 'crate::'
 
 # Only fuse/ names fuser; only store/s3.rs names the AWS SDK.
 found=$(grep -rnE '(^|[^a-z_])fuser::' src --include='*.rs' | grep -v '^src/fuse/' || true)

@@ -30,23 +30,20 @@
 //!   [`TempFile::place`] renames it into place, so a reader sees a whole old file, a whole new
 //!   one, or none. A temp file that is not placed is removed when dropped; one left by a
 //!   process that died is removed by age ([`STALE_TMP`]) by its owner's scan.
-//! - **Quiet failures.** [`Warnings`] logs at most one warning per period and counts the rest.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 /// The layout version: the name of the version directory is `v` and this number.
 pub const LAYOUT_VERSION: u32 = 1;
@@ -64,8 +61,6 @@ pub const SHARDS: u64 = 4096;
 pub const DIR_BYTES: u64 = 4096;
 /// Temp files older than this belong to a writer that died.
 pub const STALE_TMP: Duration = Duration::from_secs(600);
-/// At most one warning of each kind per this period.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The areas of the version directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -546,10 +541,8 @@ fn outside(path: &Path) -> io::Error {
 }
 
 mod temp;
-mod warnings;
 
 pub use temp::{Placed, TempFile};
-pub use warnings::Warnings;
 
 #[cfg(test)]
 mod tests;

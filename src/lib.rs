@@ -18,3 +18,4 @@ pub mod object;
 pub mod read;
 pub mod store;
 pub mod tier;
+pub mod warnings;

@@ -41,11 +41,12 @@ use coord::{StripeLocks, Usage};
 pub use format::{FORMAT_VERSION, FormatError};
 
 use crate::cachedir::{
-    self, Area, CacheDir, DIR_BYTES, DirEntry, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, Warnings,
-    is_shard_name, shard_name,
+    self, Area, CacheDir, DIR_BYTES, DirEntry, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, is_shard_name,
+    shard_name,
 };
 use crate::metrics::{CacheMetrics, Metrics};
 use crate::object::{BlockId, BlockRef, ObjectMeta, SourceId};
+use crate::warnings::Warnings;
 
 /// Settings of the disk cache.
 #[derive(Clone, Debug)]

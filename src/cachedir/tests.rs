@@ -300,20 +300,6 @@ fn read_dir_and_tree_size_do_not_follow() {
     f.assert_outside_untouched("tree");
 }
 
-#[test]
-fn warnings_are_rate_limited_and_counted() {
-    let w = Warnings::new(Duration::from_secs(3600));
-    w.warn(format_args!("first"));
-    assert_eq!(w.suppressed(), 0);
-    w.warn(format_args!("second"));
-    w.warn(format_args!("third"));
-    assert_eq!(w.suppressed(), 2);
-    let every_time = Warnings::new(Duration::ZERO);
-    every_time.warn(format_args!("a"));
-    every_time.warn(format_args!("b"));
-    assert_eq!(every_time.suppressed(), 0);
-}
-
 /// Each operation goes through the configured path again, to the directory checked at open:
 /// one moved away is no longer used, and one put in its place (not checked) is not used either.
 #[test]

@@ -43,8 +43,9 @@ use tracing::{debug, warn};
 
 use super::format::{self, FormatError, RecordId};
 use super::{Entries, Entry, Lookup};
-use crate::cachedir::{Area, CacheDir, DIR_BYTES, STALE_TMP, Warnings, hex_shard};
+use crate::cachedir::{Area, CacheDir, DIR_BYTES, STALE_TMP, hex_shard};
 use crate::object::{DiskSpace, alloc_size};
+use crate::warnings::Warnings;
 
 /// Largest record read (a listing of ~10 million names); anything bigger is not ours.
 const MAX_RECORD: u64 = 1 << 30;

@@ -26,13 +26,12 @@
 //!   one timeout per interval, not one per block.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::debug;
 
 mod breaker;
 mod object;
@@ -44,9 +43,7 @@ use crate::blockfmt;
 use crate::metrics::SharedTierMetrics;
 use crate::object::BlockRef;
 use crate::store::{PutOutcome, StoreError, WritableStore};
-
-/// At most one warning of a kind per this period.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+use crate::warnings::Warnings;
 
 /// How the shared tier behaves.
 #[derive(Clone, Debug)]
@@ -97,7 +94,7 @@ struct Inner {
     settings: SharedTierSettings,
     metrics: SharedTierMetrics,
     breaker: Breaker,
-    last_warn: Mutex<Option<Instant>>,
+    warnings: Warnings,
     /// Identifies this process in the leases it takes (for logs and debugging).
     node: String,
     /// Writes queued or in flight, and a wake-up for `flush` when it drops to zero.
@@ -127,7 +124,7 @@ impl SharedTier {
             store,
             settings,
             metrics,
-            last_warn: Mutex::new(None),
+            warnings: Warnings::default(),
             node: format!("{}:{}", host.trim(), std::process::id()),
             pending: Default::default(),
             drained: tokio::sync::Notify::new(),
@@ -509,11 +506,7 @@ impl Inner {
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
-        let mut last = self.last_warn.lock().unwrap();
-        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
-            warn!("{msg}");
-        }
+        self.warnings.warn(msg);
     }
 }
 
