@@ -53,6 +53,20 @@ fn settings() -> SharedTierSettings {
     SharedTierSettings::new("cache/".into())
 }
 
+/// Settings with this bound on waiting for another node's lease.
+fn lease_wait(wait: Duration) -> SharedTierSettings {
+    SharedTierSettings {
+        lease_wait: wait,
+        ..settings()
+    }
+}
+
+/// Plants the lease of `block` as another node (`holder`) would hold it, valid for a minute.
+fn plant_lease(b: &Bucket, n: &Node, block: &BlockRef, holder: &str) {
+    let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
+    b.inner().put(&n.tier.inner.lease_key(block), format!("{expiry} {holder}"));
+}
+
 fn body(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 4096) as u8).collect()
 }
@@ -226,19 +240,10 @@ async fn a_block_leased_elsewhere_is_waited_for_at_most_the_bound() {
     let data = body(BS as usize);
     let (src, meta) = origin(&data);
     let b = bucket();
-    let n = node(
-        &src,
-        &b,
-        SharedTierSettings {
-            lease_wait: Duration::from_millis(300),
-            ..settings()
-        },
-    );
+    let n = node(&src, &b, lease_wait(Duration::from_millis(300)));
     let block = n.chain.block(&meta, 0);
     // Another node holds the lease (not expired) and never writes the block.
-    let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
-    b.inner()
-        .put(&n.tier.inner.lease_key(&block), format!("{expiry} other:1"));
+    plant_lease(&b, &n, &block, "other:1");
     let started = std::time::Instant::now();
     assert_eq!(&n.chain.get(&block).await.unwrap()[..], &data[..]);
     assert!(started.elapsed() >= Duration::from_millis(300), "waited for the holder");
@@ -251,19 +256,10 @@ async fn a_block_written_by_the_lease_holder_ends_the_wait() {
     let data = body(BS as usize);
     let (src, meta) = origin(&data);
     let b = bucket();
-    let waiter = node(
-        &src,
-        &b,
-        SharedTierSettings {
-            lease_wait: Duration::from_secs(20),
-            ..settings()
-        },
-    );
+    let waiter = node(&src, &b, lease_wait(Duration::from_secs(20)));
     let holder = node(&src, &b, settings());
     let block = waiter.chain.block(&meta, 0);
-    let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
-    let lease = waiter.tier.inner.lease_key(&block);
-    b.inner().put(&lease, format!("{expiry} holder:1"));
+    plant_lease(&b, &waiter, &block, "holder:1");
     let waiting = {
         let block = block.clone();
         async move { waiter.chain.get(&block).await.map(|d| (d, waiter)) }
@@ -443,18 +439,9 @@ async fn the_polls_of_a_lease_wait_are_not_misses() {
     let data = body(BS as usize);
     let (src, meta) = origin(&data);
     let b = bucket();
-    let n = node(
-        &src,
-        &b,
-        SharedTierSettings {
-            lease_wait: Duration::from_millis(500),
-            ..settings()
-        },
-    );
+    let n = node(&src, &b, lease_wait(Duration::from_millis(500)));
     let block = n.chain.block(&meta, 0);
-    let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
-    b.inner()
-        .put(&n.tier.inner.lease_key(&block), format!("{expiry} other:1"));
+    plant_lease(&b, &n, &block, "other:1");
     let gets = b.inner().gets.load(Ordering::SeqCst);
     assert_eq!(&n.chain.get(&block).await.unwrap()[..], &data[..]);
     assert!(
