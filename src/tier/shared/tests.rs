@@ -64,7 +64,8 @@ fn lease_wait(wait: Duration) -> SharedTierSettings {
 /// Plants the lease of `block` as another node (`holder`) would hold it, valid for a minute.
 fn plant_lease(b: &Bucket, n: &Node, block: &BlockRef, holder: &str) {
     let expiry = unix_ms(SystemTime::now() + Duration::from_secs(60));
-    b.inner().put(&n.tier.inner.lease_key(block), format!("{expiry} {holder}"));
+    b.inner()
+        .put(&n.tier.inner.lease_key(block), format!("{expiry} {holder}"));
 }
 
 fn body(n: usize) -> Vec<u8> {
