@@ -1,12 +1,10 @@
 //! One rate-limited warning, used by every layer that may hit the same failure many times a second
 //! (the disk cache, persisted metadata, the shared tier): at most one warning per period, the rest
-//! logged at debug and counted in the next warning.
+//! logged at debug and counted in the next warning. Log with [`warn_limited!`], which logs under
+//! the caller's module, so a warning still says which layer it comes from.
 
-use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use tracing::{debug, warn};
 
 /// At most one warning of a kind per this period.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -27,19 +25,16 @@ impl Warnings {
         }
     }
 
-    pub fn warn(&self, msg: fmt::Arguments) {
+    /// Whether a warning may be logged now: `Some(n)` with the number suppressed since the last
+    /// one, or `None` (this one is counted as suppressed; log it at debug).
+    pub fn allow(&self) -> Option<u64> {
         let mut s = self.state.lock().unwrap();
         if s.0.is_none_or(|t| t.elapsed() >= self.period) {
-            let suppressed = std::mem::take(&mut s.1);
             s.0 = Some(Instant::now());
-            if suppressed > 0 {
-                warn!(suppressed, "{msg}");
-            } else {
-                warn!("{msg}");
-            }
+            Some(std::mem::take(&mut s.1))
         } else {
             s.1 += 1;
-            debug!("{msg}");
+            None
         }
     }
 
@@ -48,6 +43,20 @@ impl Warnings {
         self.state.lock().unwrap().1
     }
 }
+
+/// `warn_limited!(warnings, "format", args...)`: a warning through `warnings` (a [`Warnings`]),
+/// logged under the calling module: a warning when allowed (with `suppressed = n` when some were
+/// held back), else at debug.
+macro_rules! warn_limited {
+    ($warnings:expr, $($arg:tt)+) => {
+        match $warnings.allow() {
+            Some(0) => ::tracing::warn!($($arg)+),
+            Some(suppressed) => ::tracing::warn!(suppressed, $($arg)+),
+            None => ::tracing::debug!($($arg)+),
+        }
+    };
+}
+pub(crate) use warn_limited;
 
 impl Default for Warnings {
     fn default() -> Warnings {
@@ -62,14 +71,22 @@ mod tests {
     #[test]
     fn warnings_are_rate_limited_and_counted() {
         let w = Warnings::new(Duration::from_secs(3600));
-        w.warn(format_args!("first"));
-        assert_eq!(w.suppressed(), 0);
-        w.warn(format_args!("second"));
-        w.warn(format_args!("third"));
+        assert_eq!(w.allow(), Some(0));
+        warn_limited!(w, "second");
+        warn_limited!(w, "third {}", 3);
         assert_eq!(w.suppressed(), 2);
         let every_time = Warnings::new(Duration::ZERO);
-        every_time.warn(format_args!("a"));
-        every_time.warn(format_args!("b"));
+        every_time.allow();
+        assert_eq!(every_time.allow(), Some(0));
         assert_eq!(every_time.suppressed(), 0);
+        let held = Warnings::new(Duration::from_millis(300));
+        held.allow();
+        assert_eq!(held.allow(), None);
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(
+            held.allow(),
+            Some(1),
+            "the next allowed warning reports the suppressed one"
+        );
     }
 }

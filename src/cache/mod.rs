@@ -400,7 +400,7 @@ impl DiskCache {
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
-        self.warnings.warn(msg);
+        crate::warnings::warn_limited!(self.warnings, "{msg}");
     }
 }
 

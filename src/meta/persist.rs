@@ -419,7 +419,7 @@ impl MetaStore {
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
-        self.warnings.warn(msg);
+        crate::warnings::warn_limited!(self.warnings, "{msg}");
     }
 
     /// Reads a regular file owned by this user, refusing symlinks and files over `limit` bytes.

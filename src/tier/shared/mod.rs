@@ -506,7 +506,7 @@ impl Inner {
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {
-        self.warnings.warn(msg);
+        crate::warnings::warn_limited!(self.warnings, "{msg}");
     }
 }
 
