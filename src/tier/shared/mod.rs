@@ -14,12 +14,14 @@
 //!   deleted and written anew). They go through a bounded queue drained in the
 //!   background, so a reader never waits for them; a full queue drops the write (counted).
 //! - **Cross-node coalescing.** A node that misses a block takes a lease first: a small object
-//!   next to the block, created with a conditional PUT and holding its expiry. The holder looks
-//!   for the block once more (a previous holder may have just written it and released the lease),
-//!   then fetches from the origin and writes the block; the others poll for the block for at most
-//!   `lease_wait` (and once more when the lease goes away), then fetch from the origin
-//!   themselves. A crashed holder delays the others by at most that bound; its lease expires
-//!   after `2 × lease_wait` and is then taken over.
+//!   next to the block, created with a conditional PUT and holding its expiry. The holder
+//!   fetches from the origin and writes the block, and keeps the lease once the block is stored
+//!   (the lifecycle rule expires both), so a node that missed the block just before finds the
+//!   lease taken and waits instead of fetching again; a created lease thus means the block is
+//!   still to be fetched. The others poll for the block for at most `lease_wait` (and look once
+//!   more if the lease is released, which happens when the holder could not store the block),
+//!   then fetch from the origin themselves. A crashed holder delays the others by at most that
+//!   bound; its lease expires after `2 × lease_wait` and is then taken over.
 //! - **Failures never fail a read.** Any error of the shared bucket (unreachable, slow, throttled,
 //!   denied) passes the request to the origin, and opens a circuit breaker: for
 //!   `breaker_interval` the tier is skipped, then one request probes it again. A dead tier costs
@@ -226,28 +228,25 @@ impl Tier for SharedTier {
         if self.writes.is_none() || !inner.breaker.allows() {
             return below.get(block).await;
         }
-        // Missed: take the lease, or wait for the node that holds it.
-        let lease = inner.lease_key(block);
-        let held = match inner.take_lease(&lease).await {
-            Lease::Taken => {
-                // Another node may have written the block and released its lease between the
-                // look above and our lease: look once more (not another miss) before going to
-                // the origin. (An invalid object is replaced after the origin fetch below.)
-                if matches!(first, Found::Absent)
-                    && let Found::Block(b) = inner.find(block, false).await
-                {
-                    inner.release(&lease).await;
-                    return Ok(b);
+        let held = if matches!(first, Found::Invalid) {
+            // The block is there but invalid: no node is fetching it, nothing to wait for. Fetch
+            // it and replace the object (several nodes may do so at once; it is rare).
+            None
+        } else {
+            // Missed: take the lease, or wait for the node that holds it. A created lease means
+            // no node stored the block since our look: a node that stores a block keeps its
+            // lease (see `store`).
+            let lease = inner.lease_key(block);
+            match inner.take_lease(&lease).await {
+                Lease::Taken => Some(lease),
+                Lease::HeldElsewhere => {
+                    if let Some(b) = inner.wait_for(block, &lease).await {
+                        return Ok(b);
+                    }
+                    None
                 }
-                Some(lease)
+                Lease::Unavailable => None,
             }
-            Lease::HeldElsewhere => {
-                if let Some(b) = inner.wait_for(block, &lease).await {
-                    return Ok(b);
-                }
-                None
-            }
-            Lease::Unavailable => None,
         };
         let data = match below.get(block).await {
             Ok(d) => d,
@@ -443,8 +442,8 @@ impl Inner {
             }
             match self.store.head(lease).await {
                 Ok(_) => {}
-                // Released: the holder wrote the block after the lookup above (look once more),
-                // or its fetch or write failed.
+                // Released: the holder could not store the block (its fetch or write failed,
+                // or its write was dropped). Look once more, in case another node stored it.
                 Err(StoreError::NotFound) => {
                     return match self.find(block, false).await {
                         Found::Block(b) => Some(b),
@@ -470,19 +469,33 @@ impl Inner {
         {
             debug!(key, "cannot remove an invalid shared cache object: {e}");
         }
-        if let Some(body) = self.encode(&w.block, &w.data) {
-            match self.store.put_if_absent(&key, body).await {
+        let stored = match self.encode(&w.block, &w.data) {
+            Some(body) => match self.store.put_if_absent(&key, body).await {
                 Ok(_) => {
                     self.breaker.success();
                     self.metrics.writes.inc();
                     self.metrics.written_bytes.inc_by(w.data.len() as u64);
+                    true
                 }
                 // Another node is writing the same block this very moment.
-                Err(e) if raced(&e) => self.breaker.success(),
-                Err(e) => self.failed("write", &e),
-            }
-        }
-        if let Some(lease) = &w.lease {
+                Err(e) if raced(&e) => {
+                    self.breaker.success();
+                    true
+                }
+                Err(e) => {
+                    self.failed("write", &e);
+                    false
+                }
+            },
+            None => false,
+        };
+        // A lease stays once its block is stored (until the lifecycle rule expires both): a node
+        // that missed the block just before finds the lease taken and waits for the block,
+        // instead of taking a free lease and fetching the block from the origin again. It is
+        // released when the block could not be stored, so that waiting nodes stop waiting.
+        if let Some(lease) = &w.lease
+            && !stored
+        {
             self.release(lease).await;
         }
         self.done();

@@ -129,7 +129,7 @@ fn nodes(op: &'static str) -> Nodes {
 }
 
 impl Nodes {
-    /// Node B's whole fetch of block 0: lease, origin GET, block written, lease released.
+    /// Node B's whole fetch of block 0: lease, origin GET, block written (the lease kept).
     fn b_fetches(&self) -> Hook {
         let (b, chain) = (self.b.clone(), self.b_chain.clone());
         let block = chain.block(&self.meta, 0);
@@ -144,8 +144,8 @@ impl Nodes {
     }
 }
 
-/// A misses; before its lease PUT, B fetches, writes the block and releases its lease. A
-/// then takes the free lease, and must find B's block instead of fetching it again.
+/// A misses; before its lease PUT, B fetches and writes the block, keeping its lease. A then
+/// finds the lease taken, waits, and finds B's block instead of fetching it again.
 #[tokio::test]
 async fn a_lease_taken_after_another_node_wrote_the_block_finds_it() {
     let n = nodes("put");
@@ -154,12 +154,10 @@ async fn a_lease_taken_after_another_node_wrote_the_block_finds_it() {
     assert_eq!(n.a_chain.get(&block).await.unwrap().to_vec(), n.body);
     n.a.flush().await;
     assert_eq!(n.origin_gets(), 1, "one origin GET for the block across both nodes");
+    assert_eq!(n.a.inner.metrics.lease_waits.get(), 1, "A waited on B's kept lease");
+    assert_eq!(n.a.inner.metrics.lease_timeouts.get(), 0);
     let lease = n.a.inner.lease_key(&block);
-    assert_eq!(
-        n.bucket.head(&lease).await.err(),
-        Some(StoreError::NotFound),
-        "A released its lease"
-    );
+    assert!(n.bucket.head(&lease).await.is_ok(), "B's lease stays with its block");
 }
 
 /// B holds the lease while A misses and waits; just before A checks the lease, B writes the

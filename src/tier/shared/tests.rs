@@ -91,7 +91,7 @@ fn bucket() -> Bucket {
 }
 
 #[tokio::test]
-async fn blocks_are_self_describing_objects_under_the_prefix_and_leases_are_released() {
+async fn blocks_are_self_describing_objects_under_the_prefix_and_their_leases_kept() {
     let data = body(2 * BS as usize + 10);
     let (src, meta) = origin(&data);
     let b = bucket();
@@ -102,11 +102,12 @@ async fn blocks_are_self_describing_objects_under_the_prefix_and_leases_are_rele
     n.tier.flush().await;
     let blocks = keys(&b, "cache/s3cachefs/v1/blocks/").await;
     assert_eq!(blocks.len(), 3, "{blocks:?}");
-    assert!(
-        keys(&b, "cache/s3cachefs/v1/leases/").await.is_empty(),
-        "leases released"
+    assert_eq!(
+        keys(&b, "cache/s3cachefs/v1/leases/").await.len(),
+        3,
+        "leases kept with their blocks"
     );
-    assert_eq!(keys(&b, "").await.len(), 3, "nothing else written");
+    assert_eq!(keys(&b, "").await.len(), 6, "nothing else written");
     let block = n.chain.block(&meta, 2);
     let obj = b
         .inner()
@@ -279,8 +280,8 @@ async fn a_block_written_by_the_lease_holder_ends_the_wait() {
     assert_eq!(src.gets.load(Ordering::SeqCst), 1, "one origin GET for two nodes");
 }
 
-/// A block written (and its lease released) by another node between a node's miss and its lease
-/// is found by a second look, not fetched from the origin again.
+/// A block written by another node between a node's miss and its lease is not fetched from the
+/// origin again: the writer kept its lease, so the node waits and finds the block.
 #[tokio::test]
 async fn a_block_that_lands_before_the_lease_is_taken_is_not_fetched_again() {
     let data = body(BS as usize);
@@ -297,9 +298,15 @@ async fn a_block_that_lands_before_the_lease_is_taken_is_not_fetched_again() {
     assert_eq!(&second.chain.get(&block).await.unwrap()[..], &data[..]);
     assert_eq!(src.gets.load(Ordering::SeqCst), 1, "no second origin GET");
     assert_eq!((second.metrics.misses.get(), second.metrics.hits.get()), (1, 1));
-    assert!(
-        keys(&b, "cache/s3cachefs/v1/leases/").await.is_empty(),
-        "the lease is released"
+    assert_eq!(
+        second.metrics.lease_waits.get(),
+        1,
+        "it found the writer's lease and waited"
+    );
+    assert_eq!(
+        keys(&b, "cache/s3cachefs/v1/leases/").await.len(),
+        1,
+        "the writer's lease stays"
     );
 }
 
@@ -316,7 +323,14 @@ async fn an_expired_lease_is_taken_over_without_waiting() {
     assert_eq!(&n.chain.get(&block).await.unwrap()[..], &data[..]);
     n.tier.flush().await;
     assert_eq!(n.metrics.lease_waits.get(), 0);
-    assert!(keys(&b, "cache/s3cachefs/v1/leases/").await.is_empty());
+    let leases = keys(&b, "cache/s3cachefs/v1/leases/").await;
+    assert_eq!(
+        leases,
+        std::slice::from_ref(&lease),
+        "one lease: this node's, kept with its block"
+    );
+    let body = b.inner().get_object(&lease, 256).await.unwrap();
+    assert!(!String::from_utf8_lossy(&body).contains("crashed"), "taken over");
     assert_eq!(keys(&b, "cache/s3cachefs/v1/blocks/").await.len(), 1);
 }
 
