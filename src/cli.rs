@@ -313,12 +313,7 @@ impl SharedCacheArgs {
         };
         let location = Source::parse(rest, None).map_err(|e| format!("--shared-cache: {e}"))?;
         let endpoint_url = match &self.shared_cache_endpoint_url {
-            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => {
-                return Err(format!(
-                    "--shared-cache-endpoint-url: {e:?} must start with http:// or https://"
-                ));
-            }
-            Some(e) => Some(e.clone()),
+            Some(e) => Some(config::check_endpoint_url("--shared-cache-endpoint-url", e)?),
             None => source_s3.endpoint_url.clone(),
         };
         let timeout =
@@ -385,12 +380,10 @@ pub struct S3Args {
 
 impl S3Args {
     pub fn resolve(&self) -> Result<S3Config, String> {
-        let endpoint_url = self.endpoint_url.clone().filter(|e| !e.is_empty());
-        if let Some(e) = &endpoint_url
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err(format!("--endpoint-url: {e:?} must start with http:// or https://"));
-        }
+        let endpoint_url = match self.endpoint_url.as_deref().filter(|e| !e.is_empty()) {
+            Some(e) => Some(config::check_endpoint_url("--endpoint-url", e)?),
+            None => None,
+        };
         Ok(S3Config {
             region: self.region.clone().filter(|r| !r.is_empty()),
             force_path_style: self.force_path_style

@@ -262,6 +262,15 @@ pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// An endpoint URL given to `flag`: it must start with `http://` or `https://`.
+pub fn check_endpoint_url(flag: &str, url: &str) -> Result<String, String> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(url.to_string())
+    } else {
+        Err(format!("{flag}: {url:?} must start with http:// or https://"))
+    }
+}
+
 /// Parses a duration in seconds such as `2`, `0.5` or `2s`.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s

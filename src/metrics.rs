@@ -339,11 +339,6 @@ impl Metrics {
         *self.cache_bytes_source.lock().unwrap() = Some(Box::new(f));
     }
 
-    /// Records one S3 request attempt to the origin.
-    pub fn s3_request(&self, operation: &'static str, status: Option<u16>, seconds: f64) {
-        self.store_request(StoreRole::Origin, operation, status, seconds);
-    }
-
     /// Records one request attempt of a store in `role`.
     pub fn store_request(&self, role: StoreRole, operation: &'static str, status: Option<u16>, seconds: f64) {
         let status = status.map_or_else(|| "error".to_string(), |s| s.to_string());
@@ -409,9 +404,9 @@ mod tests {
     #[test]
     fn encodes_and_parses_back() {
         let m = Metrics::new();
-        m.s3_request("GetObject", Some(206), 0.02);
-        m.s3_request("GetObject", Some(206), 0.03);
-        m.s3_request("HeadObject", None, 5.0);
+        m.store_request(StoreRole::Origin, "GetObject", Some(206), 0.02);
+        m.store_request(StoreRole::Origin, "GetObject", Some(206), 0.03);
+        m.store_request(StoreRole::Origin, "HeadObject", None, 5.0);
         m.cache.hits.inc_by(3);
         m.set_cache_size_source(|| 4096);
         let text = m.encode();
@@ -432,7 +427,7 @@ mod tests {
     fn exported_names_are_stable() {
         let m = Metrics::new();
         // Families with labels have no series until something is counted.
-        m.s3_request("GetObject", Some(200), 0.01);
+        m.store_request(StoreRole::Origin, "GetObject", Some(200), 0.01);
         m.fuse_op("read");
         m.fuse_error("read", 5);
         m.store_request(StoreRole::SharedTier, "GetObject", Some(404), 0.01);

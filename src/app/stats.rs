@@ -109,11 +109,11 @@ mod tests {
     fn summarizes_every_line_from_the_daemons_encoding() {
         let m = Metrics::new();
         for status in [Some(206), Some(206), Some(503), None] {
-            m.s3_request("GetObject", status, 0.01);
+            m.store_request(StoreRole::Origin, "GetObject", status, 0.01);
         }
-        m.s3_request("HeadObject", Some(200), 0.01);
-        m.s3_request("HeadObject", Some(404), 0.01);
-        m.s3_request("ListObjectsV2", Some(200), 0.01);
+        m.store_request(StoreRole::Origin, "HeadObject", Some(200), 0.01);
+        m.store_request(StoreRole::Origin, "HeadObject", Some(404), 0.01);
+        m.store_request(StoreRole::Origin, "ListObjectsV2", Some(200), 0.01);
         m.s3_bytes.inc_by(2 << 20);
         m.read_bytes.inc_by(6 << 20);
         m.cache.hits.inc_by(3);

@@ -19,12 +19,13 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
 
+use super::tests::du;
 use super::*;
 use crate::object::block_range;
 
@@ -655,18 +656,6 @@ impl Harness {
         prop_assert!(tmp.is_empty(), "temp files left: {:?}", tmp);
         Ok(())
     }
-}
-
-/// Bytes on disk under `p`, as `du` counts them.
-fn du(p: &Path) -> u64 {
-    let m = fs::symlink_metadata(p).unwrap();
-    let mut total = m.blocks() * 512;
-    if m.is_dir() {
-        for e in fs::read_dir(p).unwrap() {
-            total += du(&e.unwrap().path());
-        }
-    }
-    total
 }
 
 fn run(sizes: &[u64], seeds: &[u64], ops: &[Op]) -> Result<(), TestCaseError> {

@@ -58,7 +58,7 @@ async fn get(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, fetches: &AtomicUsi
 }
 
 /// Bytes on disk under the cache directory, as `du` counts them.
-fn du(p: &Path) -> u64 {
+pub(super) fn du(p: &Path) -> u64 {
     let m = fs::symlink_metadata(p).unwrap();
     let mut total = m.blocks() * 512;
     if m.is_dir() {

@@ -105,10 +105,6 @@ impl TierChain {
         self.block_size
     }
 
-    pub fn source(&self) -> &SourceId {
-        &self.source
-    }
-
     /// The tiers' names, nearest first (for logs).
     pub fn describe(&self) -> String {
         let mut names: Vec<&str> = self.tiers.iter().map(|t| t.name()).collect();
