@@ -82,7 +82,7 @@ pub struct DiskCache {
 /// Where one block lives and what it must say about itself.
 struct Location {
     path: PathBuf,
-    /// The object hash (see `object_hash`).
+    /// The object hash (`blockfmt::object_hash`).
     object: String,
     stripe: u64,
     id: BlockId,
@@ -185,18 +185,14 @@ impl DiskCache {
         self.cfg.block_size
     }
 
-    fn object_hash(source: &SourceId, key: &str, etag: &str, block_size: u64) -> (String, u64) {
-        format::object_hash(source, key, etag, block_size)
-    }
-
     /// The hash of an object of this cache's source (for assembled files).
     fn assembled_hash(&self, obj: &ObjectMeta) -> (String, u64) {
-        Self::object_hash(&self.cfg.source, &obj.key, &obj.etag, self.cfg.block_size)
+        format::object_hash(&self.cfg.source, &obj.key, &obj.etag, self.cfg.block_size)
     }
 
     fn locate(&self, block: &BlockRef) -> Location {
         let id = &block.id;
-        let (hex, num) = Self::object_hash(&id.source, &id.key, &id.etag, id.block_size);
+        let (hex, num) = format::object_hash(&id.source, &id.key, &id.etag, id.block_size);
         let index = id.index;
         let mix = num ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let shard = (mix >> 7) % SHARDS;
