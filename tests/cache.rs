@@ -278,7 +278,15 @@ fn full_cache_disk_never_fails_a_read() {
     let objects = seed_jars(&s, 8); // ~10 MiB
     let tmpfs = Tmpfs::new("3m");
     let c = tmpfs.path().join("cache");
-    // No --cache-min-free headroom: writes hit ENOSPC for real.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let metric = |series: &str| metric_sum(&http_status_body(port, "/metrics").1, series);
+    // Another tenant fills the filesystem, leaving less than one block free: with no
+    // --cache-min-free headroom the cache may use only what is free, so every block is refused
+    // (counted, one warning) and served from S3; the other tenant's file is never touched.
+    let filler = tmpfs.path().join("filler");
+    let (free, _) = fs_space(tmpfs.path());
+    fs::write(&filler, vec![7u8; free as usize - 512 * 1024]).unwrap();
     let m = Mount::new(
         &s,
         BUCKET,
@@ -289,19 +297,38 @@ fn full_cache_disk_never_fails_a_read() {
             "0",
             "--memory-cache-size",
             "1MiB",
+            "--metrics-addr",
+            &addr,
         ],
     );
     for _ in 0..2 {
         read_all(&m, &objects);
     }
+    assert!(metric("s3cachefs_cache_skipped_full_total") >= 1.0, "{}", m.log());
+    assert!(m.log().contains("disk cache is full"), "a warning:\n{}", m.log());
     drop(m);
-    // With the default 5% headroom the cache evicts instead of filling the disk.
+    assert_eq!(fs::metadata(&filler).unwrap().len(), free - 512 * 1024);
+    fs::remove_file(&filler).unwrap();
+    // With the default 5% headroom the cache evicts least recently used blocks to make room
+    // for the ~10 MiB read through its 3 MiB, and leaves 5% of the filesystem free.
     let m = Mount::new(
         &s,
         BUCKET,
-        &["--cache", c.to_str().unwrap(), "--memory-cache-size", "1MiB"],
+        &[
+            "--cache",
+            c.to_str().unwrap(),
+            "--memory-cache-size",
+            "1MiB",
+            "--metrics-addr",
+            &addr,
+        ],
     );
     read_all(&m, &objects);
+    assert!(metric("s3cachefs_cache_evictions_total") >= 1.0, "{}", m.log());
+    assert!(metric("s3cachefs_cache_written_bytes_total") >= 1.0, "{}", m.log());
+    drop(m);
+    let (free, total) = fs_space(tmpfs.path());
+    assert!(free * 100 >= total * 5, "{free} of {total} bytes free, under 5%");
 }
 
 #[test]

@@ -173,6 +173,51 @@ fn fully_cached_files_pass_through_to_the_kernel() {
     );
 }
 
+/// The kernel refuses a backing file whose filesystem is already as deep in its stacking as
+/// the mount allows (s3cachefs asks for depth 1; an overlay filesystem is depth 1): open then
+/// falls back to reads through the daemon, with one warning, and the bytes are right.
+#[test]
+fn a_backing_file_the_kernel_refuses_falls_back_to_reads_through_the_daemon() {
+    let s = server();
+    let body = data(3 * MIB + 9, 10);
+    s.put(BUCKET, "f.bin", body.clone());
+    let overlay = Overlay::new();
+    let cache = overlay.path().join("cache");
+    let c = cache.to_str().unwrap();
+    let port = free_port();
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &["--cache", c, "--metrics-addr", &format!("127.0.0.1:{port}")],
+    );
+    assert!(fs::read(m.join("f.bin")).unwrap() == body);
+    wait_for("the assembled file", || full_files(&cache) == 1);
+    s.reset_counts();
+    let reads_before = metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}");
+    for _ in 0..2 {
+        let f = fs::File::open(m.join("f.bin")).unwrap();
+        let mut got = vec![0u8; body.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == body);
+        // Drop the page cache so that the second open reads through FUSE again.
+        use std::os::fd::AsRawFd;
+        // SAFETY: fadvise on a valid descriptor.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    assert_eq!(metric(port, "s3cachefs_passthrough_opens_total"), 0.0, "{}", m.log());
+    assert!(
+        metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}") > reads_before,
+        "the reads went through the daemon"
+    );
+    assert_eq!(s.counts().get, 0, "served from the assembled file: {:?}", s.counts());
+    let log = m.log();
+    assert_eq!(
+        log.matches("FUSE passthrough unavailable").count(),
+        1,
+        "one warning, then no more attempts:\n{log}"
+    );
+}
+
 #[test]
 fn without_passthrough_assembled_files_are_read_through_the_daemon() {
     let s = server();

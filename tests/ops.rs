@@ -183,6 +183,35 @@ fn metrics_and_health_follow_known_reads() {
     assert!(e.contains("--metrics-addr"), "{e}");
 }
 
+/// `/healthz` answers 503 when the mountpoint no longer answers, while the daemon itself is
+/// alive: here the mount was lazily detached (a file held open keeps its FUSE session serving)
+/// and its directory removed, as when a pod's volume directory is torn down under it.
+#[test]
+fn healthz_answers_503_when_the_mountpoint_no_longer_answers() {
+    let s = server();
+    let objects = seed(&s);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut m = Mount::new(&s, BUCKET, &["--metrics-addr", &addr]);
+    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
+    let (key, body) = &objects[2];
+    let f = fs::File::open(m.join(key)).unwrap();
+    let ok = Command::new("umount").arg("-l").arg(m.path()).status().unwrap();
+    assert!(ok.success());
+    fs::remove_dir(m.path()).unwrap();
+    let (status, text) = http_get(port, "/healthz");
+    assert_eq!(status, 503, "{text}");
+    // The daemon is alive: it serves metrics and the file still open on the detached mount.
+    assert_eq!(http_get(port, "/metrics").0, 200);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &f, &mut got).unwrap();
+    assert!(got == *body);
+    // Once the last file is closed, the detached mount goes away and the daemon exits.
+    drop(f);
+    let status = m.wait_exit();
+    assert!(status.success(), "{status}\n{}", m.log());
+}
+
 #[test]
 fn systemd_notify_ready_and_stopping() {
     let s = server();

@@ -33,11 +33,45 @@ fn call_bound(attempts: u64, timeout_s: u64) -> Duration {
 
 /// S3 calls one operation may wait for in sequence, at most (docs/RELIABILITY.md). A read(2)
 /// is two FUSE requests when the first fails (the kernel's read-ahead, then the page it needs);
-/// a lookup of an uncached name lists its directory (if small), then asks HEAD and LIST in
-/// parallel; a listing waits for each of its pages in turn (one page here).
+/// a lookup of an uncached name in a directory of one listing page waits for that one LIST (a
+/// failed listing fails the lookup at once; only a directory larger than one page adds a HEAD
+/// and LIST, and the directories here are small); a listing waits for each of its pages in turn
+/// (one page here).
 const READ_CALLS: u32 = 2;
-const LOOKUP_CALLS: u32 = 2;
+const LOOKUP_CALLS: u32 = 1;
 const LIST_CALLS: u32 = 1;
+
+/// How many S3 calls of `op` ("GetObject", "HeadObject", "ListObjectsV2", or "" for any) the
+/// daemon logged as failed after all their attempts, and whether each of them says
+/// `attempts={attempts}`.
+fn failed_calls(log: &str, op: &str, attempts: u32) -> (u64, bool) {
+    // (tracing prints string fields quoted: `op="GetObject"`.)
+    let lines: Vec<String> = log
+        .lines()
+        .map(|l| l.replace('"', ""))
+        .filter(|l| l.contains("S3 request failed after retries") && l.contains(&format!("op={op}")))
+        .collect();
+    let all_exact = lines.iter().all(|l| l.contains(&format!("attempts={attempts}")));
+    (lines.len() as u64, all_exact)
+}
+
+/// Waits (bounded) until `sample` gives the same value for 2.5 s: background work (a
+/// prefetch still retrying) has finished. Pauses between attempts are far below 2.5 s here.
+fn settled<T: PartialEq + Copy + std::fmt::Debug>(limit: Duration, mut sample: impl FnMut() -> T) -> T {
+    let deadline = Instant::now() + limit;
+    let mut last = sample();
+    let mut since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = sample();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(2500) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "still changing after {limit:?}: {now:?}");
+    }
+}
 
 fn errno(e: &io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
@@ -190,15 +224,31 @@ fn persistent_errors_fail_with_eio_within_the_bound_and_are_not_cached() {
     let m = Mount::new(&s, BUCKET, &["--max-attempts", "3", "--request-timeout", "1"]);
     let bound = call_bound(attempts, timeout);
     s.set_faults(FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500)));
-    // Lookup (HEAD + LIST in parallel) and listing.
+    // Lookup: the root is small, so looking up `bad` lists it; the failed listing fails the
+    // lookup at once, after exactly 3 LISTs (no HEAD follows it).
+    s.reset_counts();
     let t = Instant::now();
     let e = fs::metadata(m.join("bad/y.bin")).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "{e}");
     let stat_time = t.elapsed();
+    let c = s.counts();
+    assert_eq!(
+        (c.list, c.head, c.get),
+        (3, 0, 0),
+        "a failed lookup: exactly 3 attempts: {c:?}"
+    );
+    // Listing: exactly 3 LISTs (the lookup of `ok` in the root is the listing that fails).
+    s.reset_counts();
     let t = Instant::now();
     let e = fs::read_dir(m.join("ok")).map(|d| d.count()).unwrap_err();
     assert_eq!(errno(&e), libc::EIO, "{e}");
     let ls_time = t.elapsed();
+    let c = s.counts();
+    assert_eq!(
+        (c.list, c.head, c.get),
+        (3, 0, 0),
+        "a failed listing: exactly 3 attempts: {c:?}"
+    );
     assert!(
         stat_time <= LOOKUP_CALLS * bound,
         "{stat_time:?} > {LOOKUP_CALLS} × {bound:?}"
@@ -220,10 +270,15 @@ fn persistent_errors_fail_with_eio_within_the_bound_and_are_not_cached() {
         read_time <= READ_CALLS * bound,
         "{read_time:?} > {READ_CALLS} × {bound:?}"
     );
-    assert!(m.log().contains("attempts=3"), "{}", m.log());
-    let gets = s.counts().get;
-    // (A prefetch of the next block may still be retrying: not always a multiple of 3.)
-    assert!(gets >= 3, "each failed GET was tried 3 times: {gets}");
+    // Every GET call that failed was tried exactly 3 times: once the daemon is quiet (a
+    // prefetch of the next block may still be retrying), the server saw 3 GETs per call the
+    // daemon logged as failed, and each of those lines says attempts=3.
+    let (gets, calls) = settled(Duration::from_secs(30), || {
+        (s.counts().get, failed_calls(&m.log(), "GetObject", 3).0)
+    });
+    assert!(failed_calls(&m.log(), "GetObject", 3).1, "{}", m.log());
+    assert!(calls >= 1, "{}", m.log());
+    assert_eq!(gets, 3 * calls, "each failed GET call was tried exactly 3 times");
     s.clear_faults();
     // A failed block is not cached: the same handle reads it now.
     assert!(pread(&f, 0, body.len()).unwrap() == body);
@@ -662,7 +717,7 @@ fn soak_sixteen_readers_with_ten_percent_of_requests_failing() {
     eprintln!(
         "RELIABILITY soak: threads=16 secs={:.0} objects={} data_mib={:.1} ops={} reads={} bytes_mib={:.0} \
          s3_requests={requests} faults={} ({:.1}%) eio={} etimedout={} unexpected={} wrong_bytes={} wrong_meta={} \
-         rss_start_mib={} rss_peak_mib={} rss_end_mib={}",
+         exhausted_calls={} rss_start_mib={} rss_peak_mib={} rss_end_mib={}",
         elapsed.as_secs_f64(),
         objects.len(),
         total as f64 / MIB as f64,
@@ -676,6 +731,7 @@ fn soak_sixteen_readers_with_ten_percent_of_requests_failing() {
         g(&tally.unexpected),
         g(&tally.wrong_bytes),
         g(&tally.wrong_meta),
+        failed_calls(&m.log(), "", 4).0,
         rss_start >> 20,
         rss_end >> 20,
         rss_now >> 20,
@@ -684,11 +740,24 @@ fn soak_sixteen_readers_with_ten_percent_of_requests_failing() {
     assert_eq!(g(&tally.wrong_meta), 0, "wrong sizes or listings");
     assert_eq!(g(&tally.unexpected), 0, "errors other than EIO/ETIMEDOUT");
     assert!(counts.faults >= 50, "faults were injected: {counts:?}");
+    // Retries absorb every fault unless one call meets a fault on each of its 4 attempts
+    // (about 10^-4 per call at this rate). So an operation may fail only because such a call
+    // failed, and each call that failed waited for exactly 4 attempts: every error is matched
+    // by a call the daemon logged as failed after 4 attempts, which at most the 16 readers
+    // were waiting for.
+    let log = m.log();
+    let (exhausted, all_four) = failed_calls(&log, "", 4);
+    assert!(all_four, "a call gave up before its 4th attempt:\n{log}");
     assert!(
-        tally.errors() * 20 <= g(&tally.ops),
-        "more than 5% of the operations failed: {} of {}",
-        tally.errors(),
-        g(&tally.ops)
+        tally.errors() <= 16 * exhausted,
+        "{} operations failed, but only {exhausted} S3 calls failed all 4 attempts",
+        tally.errors()
+    );
+    // The documented memory bound: --max-prefetch-memory + 64 MiB.
+    assert!(
+        rss_end <= (16 + 64) << 20,
+        "peak RSS {} MiB exceeds --max-prefetch-memory + 64 MiB",
+        rss_end >> 20
     );
 }
 
@@ -747,26 +816,36 @@ fn kill_dash_nine_at_random_points_never_leaves_bad_data_or_blocks_progress() {
         // Fill: four readers over random objects; slow GETs widen the window for the kill.
         s.set_latency(Duration::from_millis(5));
         let stop = AtomicBool::new(false);
+        // Set before the kill is sent: an error seen while it is false is the daemon's, not
+        // the kill's, and fails the test.
+        let killing = AtomicBool::new(false);
         let kill_after = Duration::from_millis(20 + rng.below(400));
         let pid = m.pid() as i32;
         std::thread::scope(|scope| {
             for r in 0..4 {
-                let (m, objects, stop) = (&m, &objects, &stop);
+                let (m, objects, stop, killing) = (&m, &objects, &stop, &killing);
                 scope.spawn(move || {
                     let mut rng = Rng::new(round * 10 + r);
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.load(Ordering::SeqCst) {
                         let (k, b) = &objects[rng.below(objects.len() as u64) as usize];
                         match fs::read(m.join(k)) {
                             Ok(got) => assert!(got == *b, "round {round}: {k} read wrong while filling"),
-                            Err(_) => break, // the daemon is gone (ENOTCONN)
+                            Err(e) => {
+                                assert!(
+                                    killing.load(Ordering::SeqCst),
+                                    "round {round}: {k} failed before the kill: {e}"
+                                );
+                                break; // the daemon is gone
+                            }
                         }
                     }
                 });
             }
             std::thread::sleep(kill_after);
+            killing.store(true, Ordering::SeqCst);
             // SAFETY: kill(2) on the pid of our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            stop.store(true, Ordering::Relaxed);
+            stop.store(true, Ordering::SeqCst);
         });
         let status = m.signal_and_wait(libc::SIGKILL);
         assert_eq!(status.code(), None, "killed by SIGKILL");

@@ -285,3 +285,68 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
     }
 }
+
+/// `GET path` on the daemon's `--metrics-addr` at 127.0.0.1:`port`: (status, body). Bounded:
+/// the endpoint answers `/healthz` within 5 s.
+pub fn http_status_body(port: u16, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let status = r.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, r.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+/// The sum of every sample of `series` (a name, or a name with labels) in Prometheus text.
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Free bytes and total bytes of the filesystem holding `p` (statvfs).
+pub fn fs_space(p: &Path) -> (u64, u64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path and a zeroed statvfs for the kernel to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(r, 0, "statvfs {}: {}", p.display(), std::io::Error::last_os_error());
+    (st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize)
+}
+
+/// An overlay filesystem (lower, upper and work directories in a temporary directory) mounted
+/// on `merged`; unmounted on drop. Files on it sit one filesystem deep in the kernel's stacking.
+pub struct Overlay {
+    dir: tempfile::TempDir,
+}
+
+impl Overlay {
+    pub fn new() -> Overlay {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["lower", "upper", "work", "merged"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let p = |d: &str| dir.path().join(d).to_str().unwrap().to_string();
+        let opts = format!("lowerdir={},upperdir={},workdir={}", p("lower"), p("upper"), p("work"));
+        let ok = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(dir.path().join("merged"))
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting an overlay filesystem needs root");
+        Overlay { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("merged")
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
