@@ -500,3 +500,87 @@ fn a_log_file_is_created_0640() {
     drop(m);
     assert!(fs::read_to_string(&log).unwrap().contains("mounted"));
 }
+
+/// Names a sample of each family in `/metrics` may carry, from its `# TYPE` line (prometheus-client
+/// text format): a counter's samples end in `_total`, a histogram's in `_bucket`, `_sum` and
+/// `_count`, a gauge's are the family name.
+fn exported_sample_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut t = line.split_whitespace();
+        if (t.next(), t.next()) != (Some("#"), Some("TYPE")) {
+            continue;
+        }
+        let (Some(family), Some(kind)) = (t.next(), t.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    // Every tier, so that every labelled family has a sample: the disk cache, a shared tier (its
+    // own bucket), the origin; a failing GET (500) for the FUSE error family.
+    let s = server();
+    s.create_bucket("shared-bucket");
+    s.put(BUCKET, "jars/a.jar", data(3 << 20, 5));
+    s.put(BUCKET, "jars/bad.jar", data(1000, 6));
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "--shared-cache",
+            "s3://shared-bucket/",
+            "--metrics-addr",
+            &addr,
+            "--max-attempts",
+            "1",
+        ],
+    );
+    fs::read(m.join("jars/a.jar")).unwrap();
+    s.set_faults(FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500).ops([Op::Get]).key_contains("bad")));
+    assert!(fs::read(m.join("jars/bad.jar")).is_err());
+    let (status, text) = http_get_within(port, "/metrics", Duration::from_secs(10));
+    assert_eq!(status, 200);
+    let exported = exported_sample_names(&text);
+    let dashboard =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/s3cachefs.json")).unwrap();
+    // Every s3cachefs_* name in a query ("expr") or a variable's query.
+    let mut used = std::collections::BTreeSet::new();
+    for line in dashboard
+        .lines()
+        .filter(|l| l.contains("\"expr\"") || l.contains("\"query\""))
+    {
+        let mut rest = line;
+        while let Some(i) = rest.find("s3cachefs_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            used.insert(name);
+        }
+    }
+    assert!(
+        used.len() >= 25,
+        "only {} metric names found in the dashboard: {used:?}",
+        used.len()
+    );
+    let missing: Vec<_> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the daemon does not export: {missing:?}\n{text}"
+    );
+}
