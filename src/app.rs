@@ -163,7 +163,7 @@ impl Daemon {
             disk.start_background();
         }
         if let Some(listener) = listener {
-            rt.spawn(http::serve(listener, metrics, cfg.mountpoint.clone()));
+            rt.spawn(http::serve(listener, metrics, vec![cfg.mountpoint.clone()]));
         }
         Ok(Daemon { rt, mounted, refresher })
     }

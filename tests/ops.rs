@@ -184,8 +184,9 @@ fn metrics_and_health_follow_known_reads() {
 }
 
 /// `/healthz` answers 503 when the mountpoint no longer answers, while the daemon itself is
-/// alive: here the mount was lazily detached (a file held open keeps its FUSE session serving)
-/// and its directory removed, as when a pod's volume directory is torn down under it.
+/// alive: here the mount was lazily detached (a file held open keeps its FUSE session serving),
+/// first with its empty directory left behind, then with the directory removed as when a pod's
+/// volume directory is torn down under it.
 #[test]
 fn healthz_answers_503_when_the_mountpoint_no_longer_answers() {
     let s = server();
@@ -198,6 +199,8 @@ fn healthz_answers_503_when_the_mountpoint_no_longer_answers() {
     let f = fs::File::open(m.join(key)).unwrap();
     let ok = Command::new("umount").arg("-l").arg(m.path()).status().unwrap();
     assert!(ok.success());
+    let (status, text) = http_get(port, "/healthz");
+    assert_eq!(status, 503, "a detached mount's empty directory is not a healthy mount: {text}");
     fs::remove_dir(m.path()).unwrap();
     let (status, text) = http_get(port, "/healthz");
     assert_eq!(status, 503, "{text}");
@@ -352,4 +355,264 @@ fn mount_dash_t_and_an_fstab_line_work() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(fs::read(mnt.join("jars/a.jar")).unwrap(), b"jar");
     assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+}
+
+/// `http_get` with a deadline on the whole exchange.
+fn http_get_within(port: u16, path: &str, limit: Duration) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r)
+        .unwrap_or_else(|e| panic!("GET {path}: {e} (within {limit:?})"));
+    let status = r.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, r.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+#[test]
+fn metrics_answer_while_many_idle_connections_are_open() {
+    let s = server();
+    s.put(BUCKET, "f", b"x".to_vec());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _m = Mount::new(&s, BUCKET, &["--metrics-addr", &addr]);
+    // Twice the connection cap (64), none of which ever sends a byte.
+    let idle: Vec<_> = (0..128)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // Idle connections are closed after the 5 s header timeout, so their slots come free: the
+    // scrape is answered even though it arrives behind 128 of them.
+    let (status, text) = http_get_within(port, "/metrics", Duration::from_secs(30));
+    assert_eq!(status, 200);
+    assert!(text.contains("# TYPE s3cachefs_cache_hits counter"), "{text}");
+    // The server closed the idle connections it served (read returns end of file, not a timeout).
+    let mut first = &idle[0];
+    first.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 16];
+    use std::io::Read;
+    assert_eq!(
+        first.read(&mut buf).unwrap(),
+        0,
+        "an idle connection is closed by the server"
+    );
+    drop(idle);
+    assert_eq!(
+        http_get_within(port, "/healthz", Duration::from_secs(10)),
+        (200, "ok\n".into())
+    );
+}
+
+#[test]
+fn concurrent_health_probes_all_answer() {
+    let s = server();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(&s, BUCKET, &["--metrics-addr", &addr]);
+    let probes: Vec<_> = (0..32)
+        .map(|_| std::thread::spawn(move || http_get_within(port, "/healthz", Duration::from_secs(10))))
+        .collect();
+    for p in probes {
+        assert_eq!(p.join().unwrap(), (200, "ok\n".into()));
+    }
+    drop(m);
+}
+
+/// Runs `s3cachefs ARGS` in a private mount namespace whose `/run` (and `/dev/log`, where the
+/// machine has one) is `dir`, so the daemon's syslog is the socket `dir/syslog` (the `syslog`
+/// crate connects to `/dev/log`, else `/var/run/syslog`).
+fn in_namespace_with_syslog(dir: &Path, args: &[String]) -> std::process::Output {
+    let script = r#"set -e
+d="$1"; shift
+if [ -e /dev/log ]; then mount --bind "$d/syslog" /dev/log; fi
+mount --bind "$d" /run
+[ -L /var/run ] || mount --bind "$d" /var/run
+exec "$@""#;
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(dir)
+        .arg(common::bin())
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", "AKIDTESTKEY")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        .stdin(std::process::Stdio::null());
+    run_with_timeout(c, Duration::from_secs(60))
+}
+
+/// Syslog records received on `sock` until one contains `until` (30 s at most).
+fn records_until(sock: &std::os::unix::net::UnixDatagram, until: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut buf = vec![0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let Ok(n) = sock.recv(&mut buf) else { continue };
+        let r = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let done = r.contains(until);
+        out.push(r);
+        if done {
+            return out;
+        }
+    }
+    panic!("no syslog record with {until:?} within 30 s; got:\n{}", out.join("\n"));
+}
+
+#[test]
+fn a_background_daemon_logs_to_syslog_with_each_events_severity() {
+    let s = server();
+    s.put(BUCKET, "f", b"x".to_vec());
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    fs::create_dir(&run).unwrap();
+    let sock = std::os::unix::net::UnixDatagram::bind(run.join("syslog")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mnt = d.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut args = vec!["mount".to_string(), BUCKET.into(), mnt.to_string_lossy().into_owned()];
+    args.extend(endpoint_args(&s));
+    // Backgrounded: the parent exits 0 once the mount is live (only inside the namespace).
+    let out = in_namespace_with_syslog(&run, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = records_until(&sock, "mounted");
+    // <PRI> = facility daemon (3) * 8 + severity: err is 3, warning 4, info 6.
+    let mounted = records.iter().find(|r| r.contains("mounted")).unwrap();
+    assert!(mounted.starts_with("<30>"), "{mounted}");
+    // The SDK warns that the AWS_CONFIG_FILE the harness names does not exist.
+    assert!(
+        records
+            .iter()
+            .any(|r| r.starts_with("<28>") && r.contains("config file")),
+        "warnings are sent at LOG_WARNING:\n{}",
+        records.join("\n")
+    );
+    assert!(!records.iter().any(|r| r.starts_with("<27>")), "{}", records.join("\n"));
+    // Stop the daemon (its pid is in every record: "s3cachefs[PID]: ...").
+    let pid: i32 = mounted
+        .split("s3cachefs[")
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A failure is logged at LOG_ERR (3) before the parent reports it.
+    let mut args = vec![
+        "mount".to_string(),
+        "no-such-bucket".into(),
+        mnt.to_string_lossy().into_owned(),
+    ];
+    args.extend(endpoint_args(&s));
+    let out = in_namespace_with_syslog(&run, &args);
+    assert!(!out.status.success());
+    let records = records_until(&sock, "no-such-bucket");
+    let failure = records.iter().find(|r| r.contains("no-such-bucket")).unwrap();
+    assert!(failure.starts_with("<27>"), "{failure}");
+}
+
+#[test]
+fn a_log_file_is_created_0640() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server();
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("s3cachefs.log");
+    let m = Mount::new(&s, BUCKET, &["--log-file", log.to_str().unwrap()]);
+    let mode = fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "{mode:o}");
+    drop(m);
+    assert!(fs::read_to_string(&log).unwrap().contains("mounted"));
+}
+
+/// Names a sample of each family in `/metrics` may carry, from its `# TYPE` line (prometheus-client
+/// text format): a counter's samples end in `_total`, a histogram's in `_bucket`, `_sum` and
+/// `_count`, a gauge's are the family name.
+fn exported_sample_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut t = line.split_whitespace();
+        if (t.next(), t.next()) != (Some("#"), Some("TYPE")) {
+            continue;
+        }
+        let (Some(family), Some(kind)) = (t.next(), t.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    // Every tier, so that every labelled family has a sample: the disk cache, a shared tier (its
+    // own bucket), the origin; a failing GET (500) for the FUSE error family.
+    let s = server();
+    s.create_bucket("shared-bucket");
+    s.put(BUCKET, "jars/a.jar", data(3 << 20, 5));
+    s.put(BUCKET, "jars/bad.jar", data(1000, 6));
+    let cache = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "--shared-cache",
+            "s3://shared-bucket/",
+            "--metrics-addr",
+            &addr,
+            "--max-attempts",
+            "1",
+        ],
+    );
+    fs::read(m.join("jars/a.jar")).unwrap();
+    s.set_faults(FaultPlan::new(1).rule(FaultRule::new(FaultKind::Status500).ops([Op::Get]).key_contains("bad")));
+    assert!(fs::read(m.join("jars/bad.jar")).is_err());
+    let (status, text) = http_get_within(port, "/metrics", Duration::from_secs(10));
+    assert_eq!(status, 200);
+    let exported = exported_sample_names(&text);
+    let dashboard =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/s3cachefs.json")).unwrap();
+    // Every s3cachefs_* name in a query ("expr") or a variable's query.
+    let mut used = std::collections::BTreeSet::new();
+    for line in dashboard
+        .lines()
+        .filter(|l| l.contains("\"expr\"") || l.contains("\"query\""))
+    {
+        let mut rest = line;
+        while let Some(i) = rest.find("s3cachefs_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            used.insert(name);
+        }
+    }
+    assert!(
+        used.len() >= 25,
+        "only {} metric names found in the dashboard: {used:?}",
+        used.len()
+    );
+    let missing: Vec<_> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics the daemon does not export: {missing:?}\n{text}"
+    );
 }

@@ -13,7 +13,7 @@
 #   4. optionally preloads WARM_PREFIX into the cache with "s3cachefs warm";
 #   5. optionally runs /etc/eks/bootstrap.sh (Amazon Linux 2 EKS AMIs).
 # With SETUP_SYSTEMD_MOUNT=false it stops after step 2: use that on nodes where the Kubernetes
-# DaemonSet (deploy/k8s/daemonset.yaml) serves the mount.
+# DaemonSet (deploy/k8s/, docs/DEPLOYMENT.md) serves the mount.
 #
 # The instance profile's role needs s3:GetObject on S3CACHEFS_URL (when it is an s3:// URL) and
 # the bucket permissions described in docs/DEPLOYMENT.md ("IAM").
@@ -295,7 +295,7 @@ Type=notify
 # READY=1 (mount live) and STOPPING=1 come from the s3cachefs process itself.
 NotifyAccess=main
 EnvironmentFile=/etc/s3cachefs/%i.env
-# With --foreground, logs go to stderr, i.e. the journal; no ANSI colours there.
+# With --foreground under systemd, logs go to journald natively (JOURNAL_STREAM), each with its priority.
 Environment=NO_COLOR=1
 # A daemon that crashed or was killed (-9, OOM) leaves a dead FUSE mount on MOUNTPOINT
 # ("Transport endpoint is not connected"). s3cachefs clears it itself when it mounts, but the
