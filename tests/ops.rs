@@ -200,7 +200,10 @@ fn healthz_answers_503_when_the_mountpoint_no_longer_answers() {
     let ok = Command::new("umount").arg("-l").arg(m.path()).status().unwrap();
     assert!(ok.success());
     let (status, text) = http_get(port, "/healthz");
-    assert_eq!(status, 503, "a detached mount's empty directory is not a healthy mount: {text}");
+    assert_eq!(
+        status, 503,
+        "a detached mount's empty directory is not a healthy mount: {text}"
+    );
     fs::remove_dir(m.path()).unwrap();
     let (status, text) = http_get(port, "/healthz");
     assert_eq!(status, 503, "{text}");

@@ -123,19 +123,26 @@ fn main() {
     }
     server.set_latency(Duration::from_millis(args.latency_ms));
 
+    // The signal handlers exist before `endpoint=` is printed: a caller may send SIGTERM as soon
+    // as it reads that line.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("signal runtime");
+    let (mut term, mut int) = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        (
+            signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            signal(SignalKind::interrupt()).expect("SIGINT handler"),
+        )
+    });
+
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "endpoint={}", server.endpoint());
     let _ = stdout.flush();
     drop(stdout);
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("signal runtime");
     rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
