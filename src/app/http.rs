@@ -22,7 +22,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-addr {addr}: {e}"))
 }
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mountpoint: PathBuf) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mountpoints: Vec<PathBuf>) {
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "serving /metrics and /healthz");
     }
@@ -30,7 +30,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mountpoint: Pat
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let (metrics, mountpoint) = (metrics.clone(), mountpoint.clone());
+        let (metrics, mountpoint) = (metrics.clone(), mountpoints.clone());
         tokio::spawn(async move {
             if let Err(e) = answer(stream, &metrics, mountpoint).await {
                 debug!("metrics connection: {e}");
@@ -39,7 +39,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mountpoint: Pat
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics, mountpoint: PathBuf) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, metrics: &Metrics, mountpoint: Vec<PathBuf>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     // Read the request head (bounded: 8 KiB, 5 s).
@@ -87,9 +87,9 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, mountpoint: PathBuf) -
     stream.shutdown().await
 }
 
-/// `stat` of the mount's root, off the runtime (it goes through FUSE), with a timeout.
-async fn mount_answers(mountpoint: PathBuf) -> bool {
-    let stat = tokio::task::spawn_blocking(move || std::fs::metadata(&mountpoint).is_ok());
+/// `stat` of every mount's root, off the runtime (it goes through FUSE), with a timeout.
+async fn mount_answers(mountpoints: Vec<PathBuf>) -> bool {
+    let stat = tokio::task::spawn_blocking(move || mountpoints.iter().all(|m| std::fs::metadata(m).is_ok()));
     matches!(tokio::time::timeout(HEALTH_TIMEOUT, stat).await, Ok(Ok(true)))
 }
 
