@@ -442,7 +442,7 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"half-writ").unwrap();
         drop(f);
-        let mut r = Recorder::open(&path, "p/").unwrap();
+        let r = Recorder::open(&path, "p/").unwrap();
         r.log().read(&meta("d", "1"));
         drop(r);
         assert_eq!(read(&path).unwrap().len(), 4);
