@@ -302,10 +302,12 @@ async fn head_all(
         keys: entries.len(),
         ..ManifestCheck::default()
     };
+    let progress = &KeyProgress::new(entries.len() as u64);
     let mut results: Vec<_> = futures::stream::iter(entries.into_iter().enumerate())
         .map(|(i, e)| async move {
             let key = format!("{prefix}{}", e.key);
             let r = store.head(&key).await;
+            progress.inc();
             (i, key, e.etag, r)
         })
         .buffer_unordered(concurrency)
@@ -313,6 +315,7 @@ async fn head_all(
         .await;
     // Manifest order: the order objects were first read in.
     results.sort_by_key(|r| r.0);
+    progress.finish();
     let (mut found, mut failed) = (Vec::new(), Vec::new());
     for (_, key, recorded, r) in results {
         match r {
@@ -327,6 +330,56 @@ async fn head_all(
         }
     }
     (found, failed, check)
+}
+
+/// Progress of the manifest's HEADs (a million keys take minutes): a bar on a terminal, plain
+/// lines every few seconds otherwise.
+struct KeyProgress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+    last_line: std::sync::Mutex<Instant>,
+}
+
+impl KeyProgress {
+    fn new(total: u64) -> KeyProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("checking manifest [{bar:30}] {pos}/{len} keys {per_sec} ETA {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        KeyProgress {
+            bar,
+            total,
+            done: 0.into(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn inc(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                let mut last = self.last_line.lock().unwrap();
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = Instant::now();
+                    eprintln!("warm: checked {done}/{} manifest keys", self.total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// A progress bar on a terminal; plain lines every few seconds otherwise (logs, CI).
@@ -349,6 +402,9 @@ impl Progress {
                     .expect("valid template")
                     .progress_chars("=> "),
             );
+            bar.set_message(format!("0/{objects} objects"));
+            // Rate and ETA keep moving while a slow block is awaited.
+            bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
         Progress {
