@@ -99,12 +99,33 @@ fn a_recorded_manifest_warms_a_new_cache_so_a_second_mount_makes_no_gets() {
         "progress lines off a TTY: {err}"
     );
     // ...serves a second mount's reads of the same files without a GET.
-    let m = Mount::new(&s, "test-bucket/jars/", &["--cache", cache.to_str().unwrap()]);
+    // (Assembled by warm, the files are handed to the kernel at open where passthrough works: that
+    // open is recorded, as the daemon sees no read.)
+    let again = d.path().join("again.manifest");
+    let m = Mount::new(
+        &s,
+        "test-bucket/jars/",
+        &[
+            "--cache",
+            cache.to_str().unwrap(),
+            "--record-access",
+            again.to_str().unwrap(),
+        ],
+    );
     s.reset_counts();
     for (k, body) in &objects {
         assert!(fs::read(m.join(k)).unwrap() == *body, "{k:?}");
     }
     assert_eq!(s.counts().get, 0);
+    drop(m);
+    let keys = |p: &Path| -> Vec<String> {
+        let t = fs::read_to_string(p).unwrap();
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(keys(&again), keys(&manifest));
 }
 
 #[test]
