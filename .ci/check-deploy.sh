@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the deployment files under deploy/ (and the s3cachefs command lines in docs/DEPLOYMENT.md):
 #   - shellcheck on every *.sh under deploy/ and on this script;
-#   - systemd-analyze verify on deploy/systemd/s3cachefs@.service (skipped where systemd-analyze
+#   - systemd-analyze verify on deploy/systemd/s3cachefs@.service and s3cachefs-node.service (skipped where systemd-analyze
 #     is missing);
 #   - kubectl kustomize renders every kustomization under deploy/k8s/ (base and overlays);
 #   - kubernetes-validate --strict validates every rendered object, and the Spark pod templates,
@@ -100,24 +100,26 @@ done
 
 # --- systemd-analyze verify -----------------------------------------------------------------------
 echo "== systemd-analyze verify"
-unit=deploy/systemd/s3cachefs@.service
-if command -v systemd-analyze >/dev/null 2>&1; then
-  tmp="$(mktemp -d)"
-  cp "$unit" "$tmp/"
-  # Verify an instance of the template. The binary is not installed here: that one complaint is
-  # expected; any other line is a finding.
-  out="$(systemd-analyze verify "$tmp/s3cachefs@jars.service" 2>&1 || true)"
-  rm -rf "$tmp"
-  findings="$(printf '%s\n' "$out" | grep -v -e '^$' -e 'Command /usr/local/bin/s3cachefs is not executable' || true)"
-  if [ -z "$findings" ]; then
-    ok "systemd-analyze verify $unit"
+# Verify an instance of the template, and the node unit. The binary is not installed here: that one
+# complaint is expected; any other line is a finding.
+for unit in deploy/systemd/s3cachefs@.service deploy/systemd/s3cachefs-node.service; do
+  if command -v systemd-analyze >/dev/null 2>&1; then
+    tmp="$(mktemp -d)"
+    cp "$unit" "$tmp/"
+    name="$(basename "$unit")"
+    out="$(systemd-analyze verify "$tmp/${name/@./@jars.}" 2>&1 || true)"
+    rm -rf "$tmp"
+    findings="$(printf '%s\n' "$out" | grep -v -e '^$' -e 'Command /usr/local/bin/s3cachefs is not executable' || true)"
+    if [ -z "$findings" ]; then
+      ok "systemd-analyze verify $unit"
+    else
+      fail "systemd-analyze verify $unit"
+      echo "$findings"
+    fi
   else
-    fail "systemd-analyze verify $unit"
-    echo "$findings"
+    echo "skip systemd-analyze verify $unit: systemd-analyze is not installed"
   fi
-else
-  echo "skip systemd-analyze verify $unit: systemd-analyze is not installed"
-fi
+done
 
 # --- kustomize + kubernetes-validate ---------------------------------------------------------------
 echo "== kubectl kustomize, kubernetes-validate"

@@ -40,6 +40,8 @@ OTHER_FLAGS = {
     "name",
     # spark-submit (docs/DEPLOYMENT.md, in inline code that wraps over two lines)
     "jars",
+    # kubernetes-validate and deploy/validate.py (docs/DEPLOYMENT.md, "Checking these files")
+    "strict", "rendered",
 }
 # docs/BENCHMARKS.md, and lines elsewhere that name the benchmark (`e2e`, `benches/`), also name
 # the benchmark's own flags (clap `#[arg(long...)]` in this file).

@@ -1,17 +1,18 @@
 //! Wiring: validated config → logging → (daemon) → runtime → S3 store → caches → filesystem →
 //! FUSE mount → serve until unmounted or signalled.
 //!
-//! Command dispatch, `Daemon` (build and mount), `BackgroundMount` and `serve` (signals,
-//! readiness) live here. Backgrounding is in `process`, the S3 helpers in `s3`, and the
+//! Command dispatch, `Daemon` (build and mount one or several sources: `mount` and `serve`),
+//! `BackgroundMount` and `serve` (signals, readiness) live here. Backgrounding is in `process`, the S3 helpers in `s3`, and the
 //! `stats` and `warm` commands in their own modules.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
 use tracing::{error, info};
 
-use crate::cli::{Cli, Command, MountArgs};
+use crate::cli::{Cli, Command, ServeArgs};
 use crate::config::MountConfig;
 use crate::fs::{Fs, FsSettings};
 use crate::fuse::{FuseAdapter, MountOptions, Refresher, Unmounted, Unmounter};
@@ -27,6 +28,7 @@ pub use s3::{source_id, store_id};
 
 mod http;
 mod logging;
+mod manifest;
 mod mountpoint;
 mod notify;
 mod process;
@@ -37,7 +39,11 @@ mod warm;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Mount(args) => mount(&args),
+        Command::Mount(args) => {
+            let cfg = args.resolve().map_err(|e| anyhow!(e))?;
+            launch(vec![Named { name: None, cfg }])
+        }
+        Command::Serve(args) => serve_command(&args),
         Command::Warm(args) => {
             let cfg = args.resolve().map_err(|e| anyhow!(e))?;
             logging::init(&cfg.log, true)?;
@@ -47,23 +53,94 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn mount(args: &MountArgs) -> anyhow::Result<()> {
-    let mut cfg = args.resolve().map_err(|e| anyhow!(e))?;
-    mountpoint::check(&cfg.mountpoint)?;
-    // The daemon leaves its working directory: every path must be absolute from here on.
-    cfg.mountpoint = std::path::absolute(&cfg.mountpoint)?;
-    if let Some(c) = &mut cfg.cache {
-        c.dir = std::path::absolute(&c.dir)?;
+/// One mount of the process; `serve` names each (the name prefixes its errors).
+#[derive(Clone)]
+struct Named {
+    name: Option<String>,
+    cfg: MountConfig,
+}
+
+impl Named {
+    fn context(&self) -> String {
+        match &self.name {
+            Some(n) => format!(
+                "source {n} (s3://{}/{})",
+                self.cfg.source.bucket, self.cfg.source.prefix
+            ),
+            None => String::new(),
+        }
     }
-    if let Some(f) = &mut cfg.log.file {
-        *f = std::path::absolute(&*f)?;
+}
+
+/// Adds "source NAME (...)" to errors of a named mount; leaves a lone mount's as they are.
+fn named<T>(m: &Named, r: anyhow::Result<T>) -> anyhow::Result<T> {
+    match &m.name {
+        Some(_) => r.with_context(|| m.context()),
+        None => r,
     }
-    if let Some(path) = &cfg.log.file {
+}
+
+/// `s3cachefs serve`: creates ROOT and ROOT/NAME (and the `--record-access` directory) when
+/// missing, then mounts every source as `mount` would.
+fn serve_command(args: &ServeArgs) -> anyhow::Result<()> {
+    let cfg = args.resolve().map_err(|e| anyhow!(e))?;
+    let mkdir = |p: &std::path::Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(p)
+            .with_context(|| format!("cannot create {}", p.display()))
+    };
+    mkdir(&cfg.root)?;
+    if let Some(dir) = &args.record_access {
+        mkdir(dir)?;
+    }
+    for m in &cfg.mounts {
+        let path = &m.mount.mountpoint;
+        // A stale mount answers ENOTCONN, not NotFound: the mountpoint check clears it.
+        if let Err(e) = std::fs::symlink_metadata(path)
+            && e.kind() == std::io::ErrorKind::NotFound
+        {
+            mkdir(path)?;
+        }
+    }
+    let mounts = cfg
+        .mounts
+        .into_iter()
+        .map(|m| Named {
+            name: Some(m.name),
+            cfg: m.mount,
+        })
+        .collect();
+    launch(mounts)
+}
+
+/// Checks the mountpoints, backgrounds (unless `--foreground`) and serves `mounts` until they
+/// are unmounted or a signal arrives. Every mount has the same process-wide settings (cache,
+/// metrics address, log, foreground).
+fn launch(mut mounts: Vec<Named>) -> anyhow::Result<()> {
+    for m in &mut mounts {
+        named(m, mountpoint::check(&m.cfg.mountpoint))?;
+        // The daemon leaves its working directory: every path must be absolute from here on.
+        let cfg = &mut m.cfg;
+        cfg.mountpoint = std::path::absolute(&cfg.mountpoint)?;
+        if let Some(c) = &mut cfg.cache {
+            c.dir = std::path::absolute(&c.dir)?;
+        }
+        if let Some(f) = &mut cfg.log.file {
+            *f = std::path::absolute(&*f)?;
+        }
+        if let Some(f) = &mut cfg.record_access {
+            *f = std::path::absolute(&*f)?;
+        }
+    }
+    let first = mounts[0].cfg.clone();
+    if let Some(path) = &first.log.file {
         logging::open_log_file(path)?;
     }
-    let ready = if cfg.foreground { None } else { Some(daemonize()?) };
-    logging::init(&cfg.log, cfg.foreground)?;
-    match serve(&cfg, ready) {
+    let ready = if first.foreground { None } else { Some(daemonize()?) };
+    logging::init(&first.log, first.foreground)?;
+    match serve(&mounts, ready) {
         Ok(()) => Ok(()),
         Err((e, Some(ready))) => {
             error!("{e:#}");
@@ -77,123 +154,244 @@ fn mount(args: &MountArgs) -> anyhow::Result<()> {
 
 type ServeError = (anyhow::Error, Option<OwnedFd>);
 
-/// A live mount and the runtime that serves it.
+/// Live mounts and the runtime that serves them.
 pub struct Daemon {
     rt: tokio::runtime::Runtime,
+    mounts: Vec<Live>,
+}
+
+/// One live mount of a [`Daemon`].
+struct Live {
+    mountpoint: std::path::PathBuf,
     mounted: crate::fuse::Mounted,
     refresher: Refresher,
+    recorder: Option<manifest::Recorder>,
+}
+
+/// A source ready to mount: everything but the mount itself.
+struct Prepared {
+    fs: Arc<Fs>,
+    passthrough: bool,
+    disk: Option<Arc<crate::cache::DiskCache>>,
+    recorder: Option<manifest::Recorder>,
 }
 
 impl Daemon {
     /// Connects to S3, checks the bucket, builds the caches and mounts. On return the mount
     /// is live.
     pub fn start(cfg: &MountConfig) -> anyhow::Result<Daemon> {
+        Daemon::start_all(&[Named {
+            name: None,
+            cfg: cfg.clone(),
+        }])
+    }
+
+    /// Starts every mount in one runtime, with one metrics registry, one memory tier, one shared
+    /// tier and one disk cache directory. Every source is checked and prepared before the first
+    /// is mounted; if a mount fails, those already mounted are unmounted.
+    fn start_all(mounts: &[Named]) -> anyhow::Result<Daemon> {
+        let first = &mounts[0].cfg;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("s3cachefs-rt")
             .build()?;
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
-        rt.block_on(check_bucket(store.as_ref(), &cfg.source, &cfg.s3))?;
-        let listener = match cfg.metrics_addr {
+        let listener = match first.metrics_addr {
             Some(addr) => Some(rt.block_on(http::bind(addr))?),
             None => None,
         };
-
-        let source = source_id(&cfg.s3, &cfg.source);
-        let plan = tiers::TierPlan {
-            source: source.clone(),
-            block_size: cfg.block_size,
-            memory_bytes: Some(cfg.memory_cache_bytes),
-            cache: cfg.cache.as_ref(),
-            shared: cfg.shared_cache.as_ref(),
+        let common_plan = tiers::TierPlan {
+            source: source_id(&first.s3, &first.source),
+            block_size: first.block_size,
+            memory_bytes: Some(first.memory_cache_bytes),
+            cache: first.cache.as_ref(),
+            shared: first.shared_cache.as_ref(),
             shared_writes_wait: false,
         };
-        let tiers::Tiers {
-            chain, memory, disk, ..
-        } = rt.block_on(tiers::build(plan, store.clone(), &metrics))?;
-        let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
-        if let Some(c) = &cfg.cache {
-            let space = disk.clone().map(|d| d as Arc<dyn crate::object::DiskSpace>);
-            ns = ns.persisted(&c.dir, source.as_str(), space);
+        let common = rt.block_on(tiers::build_common(&common_plan, &metrics))?;
+        let mut prepared = Vec::new();
+        for m in mounts {
+            prepared.push(named(m, prepare(&rt, &m.cfg, &common, &metrics))?);
         }
-        let ns = Arc::new(ns);
-        let in_flight = memory.expect("a mount always has a memory tier").in_flight();
-        let reader = Arc::new(
-            BlockReader::new(chain, in_flight, cfg.memory_cache_bytes)
-                .with_prefetch_concurrency(cfg.prefetch_concurrency),
-        );
-        let passthrough = cfg.passthrough && disk.is_some();
-        let settings = FsSettings {
-            passthrough,
-            uid: cfg.uid,
-            gid: cfg.gid,
-            file_mode: cfg.file_mode,
-            dir_mode: cfg.dir_mode,
-        };
-        let mut fs = Fs::new(ns, reader, &cfg.source.prefix, settings);
-        if let Some(d) = &disk {
-            fs = fs.with_assembled_files(d.clone());
-        }
-        let fs = Arc::new(fs);
-        if let Some(d) = &disk {
-            let d = d.clone();
-            metrics.set_cache_size_source(move || d.usage());
-        }
-        let adapter = FuseAdapter::new(fs, rt.handle().clone(), metrics.clone(), passthrough);
-        let refresher = adapter.refresher();
-        let opts = MountOptions {
-            fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
-                .trim_end_matches('/')
-                .to_string(),
-            allow_other: cfg.allow_other,
-            allow_root: cfg.allow_root,
-            threads: cfg.fuse_threads,
-        };
-        let mounted = crate::fuse::mount(adapter, &cfg.mountpoint, &opts)
-            .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))?;
-        info!(
-            bucket = %cfg.source.bucket,
-            prefix = %cfg.source.prefix,
-            mountpoint = %cfg.mountpoint.display(),
-            "mounted"
-        );
-        if let Some(disk) = disk {
-            disk.start_background();
+        let mut live: Vec<Live> = Vec::new();
+        for (m, p) in mounts.iter().zip(prepared) {
+            let cfg = &m.cfg;
+            let adapter = FuseAdapter::new(p.fs, rt.handle().clone(), metrics.clone(), p.passthrough);
+            let refresher = adapter.refresher();
+            let opts = MountOptions {
+                fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)
+                    .trim_end_matches('/')
+                    .to_string(),
+                allow_other: cfg.allow_other,
+                allow_root: cfg.allow_root,
+                threads: cfg.fuse_threads,
+            };
+            let mounted = match crate::fuse::mount(adapter, &cfg.mountpoint, &opts) {
+                Ok(mounted) => mounted,
+                Err(e) => {
+                    for mut l in live {
+                        if let Err(e) = l.mounted.unmounter().unmount() {
+                            error!(mountpoint = %l.mountpoint.display(), "unmount failed: {e}");
+                        }
+                    }
+                    let e = anyhow::Error::new(e).context(format!("cannot mount at {}", cfg.mountpoint.display()));
+                    return named(m, Err(e));
+                }
+            };
+            info!(
+                bucket = %cfg.source.bucket,
+                prefix = %cfg.source.prefix,
+                mountpoint = %cfg.mountpoint.display(),
+                "mounted"
+            );
+            // One reconciliation scan and one size gauge for the one directory.
+            if let (Some(disk), true) = (&p.disk, live.is_empty()) {
+                disk.start_background();
+                let d = disk.clone();
+                metrics.set_cache_size_source(move || d.usage());
+            }
+            live.push(Live {
+                mountpoint: cfg.mountpoint.clone(),
+                mounted,
+                refresher,
+                recorder: p.recorder,
+            });
         }
         if let Some(listener) = listener {
-            rt.spawn(http::serve(listener, metrics, vec![cfg.mountpoint.clone()]));
+            let mountpoints = live.iter().map(|l| l.mountpoint.clone()).collect();
+            rt.spawn(http::serve(listener, metrics, mountpoints));
         }
-        Ok(Daemon { rt, mounted, refresher })
+        Ok(Daemon { rt, mounts: live })
     }
 
-    /// Serves the mount on a background thread (for examples, benchmarks and embedding).
-    pub fn spawn(mut self) -> BackgroundMount {
-        let unmounter = self.mounted.unmounter();
+    /// Serves the mounts on background threads (for examples, benchmarks and embedding).
+    pub fn spawn(self) -> BackgroundMount {
+        let Daemon { rt, mut mounts } = self;
+        let unmounters = mounts.iter_mut().map(|l| l.mounted.unmounter()).collect();
         let thread = std::thread::Builder::new()
             .name("s3cachefs-session".into())
             .spawn(move || {
-                let r = self.mounted.run();
-                self.rt.shutdown_background();
+                let r = run_sessions(mounts);
+                rt.shutdown_background();
                 r
             })
             .expect("spawn session thread");
         BackgroundMount {
-            unmounter,
+            unmounters,
             thread: Some(thread),
         }
     }
 }
 
-/// A mount served on a background thread; unmounted when dropped.
+/// Everything one source needs before it is mounted: its store (bucket checked), its chain over
+/// the common tiers, its namespace, reader and filesystem, and its access recorder.
+fn prepare(
+    rt: &tokio::runtime::Runtime,
+    cfg: &MountConfig,
+    common: &tiers::Common,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Prepared> {
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
+    rt.block_on(check_bucket(store.as_ref(), &cfg.source, &cfg.s3))?;
+    let source = source_id(&cfg.s3, &cfg.source);
+    let plan = tiers::TierPlan {
+        source: source.clone(),
+        block_size: cfg.block_size,
+        memory_bytes: Some(cfg.memory_cache_bytes),
+        cache: cfg.cache.as_ref(),
+        shared: cfg.shared_cache.as_ref(),
+        shared_writes_wait: false,
+    };
+    let tiers::Tiers {
+        chain, memory, disk, ..
+    } = tiers::build_chain(&plan, common, store.clone(), metrics)?;
+    let mut ns = Namespace::new(store.clone(), cfg.metadata_ttl, cfg.negative_metadata_ttl);
+    if let Some(c) = &cfg.cache {
+        let space = disk.clone().map(|d| d as Arc<dyn crate::object::DiskSpace>);
+        ns = ns.persisted(&c.dir, source.as_str(), space);
+    }
+    let ns = Arc::new(ns);
+    let in_flight = memory.expect("a mount always has a memory tier").in_flight();
+    let reader = Arc::new(
+        BlockReader::new(chain, in_flight, cfg.memory_cache_bytes).with_prefetch_concurrency(cfg.prefetch_concurrency),
+    );
+    let passthrough = cfg.passthrough && disk.is_some();
+    let settings = FsSettings {
+        passthrough,
+        uid: cfg.uid,
+        gid: cfg.gid,
+        file_mode: cfg.file_mode,
+        dir_mode: cfg.dir_mode,
+    };
+    let mut fs = Fs::new(ns, reader, &cfg.source.prefix, settings);
+    if let Some(d) = &disk {
+        fs = fs.with_assembled_files(d.clone());
+    }
+    let recorder = match &cfg.record_access {
+        Some(path) => Some(manifest::Recorder::open(path, &cfg.source.prefix)?),
+        None => None,
+    };
+    if let Some(r) = &recorder {
+        fs = fs.with_access_log(r.log());
+    }
+    Ok(Prepared {
+        fs: Arc::new(fs),
+        passthrough,
+        disk,
+        recorder,
+    })
+}
+
+/// Runs every mount's session on a thread of its own until all are unmounted, then writes out
+/// the access records. Returns the first session error.
+fn run_sessions(mounts: Vec<Live>) -> std::io::Result<()> {
+    let several = mounts.len() > 1;
+    let mut recorders = Vec::new();
+    let threads: Vec<_> = mounts
+        .into_iter()
+        .map(|l| {
+            recorders.push(l.recorder);
+            let mountpoint = l.mountpoint;
+            let mounted = l.mounted;
+            std::thread::Builder::new()
+                .name("s3cachefs-mount".into())
+                .spawn(move || {
+                    let r = mounted.run();
+                    info!(mountpoint = %mountpoint.display(), "unmounted");
+                    if several {
+                        info!("the other mounts keep serving until they are unmounted too");
+                    }
+                    r
+                })
+        })
+        .collect();
+    let mut result = Ok(());
+    for t in threads {
+        let r = match t {
+            Ok(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("FUSE session thread panicked"))),
+            Err(e) => Err(e),
+        };
+        if result.is_ok() {
+            result = r;
+        }
+    }
+    for mut r in recorders.into_iter().flatten() {
+        r.finish();
+    }
+    result
+}
+
+/// Mounts served on a background thread; unmounted when dropped.
 pub struct BackgroundMount {
-    unmounter: Unmounter,
+    unmounters: Vec<Unmounter>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl BackgroundMount {
-    /// Unmounts and waits for the session to end.
+    /// Unmounts and waits for the sessions to end.
     pub fn unmount(mut self) -> anyhow::Result<()> {
         self.finish()
     }
@@ -202,7 +400,11 @@ impl BackgroundMount {
         let Some(thread) = self.thread.take() else {
             return Ok(());
         };
-        if self.unmounter.unmount()? == Unmounted::Detached {
+        let mut detached = false;
+        for u in &self.unmounters {
+            detached |= u.unmount()? == Unmounted::Detached;
+        }
+        if detached {
             bail!("mount was busy and has been detached lazily");
         }
         thread.join().map_err(|_| anyhow!("FUSE session thread panicked"))??;
@@ -218,16 +420,12 @@ impl Drop for BackgroundMount {
     }
 }
 
-fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
-    let Daemon {
-        rt,
-        mut mounted,
-        refresher,
-    } = match Daemon::start(cfg) {
+fn serve(mounts: &[Named], ready: Option<OwnedFd>) -> Result<(), ServeError> {
+    let Daemon { rt, mut mounts } = match Daemon::start_all(mounts) {
         Ok(d) => d,
         Err(e) => return Err((e, ready)),
     };
-    // Handlers are in place before anyone is told the mount is ready: a SIGTERM right after
+    // Handlers are in place before anyone is told the mounts are ready: a SIGTERM right after
     // READY=1 must unmount, not kill.
     let signals = {
         use tokio::signal::unix::{SignalKind, signal};
@@ -248,34 +446,48 @@ fn serve(cfg: &MountConfig, ready: Option<OwnedFd>) -> Result<(), ServeError> {
 
     notify::notify("READY=1");
 
-    let unmounter = mounted.unmounter();
+    let unmounters: Vec<Unmounter> = mounts.iter_mut().map(|l| l.mounted.unmounter()).collect();
+    let refreshers: Vec<Refresher> = mounts.iter().map(|l| l.refresher.clone()).collect();
+    let flushers: Vec<_> = mounts
+        .iter()
+        .filter_map(|l| l.recorder.as_ref().map(|r| r.flusher()))
+        .collect();
     rt.spawn(async move {
         let name = loop {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
                 _ = hup.recv() => {
-                    let n = refresher.refresh_all().await;
+                    let mut n = 0;
+                    for r in &refreshers {
+                        n += r.refresh_all().await;
+                    }
                     info!(kernel_entries = n, "SIGHUP: cached metadata dropped; the next access asks S3");
                 }
             }
         };
         info!(signal = name, "unmounting");
         notify::notify("STOPPING=1");
-        match unmounter.unmount() {
-            Ok(Unmounted::Clean) => {}
-            Ok(Unmounted::Detached) => {
-                // Exiting closes /dev/fuse, which ends the connection: files still open on the
-                // detached mount fail with ENOTCONN instead of keeping the daemon alive.
-                info!("exiting; files still open on the detached mount can no longer be read");
-                std::process::exit(0);
+        let mut detached = false;
+        for u in &unmounters {
+            match u.unmount() {
+                Ok(Unmounted::Clean) => {}
+                Ok(Unmounted::Detached) => detached = true,
+                Err(e) => error!("unmount failed: {e}"),
             }
-            Err(e) => error!("unmount failed: {e}"),
+        }
+        if detached {
+            // Exiting closes /dev/fuse, which ends the connection: files still open on the
+            // detached mount fail with ENOTCONN instead of keeping the daemon alive.
+            for f in &flushers {
+                f.flush();
+            }
+            info!("exiting; files still open on the detached mount can no longer be read");
+            std::process::exit(0);
         }
     });
 
-    let result = mounted.run();
-    info!(mountpoint = %cfg.mountpoint.display(), "unmounted");
+    let result = run_sessions(mounts);
     // Do not wait for in-flight S3 requests of a filesystem that no longer exists.
     rt.shutdown_background();
     result.map_err(|e| (anyhow!("FUSE session failed: {e}"), None))

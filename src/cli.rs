@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, LogConfig, MountConfig, S3Config, Source, Ttl};
+use crate::config::{self, LogConfig, MountConfig, S3Config, ServeConfig, ServedSource, Source, Ttl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Mount a bucket (or a prefix of it) read-only at a directory.
     Mount(MountArgs),
+    /// Serve several sources from one process, each at ROOT/NAME, sharing one cache, one
+    /// metrics endpoint and one log.
+    Serve(ServeArgs),
     /// Preload objects into a disk cache (shared with running mounts) and/or the shared cache,
     /// e.g. before pods start or when JARs are published.
     Warm(WarmArgs),
@@ -105,6 +108,38 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Bucket options")]
     pub prefix: Option<String>,
 
+    /// Append each object read (key and ETag, once, in first-read order) to this manifest, for
+    /// `warm --manifest`.
+    #[arg(long, value_name = "FILE")]
+    pub record_access: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub flags: MountFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory under which each source is mounted, at ROOT/NAME (created when missing).
+    #[arg(value_name = "ROOT")]
+    pub root: PathBuf,
+
+    /// A source to serve at ROOT/NAME: `NAME=BUCKET[/PREFIX/]` or `NAME=s3://BUCKET[/PREFIX/]`;
+    /// repeatable. NAME is letters, digits, `.`, `_` and `-`.
+    #[arg(long = "source", value_name = "NAME=BUCKET[/PREFIX/]", required = true)]
+    pub sources: Vec<String>,
+
+    /// Record the objects each source reads in DIR/NAME.manifest (see `mount --record-access`).
+    #[arg(long, value_name = "DIR")]
+    pub record_access: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub flags: MountFlags,
+}
+
+/// Every flag of `mount` but the source, the mountpoint, `--prefix` and `--record-access`:
+/// `serve` takes the same ones and applies them to every source.
+#[derive(Debug, Args)]
+pub struct MountFlags {
     #[command(flatten)]
     pub s3: S3Args,
 
@@ -401,6 +436,42 @@ impl MountArgs {
     /// Validates and resolves the arguments; the error is one line for the user.
     pub fn resolve(&self) -> Result<MountConfig, String> {
         let source = Source::parse(&self.source, self.prefix.as_deref())?;
+        self.flags
+            .resolve(source, self.mountpoint.clone(), self.record_access.clone())
+    }
+}
+
+impl ServeArgs {
+    /// Validates every source (names unique) and the flags they share.
+    pub fn resolve(&self) -> Result<ServeConfig, String> {
+        let mut mounts: Vec<ServedSource> = Vec::new();
+        for arg in &self.sources {
+            let (name, source) = config::parse_named_source(arg)?;
+            if mounts.iter().any(|m| m.name == name) {
+                return Err(format!("--source {arg:?}: the name {name:?} is given twice"));
+            }
+            let record = self.record_access.as_ref().map(|d| d.join(format!("{name}.manifest")));
+            let mount = self
+                .flags
+                .resolve(source, self.root.join(&name), record)
+                .map_err(|e| format!("--source {name}: {e}"))?;
+            mounts.push(ServedSource { name, mount });
+        }
+        Ok(ServeConfig {
+            root: self.root.clone(),
+            mounts,
+        })
+    }
+}
+
+impl MountFlags {
+    /// The configuration of one mount of `source` at `mountpoint`.
+    pub fn resolve(
+        &self,
+        source: Source,
+        mountpoint: PathBuf,
+        record_access: Option<PathBuf>,
+    ) -> Result<MountConfig, String> {
         let metadata_ttl: Ttl = self.metadata_ttl.parse().map_err(|e| format!("--metadata-ttl: {e}"))?;
         let negative_metadata_ttl = match &self.negative_metadata_ttl {
             Some(t) => t.parse().map_err(|e| format!("--negative-metadata-ttl: {e}"))?,
@@ -438,7 +509,8 @@ impl MountArgs {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Ok(MountConfig {
-            mountpoint: self.mountpoint.clone(),
+            mountpoint,
+            record_access,
             s3,
             shared_cache,
             source,
@@ -476,7 +548,17 @@ impl MountArgs {
 /// ...) are accepted and ignored, as the filesystem is always read-only.
 pub fn from_mount_helper(args: &[std::ffi::OsString]) -> Option<Result<Vec<std::ffi::OsString>, String>> {
     let argv0 = Path::new(args.first()?).file_name()?.to_string_lossy().into_owned();
-    let subcommands = ["mount", "warm", "stats", "help", "-h", "--help", "-V", "--version"];
+    let subcommands = [
+        "mount",
+        "serve",
+        "warm",
+        "stats",
+        "help",
+        "-h",
+        "--help",
+        "-V",
+        "--version",
+    ];
     let helper = argv0.starts_with("mount.")
         || (args.len() >= 3
             && !subcommands.contains(&&*args[1].to_string_lossy())

@@ -159,6 +159,8 @@ pub fn parse_mode(s: &str) -> Result<u16, String> {
 pub struct MountConfig {
     pub source: Source,
     pub mountpoint: PathBuf,
+    /// The manifest to append the objects read to (`--record-access`).
+    pub record_access: Option<PathBuf>,
     pub s3: S3Config,
     pub metadata_ttl: Ttl,
     pub negative_metadata_ttl: Ttl,
@@ -185,6 +187,44 @@ pub struct MountConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub foreground: bool,
     pub log: LogConfig,
+}
+
+/// Configuration of `s3cachefs serve`: one mount per source, at `root/NAME`, all with the same
+/// flags (so one cache directory, one shared tier, one metrics address, one log).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub root: PathBuf,
+    pub mounts: Vec<ServedSource>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServedSource {
+    /// The directory name under the root: one path component of `[A-Za-z0-9._-]`.
+    pub name: String,
+    pub mount: MountConfig,
+}
+
+/// Parses `NAME=BUCKET[/PREFIX/]` (or `NAME=s3://...`), the `--source` of `serve`.
+pub fn parse_named_source(arg: &str) -> Result<(String, Source), String> {
+    let Some((name, source)) = arg.split_once('=') else {
+        return Err(format!("--source {arg:?}: expected NAME=BUCKET[/PREFIX/]"));
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !name_ok {
+        return Err(format!(
+            "--source {arg:?}: invalid name {name:?}: one directory name of letters, digits, '.', '_' and '-' \
+             (not \".\" or \"..\")"
+        ));
+    }
+    if source.is_empty() {
+        return Err(format!("--source {arg:?}: no bucket after {name}="));
+    }
+    let source = Source::parse(source, None).map_err(|e| format!("--source {arg:?}: {e}"))?;
+    Ok((name.to_string(), source))
 }
 
 /// Configuration of `s3cachefs warm`.
@@ -362,6 +402,28 @@ mod tests {
         assert!(Source::parse("My_Bucket", None).is_err());
         assert!(Source::parse("b/../x", None).is_err());
         assert!(Source::parse("bucket/a//b", None).is_err());
+    }
+
+    #[test]
+    fn named_sources() {
+        let (name, src) = parse_named_source("jars=s3://jars-bucket/jars/").unwrap();
+        assert_eq!(
+            (name.as_str(), src.bucket.as_str(), src.prefix.as_str()),
+            ("jars", "jars-bucket", "jars/")
+        );
+        assert_eq!(parse_named_source("d.1_x-y=data-bucket").unwrap().1.prefix, "");
+        for (bad, why) in [
+            ("jars", "expected NAME=BUCKET"),
+            ("=b-bucket", "invalid name"),
+            ("a/b=b-bucket", "invalid name"),
+            ("..=b-bucket", "invalid name"),
+            ("a b=b-bucket", "invalid name"),
+            ("jars=", "no bucket"),
+            ("jars=Bad_Bucket", "invalid bucket name"),
+        ] {
+            let e = parse_named_source(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -44,11 +44,39 @@ pub struct Tiers {
 /// memory → disk → shared → origin, each tier only when configured. Checks that the shared
 /// bucket can be written (or, read-only, read) before anything is mounted.
 pub async fn build(plan: TierPlan<'_>, origin: Arc<dyn ObjectStore>, metrics: &Arc<Metrics>) -> anyhow::Result<Tiers> {
-    let mut chain = TierChain::new(plan.source.clone(), plan.block_size, origin);
+    let common = build_common(&plan, metrics).await?;
+    build_chain(&plan, &common, origin, metrics)
+}
+
+/// The tiers that every source of one process shares (`serve`): the memory tier, whose budget
+/// is the process's, and the shared tier (its blocks name their source).
+pub struct Common {
+    memory: Option<Arc<MemoryTier>>,
+    shared: Option<Arc<SharedTier>>,
+}
+
+/// Builds the shared tiers of `plan` (its source is not used).
+pub async fn build_common(plan: &TierPlan<'_>, metrics: &Arc<Metrics>) -> anyhow::Result<Common> {
     let memory = plan
         .memory_bytes
         .map(|bytes| Arc::new(MemoryTier::new(bytes, plan.block_size)));
-    if let Some(m) = &memory {
+    let shared = match plan.shared {
+        Some(cfg) => Some(Arc::new(shared_tier(cfg, plan.shared_writes_wait, metrics).await?)),
+        None => None,
+    };
+    Ok(Common { memory, shared })
+}
+
+/// The chain of `plan.source`: the common tiers, and its own disk tier (a disk cache on the
+/// one directory, serving this source's assembled files).
+pub fn build_chain(
+    plan: &TierPlan<'_>,
+    common: &Common,
+    origin: Arc<dyn ObjectStore>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Tiers> {
+    let mut chain = TierChain::new(plan.source.clone(), plan.block_size, origin);
+    if let Some(m) = &common.memory {
         chain = chain.with(m.clone());
     }
     let disk = match plan.cache {
@@ -67,19 +95,15 @@ pub async fn build(plan: TierPlan<'_>, origin: Arc<dyn ObjectStore>, metrics: &A
     if let Some(d) = &disk {
         chain = chain.with(Arc::new(DiskTier::new(d.clone())));
     }
-    let shared = match plan.shared {
-        Some(cfg) => Some(Arc::new(shared_tier(cfg, plan.shared_writes_wait, metrics).await?)),
-        None => None,
-    };
-    if let Some(s) = &shared {
+    if let Some(s) = &common.shared {
         chain = chain.with(s.clone());
     }
-    tracing::info!(tiers = %chain.describe(), "block path");
+    tracing::info!(source = %plan.source, tiers = %chain.describe(), "block path");
     Ok(Tiers {
         chain: Arc::new(chain),
-        memory,
+        memory: common.memory.clone(),
         disk,
-        shared,
+        shared: common.shared.clone(),
     })
 }
 

@@ -4,7 +4,7 @@
 //! the cache are verified and skipped, never fetched again. Exits non-zero naming every object
 //! that could not be cached.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
     let filter = Filter::new(cfg)?;
     let manifest = match &cfg.manifest {
         None => None,
-        Some(path) => Some(read_manifest(path)?),
+        Some(path) => Some(dedup(super::manifest::read(path)?)),
     };
     let metrics = Arc::new(Metrics::new());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -58,9 +58,12 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
         };
         let tiers = super::tiers::build(plan, store.clone(), &metrics).await?;
         let prefix = &cfg.source.prefix;
-        let (objects, mut failed) = match manifest {
-            Some(keys) => head_all(&store, prefix, keys, cfg.concurrency).await,
-            None => (list_all(&store, prefix).await?, Vec::new()),
+        let (objects, mut failed, check) = match manifest {
+            Some(entries) => {
+                let (objects, failed, check) = head_all(&store, prefix, entries, cfg.concurrency).await;
+                (objects, failed, Some(check))
+            }
+            None => (list_all(&store, prefix).await?, Vec::new(), None),
         };
         let selected: Vec<ObjectMeta> = objects.into_iter().filter(|o| filter.selects(prefix, o)).collect();
         let started = Instant::now();
@@ -81,8 +84,48 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
         }
         let total_bytes: u64 = selected.iter().map(|o| o.size).sum();
         let origin = tiers.chain.from_origin();
-        summarize(&metrics, origin, warmed, total_bytes, started.elapsed(), &failed)
+        summarize(
+            &metrics,
+            origin,
+            warmed,
+            total_bytes,
+            started.elapsed(),
+            &failed,
+            check.as_ref(),
+        )
     })
+}
+
+/// What HEADs of a manifest's keys found besides the objects.
+#[derive(Debug, Default)]
+struct ManifestCheck {
+    /// Keys in the manifest (each once).
+    keys: usize,
+    /// Keys whose ETag differs from the recorded one: their current version is warmed.
+    changed: Vec<String>,
+    /// Keys that no longer exist.
+    gone: Vec<String>,
+}
+
+/// Each key once, where it first appears, with the ETag it was last recorded with (a key is
+/// recorded again when its ETag changes, and a restarted mount appends to the same manifest).
+fn dedup(entries: Vec<super::manifest::Entry>) -> Vec<super::manifest::Entry> {
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out: Vec<super::manifest::Entry> = Vec::new();
+    for e in entries {
+        match at.get(&e.key) {
+            Some(&i) => {
+                if e.etag.is_some() {
+                    out[i].etag = e.etag;
+                }
+            }
+            None => {
+                at.insert(e.key.clone(), out.len());
+                out.push(e);
+            }
+        }
+    }
+    out
 }
 
 /// Which listed objects to warm: `--include` and `--exclude` globs on the key relative to the
@@ -159,12 +202,21 @@ fn summarize(
     total_bytes: u64,
     elapsed: Duration,
     failed: &[(String, String)],
+    manifest: Option<&ManifestCheck>,
 ) -> anyhow::Result<()> {
     let (c, shared) = (&metrics.cache, &metrics.shared);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let manifest_part = manifest.map_or(String::new(), |m| {
+        format!(
+            "; manifest: {} keys, {} changed since recorded, {} no longer exist",
+            m.keys,
+            m.changed.len(),
+            m.gone.len()
+        )
+    });
     println!(
         "warmed {warmed} objects ({:.1} MiB) in {:.1}s: {origin_blocks} blocks fetched from S3 ({:.1} MiB), \
-         {} already cached, {} from the shared cache, {} written to the shared cache",
+         {} already cached, {} from the shared cache, {} written to the shared cache{manifest_part}",
         mib(total_bytes),
         elapsed.as_secs_f64(),
         mib(origin_bytes),
@@ -172,6 +224,17 @@ fn summarize(
         shared.hits.get(),
         shared.writes.get(),
     );
+    if let Some(m) = manifest {
+        for key in &m.changed {
+            eprintln!("changed: {key}: a new version since it was recorded; warmed the current one");
+        }
+        for key in &m.gone {
+            eprintln!("gone: {key}: no longer in the bucket");
+        }
+        if m.keys > 0 && m.gone.len() == m.keys {
+            bail!("none of the manifest's {} key(s) exists any more", m.keys);
+        }
+    }
     if !failed.is_empty() {
         for (key, e) in failed {
             eprintln!("failed: {key}: {e}");
@@ -205,25 +268,6 @@ fn summarize(
     Ok(())
 }
 
-fn read_manifest(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?,
-        ))
-    };
-    let mut keys = Vec::new();
-    for line in reader.lines() {
-        let line = line?;
-        let key = line.trim();
-        if !key.is_empty() && !key.starts_with('#') {
-            keys.push(key.trim_start_matches('/').to_string());
-        }
-    }
-    Ok(keys)
-}
-
 /// Every object under `prefix` (no delimiter: the whole subtree).
 async fn list_all(store: &Arc<dyn ObjectStore>, prefix: &str) -> anyhow::Result<Vec<ObjectMeta>> {
     let mut out = Vec::new();
@@ -246,30 +290,96 @@ async fn list_all(store: &Arc<dyn ObjectStore>, prefix: &str) -> anyhow::Result<
     }
 }
 
-/// HEADs every manifest key; returns the objects found and the keys that failed.
+/// HEADs every manifest key; returns the objects found, the keys that failed, and the keys
+/// that changed since they were recorded or no longer exist (not failures).
 async fn head_all(
     store: &Arc<dyn ObjectStore>,
     prefix: &str,
-    keys: Vec<String>,
+    entries: Vec<super::manifest::Entry>,
     concurrency: usize,
-) -> (Vec<ObjectMeta>, Vec<(String, String)>) {
-    let results: Vec<_> = futures::stream::iter(keys)
-        .map(|k| async move {
-            let key = format!("{prefix}{k}");
+) -> (Vec<ObjectMeta>, Vec<(String, String)>, ManifestCheck) {
+    let mut check = ManifestCheck {
+        keys: entries.len(),
+        ..ManifestCheck::default()
+    };
+    let progress = &KeyProgress::new(entries.len() as u64);
+    let mut results: Vec<_> = futures::stream::iter(entries.into_iter().enumerate())
+        .map(|(i, e)| async move {
+            let key = format!("{prefix}{}", e.key);
             let r = store.head(&key).await;
-            (key, r)
+            progress.inc();
+            (i, key, e.etag, r)
         })
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    // Manifest order: the order objects were first read in.
+    results.sort_by_key(|r| r.0);
+    progress.finish();
     let (mut found, mut failed) = (Vec::new(), Vec::new());
-    for (key, r) in results {
+    for (_, key, recorded, r) in results {
         match r {
-            Ok(meta) => found.push(meta),
+            Ok(meta) => {
+                if recorded.is_some_and(|e| *e != *meta.etag) {
+                    check.changed.push(key);
+                }
+                found.push(meta);
+            }
+            Err(StoreError::NotFound) => check.gone.push(key),
             Err(e) => failed.push((key, e.to_string())),
         }
     }
-    (found, failed)
+    (found, failed, check)
+}
+
+/// Progress of the manifest's HEADs (a million keys take minutes): a bar on a terminal, plain
+/// lines every few seconds otherwise.
+struct KeyProgress {
+    bar: Option<ProgressBar>,
+    total: u64,
+    done: std::sync::atomic::AtomicU64,
+    last_line: std::sync::Mutex<Instant>,
+}
+
+impl KeyProgress {
+    fn new(total: u64) -> KeyProgress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template("checking manifest [{bar:30}] {pos}/{len} keys {per_sec} ETA {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        KeyProgress {
+            bar,
+            total,
+            done: 0.into(),
+            last_line: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn inc(&self) {
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None => {
+                let mut last = self.last_line.lock().unwrap();
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = Instant::now();
+                    eprintln!("warm: checked {done}/{} manifest keys", self.total);
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// A progress bar on a terminal; plain lines every few seconds otherwise (logs, CI).
@@ -292,6 +402,9 @@ impl Progress {
                     .expect("valid template")
                     .progress_chars("=> "),
             );
+            bar.set_message(format!("0/{objects} objects"));
+            // Rate and ETA keep moving while a slow block is awaited.
+            bar.enable_steady_tick(Duration::from_millis(250));
             bar
         });
         Progress {

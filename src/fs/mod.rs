@@ -12,7 +12,7 @@ mod inode;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -95,9 +95,18 @@ pub struct DirEntry {
     pub next_offset: u64,
 }
 
+/// Told of the objects read through the mount (`--record-access`): once per open, at the
+/// first successful read, or at the open itself when the kernel reads a backing file directly
+/// and the daemon sees no read. Called on the runtime: it must not block.
+pub trait AccessLog: Send + Sync {
+    fn read(&self, meta: &ObjectMeta);
+}
+
 struct FileHandle {
     reader: ReadHandle,
     node: Arc<Node>,
+    /// The access log was told of this open.
+    logged: AtomicBool,
 }
 
 struct DirHandle {
@@ -112,6 +121,7 @@ pub struct Fs {
     settings: FsSettings,
     /// Whole objects as local files (the disk cache's), offered to the kernel at open.
     assembled: Option<Arc<dyn AssembledFiles>>,
+    access: Option<Arc<dyn AccessLog>>,
     inodes: InodeTable,
     files: Mutex<HashMap<u64, Arc<FileHandle>>>,
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
@@ -127,6 +137,7 @@ impl Fs {
             reader,
             settings,
             assembled: None,
+            access: None,
             inodes: InodeTable::new(root_prefix),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -138,6 +149,12 @@ impl Fs {
     /// Where assembled objects come from when `settings.passthrough` is on.
     pub fn with_assembled_files(mut self, files: Arc<dyn AssembledFiles>) -> Fs {
         self.assembled = Some(files);
+        self
+    }
+
+    /// Where reads are reported (`--record-access`).
+    pub fn with_access_log(mut self, log: Arc<dyn AccessLog>) -> Fs {
+        self.access = Some(log);
         self
     }
 
@@ -251,12 +268,18 @@ impl Fs {
             }
             None => None,
         };
+        // The kernel reads a backing file without the daemon: this open is the read.
+        let logged = backing.is_some();
+        if let (true, Some(log)) = (logged, &self.access) {
+            log.read(&meta);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(
             fh,
             Arc::new(FileHandle {
                 reader: self.reader.handle(meta),
                 node,
+                logged: AtomicBool::new(logged),
             }),
         );
         Ok(Opened {
@@ -270,7 +293,14 @@ impl Fs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         let handle = self.files.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
         match handle.reader.read(offset, size).await {
-            Ok(b) => Ok(b),
+            Ok(b) => {
+                if let Some(log) = &self.access
+                    && !handle.logged.swap(true, Ordering::Relaxed)
+                {
+                    log.read(handle.reader.meta());
+                }
+                Ok(b)
+            }
             Err(e @ (ReadError::Changed | ReadError::Gone)) => {
                 let meta = handle.reader.meta();
                 warn!(key = %meta.key, etag = %meta.etag, "{e}; failing the read (reopen the file to read the current version)");
