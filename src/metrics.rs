@@ -82,6 +82,19 @@ pub const SHARED_WRITE_DROPS: &str = "shared_cache_write_drops";
 /// Gauge: 1 while the shared tier is skipped after a failure (circuit breaker open), else 0.
 pub const SHARED_BREAKER_OPEN: &str = "shared_cache_breaker_open";
 
+/// Counter: blocks served from the memory tier (a coalesced wait for another reader's fetch
+/// counts as a hit: it sent nothing below).
+pub const MEMORY_HITS: &str = "memory_cache_hits";
+/// Counter: blocks the memory tier asked the tiers below for.
+pub const MEMORY_MISSES: &str = "memory_cache_misses";
+/// Counter: bytes served from the memory tier.
+pub const MEMORY_HIT_BYTES: &str = "memory_cache_hit_bytes";
+/// Gauge: bytes of blocks the memory tier holds (part of `--max-prefetch-memory`).
+pub const MEMORY_BYTES: &str = "memory_cache_bytes";
+/// Gauge: blocks being fetched from below the memory tier right now (demand reads, prefetch and
+/// random ranges), each holding one in-flight slot of `--max-prefetch-memory`.
+pub const MEMORY_IN_FLIGHT: &str = "memory_in_flight_blocks";
+
 /// The exported name of the counter registered as `name`: `s3cachefs_<name>_total`.
 pub fn counter_name(name: &str) -> String {
     format!("{PREFIX}_{name}_total")
@@ -144,6 +157,16 @@ pub struct SharedTierMetrics {
     pub breaker_open: Gauge,
 }
 
+/// The memory tier's counters and gauges (cheap clones share the same values).
+#[derive(Clone, Debug, Default)]
+pub struct MemoryTierMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub hit_bytes: Counter,
+    pub bytes: Gauge,
+    pub in_flight: Gauge,
+}
+
 /// Which bucket a store talks to, for counting its requests apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreRole {
@@ -156,6 +179,7 @@ pub enum StoreRole {
 pub struct Metrics {
     registry: Registry,
     pub shared: SharedTierMetrics,
+    pub memory: MemoryTierMetrics,
     pub shared_requests: Family<S3Labels, Counter>,
     pub s3_requests: Family<S3Labels, Counter>,
     pub s3_duration: HistogramFamily,
@@ -199,6 +223,28 @@ impl Metrics {
         let cache = CacheMetrics::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
         let shared = SharedTierMetrics::default();
+        let memory = MemoryTierMetrics::default();
+        for (name, help, c) in [
+            (MEMORY_HITS, "Blocks served from the memory tier", &memory.hits),
+            (
+                MEMORY_MISSES,
+                "Blocks the memory tier fetched from the tiers below",
+                &memory.misses,
+            ),
+            (MEMORY_HIT_BYTES, "Bytes served from the memory tier", &memory.hit_bytes),
+        ] {
+            registry.register(name, help, c.clone());
+        }
+        registry.register(
+            MEMORY_BYTES,
+            "Bytes of blocks held by the memory tier",
+            memory.bytes.clone(),
+        );
+        registry.register(
+            MEMORY_IN_FLIGHT,
+            "Blocks being fetched from below the memory tier, each holding an in-flight slot",
+            memory.in_flight.clone(),
+        );
         let shared_requests = Family::<S3Labels, Counter>::default();
         registry.register(
             SHARED_REQUESTS,
@@ -320,6 +366,7 @@ impl Metrics {
         Metrics {
             registry,
             shared,
+            memory,
             shared_requests,
             s3_requests,
             s3_duration,

@@ -59,7 +59,7 @@ pub struct Common {
 pub async fn build_common(plan: &TierPlan<'_>, metrics: &Arc<Metrics>) -> anyhow::Result<Common> {
     let memory = plan
         .memory_bytes
-        .map(|bytes| Arc::new(MemoryTier::new(bytes, plan.block_size)));
+        .map(|bytes| Arc::new(MemoryTier::new(bytes, plan.block_size).with_metrics(metrics.memory.clone())));
     let shared = match plan.shared {
         Some(cfg) => Some(Arc::new(shared_tier(cfg, plan.shared_writes_wait, metrics).await?)),
         None => None,

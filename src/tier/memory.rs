@@ -15,6 +15,7 @@ use moka::policy::EvictionPolicy;
 use tokio::sync::Semaphore;
 
 use super::{Below, Tier};
+use crate::metrics::MemoryTierMetrics;
 use crate::object::{BlockId, BlockRef};
 use crate::store::StoreError;
 
@@ -23,6 +24,7 @@ pub struct MemoryTier {
     /// Bounds blocks being fetched from below at once (demand and prefetch), and the exact
     /// ranges of random reads, which the read layer takes from here too.
     in_flight: Arc<Semaphore>,
+    metrics: MemoryTierMetrics,
 }
 
 impl MemoryTier {
@@ -40,13 +42,48 @@ impl MemoryTier {
         MemoryTier {
             blocks,
             in_flight: Arc::new(Semaphore::new(in_flight as usize)),
+            metrics: MemoryTierMetrics::default(),
         }
+    }
+
+    /// Counts hits, misses, held bytes and blocks in flight in `metrics`.
+    pub fn with_metrics(mut self, metrics: MemoryTierMetrics) -> MemoryTier {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sets the held-bytes gauge after an insert (once per block brought in from below). moka
+    /// applies inserts and evictions to its size lazily; this applies them first.
+    async fn count_held(&self) {
+        self.blocks.run_pending_tasks().await;
+        self.metrics.bytes.set(self.blocks.weighted_size() as i64);
+    }
+
+    fn hit(&self, b: &Bytes) {
+        self.metrics.hits.inc();
+        self.metrics.hit_bytes.inc_by(b.len() as u64);
     }
 
     /// The slots that bound bytes in flight; a reader fetching anything outside the chain
     /// (an exact range) holds one too.
     pub fn in_flight(&self) -> Arc<Semaphore> {
         self.in_flight.clone()
+    }
+}
+
+/// One block in flight in the gauge, for as long as the fetch lives (a cancelled fetch too).
+struct InFlight<'a>(&'a MemoryTierMetrics);
+
+impl<'a> InFlight<'a> {
+    fn count(m: &'a MemoryTierMetrics) -> InFlight<'a> {
+        m.in_flight.inc();
+        InFlight(m)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 
@@ -58,21 +95,33 @@ impl Tier for MemoryTier {
 
     async fn peek(&self, block: &BlockRef, below: Below<'_>) -> Option<Bytes> {
         if let Some(b) = self.blocks.get(&block.id).await {
+            self.hit(&b);
             return Some(b);
         }
         let b = below.peek(block).await?;
         self.blocks.insert(block.id.clone(), b.clone()).await;
+        self.count_held().await;
         Some(b)
     }
 
     async fn get(&self, block: &BlockRef, below: Below<'_>) -> Result<Bytes, StoreError> {
-        self.blocks
-            .try_get_with(block.id.clone(), async {
+        let entry = self
+            .blocks
+            .entry(block.id.clone())
+            .or_try_insert_with(async {
+                self.metrics.misses.inc();
                 let _slot = self.in_flight.acquire().await.expect("semaphore is never closed");
+                let _counted = InFlight::count(&self.metrics);
                 below.get(block).await
             })
             .await
-            .map_err(|e| (*e).clone())
+            .map_err(|e| (*e).clone())?;
+        if entry.is_fresh() {
+            self.count_held().await;
+        } else {
+            self.hit(entry.value());
+        }
+        Ok(entry.into_value())
     }
 
     fn holds(&self, block: &BlockRef) -> bool {

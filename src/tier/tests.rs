@@ -336,3 +336,33 @@ macro_rules! tier_suite {
 }
 
 tier_suite!(memory_tier, disk_tier, shared_tier);
+
+/// The memory tier's metrics: a miss, then hits (coalesced waiters included) with their bytes,
+/// the bytes it holds, and nothing left counted in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_tier_counts_hits_misses_and_bytes() {
+    let m = crate::metrics::MemoryTierMetrics::default();
+    let tier: Arc<dyn Tier> = Arc::new(MemoryTier::new(1 << 20, BS).with_metrics(m.clone()));
+    let body = data(2 * BS as usize, 3);
+    let (origin, meta) = origin_with("k", &body);
+    origin.set_latency(Duration::from_millis(50));
+    let c = Arc::new(chain(&origin, &tier));
+    let b = c.block(&meta, 0);
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (c, b) = (c.clone(), b.clone());
+            tokio::spawn(async move { c.get(&b).await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap().len(), BS as usize);
+    }
+    assert_eq!(gets(&origin), 1);
+    assert_eq!(m.misses.get(), 1);
+    assert_eq!(m.hits.get(), 7, "coalesced readers sent nothing below");
+    assert_eq!(m.hit_bytes.get(), 7 * BS);
+    assert_eq!(m.in_flight.get(), 0);
+    c.get(&c.block(&meta, 1)).await.unwrap();
+    assert_eq!(m.misses.get(), 2);
+    assert_eq!(m.bytes.get(), 2 * BS as i64);
+}
