@@ -26,6 +26,7 @@ use s3::{check_bucket, s3_settings};
 pub use s3::{source_id, store_id};
 
 mod http;
+pub mod identity;
 mod logging;
 mod mountpoint;
 mod notify;
@@ -93,15 +94,20 @@ impl Daemon {
             .thread_name("s3cachefs-rt")
             .build()?;
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
+        let s3 = Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
+        let partition = rt.block_on(identity::resolve(
+            &s3,
+            &cfg.s3,
+            cfg.cache.as_ref().map(|c| c.dir.as_path()),
+        ))?;
+        let store: Arc<dyn ObjectStore> = s3;
         rt.block_on(check_bucket(store.as_ref(), &cfg.source, &cfg.s3))?;
         let listener = match cfg.metrics_addr {
             Some(addr) => Some(rt.block_on(http::bind(addr))?),
             None => None,
         };
 
-        let source = source_id(&cfg.s3, &cfg.source);
+        let source = source_id(&cfg.s3, &cfg.source, &partition.token);
         let plan = tiers::TierPlan {
             source: source.clone(),
             block_size: cfg.block_size,

@@ -12,6 +12,8 @@
 //! - `v1/tmp/`: files being written ([`Area::Tmp`]).
 //! - `v1/usage`, `v1/locks`, `v1/evict.lock`: cross-process coordination ([`USAGE`], [`LOCKS`],
 //!   [`EVICT_LOCK`]).
+//! - `v1/salt`, `v1/identities/…`: the key of credential fingerprints and the partition last
+//!   learned for each ([`SALT`], [`IDENTITIES`]; their use belongs to `app::identity`).
 //!
 //! Invariants:
 //! - **Nothing is followed.** Every operation opens the cache directory by its configured path
@@ -58,6 +60,11 @@ pub const USAGE: &str = "usage";
 pub const LOCKS: &str = "locks";
 /// The file whose `flock` separates writers (shared) from scans (exclusive).
 pub const EVICT_LOCK: &str = "evict.lock";
+/// 32 random bytes made once per cache directory: the key of credential fingerprints
+/// (`app::identity`), so that nothing derived from credentials can be compared across machines.
+pub const SALT: &str = "salt";
+/// `identities/<fingerprint>`: the partition last learned from STS for one set of credentials.
+pub const IDENTITIES: &str = "identities";
 /// Shard directories per area: a few hundred entries each per TiB of blocks.
 pub const SHARDS: u64 = 4096;
 /// Space a directory takes (one filesystem block).

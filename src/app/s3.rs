@@ -9,14 +9,15 @@ use crate::object::SourceId;
 use crate::store::s3::{RetryPolicy, S3Settings};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
-/// Names the object store in the caches, so blocks of two stores never mix.
-pub fn source_id(s3: &S3Config, source: &Source) -> SourceId {
-    SourceId::new(s3.endpoint_url.as_deref(), &source.bucket)
+/// Names the object store, and the identity's partition (`app::identity`), in the caches, so
+/// blocks of two stores never mix and one identity's never reach another.
+pub fn source_id(s3: &S3Config, source: &Source, partition: &str) -> SourceId {
+    SourceId::new(s3.endpoint_url.as_deref(), &source.bucket, partition)
 }
 
 /// [`source_id`] as a string (persisted metadata records name their store this way).
-pub fn store_id(s3: &S3Config, source: &Source) -> String {
-    source_id(s3, source).to_string()
+pub fn store_id(s3: &S3Config, source: &Source, partition: &str) -> String {
+    source_id(s3, source, partition).to_string()
 }
 
 /// The S3 store's settings for `bucket`, from the validated S3 flags.
