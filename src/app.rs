@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command, MountArgs};
 use crate::config::MountConfig;
@@ -22,7 +22,7 @@ use crate::store::ObjectStore;
 use crate::store::s3::S3Store;
 
 use process::{daemonize, detach_stdio, report};
-use s3::{check_bucket, s3_settings};
+use s3::{bucket_error, probe_bucket, s3_settings};
 pub use s3::{source_id, store_id};
 
 mod http;
@@ -78,6 +78,19 @@ fn mount(args: &MountArgs) -> anyhow::Result<()> {
 
 type ServeError = (anyhow::Error, Option<OwnedFd>);
 
+/// How often a mount started degraded (offline restart) asks S3 whether it answers again.
+const DEGRADED_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the cache holds this mount's persisted root listing (current generation, any age):
+/// what an offline restart needs to serve anything.
+fn persisted_root(dir: &std::path::Path, store_id: &str, prefix: &str) -> bool {
+    let Ok(m) = crate::meta::MetaStore::open(dir, store_id) else {
+        return false;
+    };
+    m.current_generation()
+        .is_some_and(|g| m.load_listing(g, prefix).is_some())
+}
+
 /// A live mount and the runtime that serves it.
 pub struct Daemon {
     rt: tokio::runtime::Runtime,
@@ -101,7 +114,21 @@ impl Daemon {
             cfg.cache.as_ref().map(|c| c.dir.as_path()),
         ))?;
         let store: Arc<dyn ObjectStore> = s3;
-        rt.block_on(check_bucket(store.as_ref(), &cfg.source, &cfg.s3))?;
+        let mut degraded = false;
+        if let Err(e) = rt.block_on(probe_bucket(store.as_ref(), &cfg.source)) {
+            // Offline restart: S3 does not answer, but the cache holds this mount's metadata.
+            let id = store_id(&cfg.s3, &cfg.source, &partition.token);
+            let cached = e.is_transient()
+                && cfg
+                    .cache
+                    .as_ref()
+                    .is_some_and(|c| persisted_root(&c.dir, &id, &cfg.source.prefix));
+            if !cached {
+                return Err(bucket_error(e, &cfg.source, &cfg.s3));
+            }
+            warn!(error = %e, "S3 does not answer: mounting degraded, serving what the cache holds until it does");
+            degraded = true;
+        }
         let listener = match cfg.metrics_addr {
             Some(addr) => Some(rt.block_on(http::bind(addr))?),
             None => None,
@@ -167,6 +194,20 @@ impl Daemon {
         );
         if let Some(disk) = disk {
             disk.start_background();
+        }
+        if degraded {
+            metrics.origin_degraded.set(1);
+            let (store, source, metrics) = (store.clone(), cfg.source.clone(), metrics.clone());
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(DEGRADED_PROBE_INTERVAL).await;
+                    if probe_bucket(store.as_ref(), &source).await.is_ok() {
+                        metrics.origin_degraded.set(0);
+                        info!("S3 answers again: no longer degraded");
+                        break;
+                    }
+                }
+            });
         }
         if let Some(listener) = listener {
             rt.spawn(http::serve(listener, metrics, cfg.mountpoint.clone()));

@@ -81,6 +81,9 @@ pub const SHARED_WRITTEN_BYTES: &str = "shared_cache_written_bytes";
 pub const SHARED_WRITE_DROPS: &str = "shared_cache_write_drops";
 /// Gauge: 1 while the shared tier is skipped after a failure (circuit breaker open), else 0.
 pub const SHARED_BREAKER_OPEN: &str = "shared_cache_breaker_open";
+/// Gauge: 1 while the mount serves from its cache because S3 did not answer at start (offline
+/// restart), cleared once S3 answers; else 0.
+pub const ORIGIN_DEGRADED: &str = "origin_degraded";
 
 /// The exported name of the counter registered as `name`: `s3cachefs_<name>_total`.
 pub fn counter_name(name: &str) -> String {
@@ -167,6 +170,8 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     cache_bytes: Gauge<u64, AtomicU64>,
     cache_bytes_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
+    /// See [`ORIGIN_DEGRADED`].
+    pub origin_degraded: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -239,6 +244,12 @@ impl Metrics {
         ] {
             registry.register(name, help, c.clone());
         }
+        let origin_degraded = Gauge::default();
+        registry.register(
+            ORIGIN_DEGRADED,
+            "1 while the mount serves from its cache because S3 did not answer at start, else 0",
+            origin_degraded.clone(),
+        );
         registry.register(
             SHARED_BREAKER_OPEN,
             "1 while the shared tier is skipped after a failure, else 0",
@@ -331,6 +342,7 @@ impl Metrics {
             cache,
             cache_bytes,
             cache_bytes_source: Mutex::new(None),
+            origin_degraded,
         }
     }
 

@@ -63,7 +63,7 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, mountpoint: PathBuf) -
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
         ("GET", "/healthz") => {
             if mount_answers(mountpoint).await {
-                ("200 OK", "text/plain", "ok\n".to_string())
+                ("200 OK", "text/plain", health_body(metrics))
             } else {
                 (
                     "503 Service Unavailable",
@@ -107,4 +107,14 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let status = head.lines().next().unwrap_or("");
     anyhow::ensure!(status.contains(" 200 "), "{addr}{path} answered {status:?}");
     Ok(body.to_string())
+}
+
+/// The body of a healthy `/healthz`: `ok`, plus a second line while the mount is degraded (it
+/// still answers, from its cache, so the status stays 200).
+fn health_body(metrics: &Metrics) -> String {
+    if metrics.origin_degraded.get() != 0 {
+        "ok\ndegraded: S3 did not answer at start; serving from the cache until it does\n".to_string()
+    } else {
+        "ok\n".to_string()
+    }
 }

@@ -109,6 +109,11 @@ impl Mount {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Mount, String> {
+        Mount::try_new_at(&server.endpoint(), source, extra, env)
+    }
+
+    /// [`Mount::try_new_with_env`] against `endpoint` (e.g. one where nothing listens).
+    pub fn try_new_at(endpoint: &str, source: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Mount, String> {
         let dir = tempfile::Builder::new().prefix("s3cachefs-test").tempdir().unwrap();
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
@@ -117,7 +122,7 @@ impl Mount {
             .arg("mount")
             .arg(source)
             .arg(&path)
-            .args(endpoint_args(server))
+            .args(["--endpoint-url", endpoint, "--region", "us-east-1"])
             .arg("--foreground")
             .args(extra)
             .env("RUST_LOG", "s3cachefs=debug")
