@@ -459,6 +459,7 @@ mod tests {
             "s3cachefs_cache_written_bytes counter",
             "s3cachefs_fuse_errors counter",
             "s3cachefs_fuse_operations counter",
+            "s3cachefs_origin_degraded gauge",
             "s3cachefs_passthrough_opens counter",
             "s3cachefs_read_bytes counter",
             "s3cachefs_s3_bytes counter",
