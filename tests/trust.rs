@@ -155,7 +155,7 @@ fn the_shared_tier_is_partitioned_too() {
     // B's blocks are named by B's partition: no other identity's mount ever asks for them.
     let shared = s.keys(SHARED, "s3cachefs/v1/blocks/");
     let of = |ak: &str| {
-        let p = s3cachefs::app::identity::principal_partition(&format!("arn:aws:iam::000000000000:user/{ak}"));
+        let p = s3cachefs::app::identity::principal_partition(&s3cachefs_testserver::default_arn(ak));
         (0..3).map(|i| shared_block_key(&s, &p, &etag, i)).collect::<Vec<_>>()
     };
     let mut want = of("AKIDTEAMB");

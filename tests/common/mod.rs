@@ -46,7 +46,7 @@ pub const ACCESS_KEY: &str = "AKIDTESTKEY";
 /// The caches' partition of a mount run by [`command`]: the principal the test server's STS
 /// names for its access key.
 pub fn partition() -> String {
-    s3cachefs::app::identity::principal_partition(&format!("arn:aws:iam::000000000000:user/{ACCESS_KEY}"))
+    s3cachefs::app::identity::principal_partition(&s3cachefs_testserver::default_arn(ACCESS_KEY))
 }
 
 /// The arguments that point a mount at `server`.

@@ -49,6 +49,16 @@ use faults::FaultState;
 use state::Shared;
 use store::Object;
 
+/// The ARN STS `GetCallerIdentity` answers for an access key without one of its own
+/// ([`TestServer::set_identity`]): `arn:aws:iam::000000000000:user/u<hash>`, one user per key, the
+/// key itself not in it (as in AWS, where an ARN never shows the access key).
+pub fn default_arn(access_key: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    access_key.hash(&mut h);
+    format!("arn:aws:iam::000000000000:user/u{:016x}", h.finish())
+}
+
 /// Handle to a running test server. Dropping it stops accepting connections, shuts the server's runtime down
 /// (open connections are closed) and joins its thread.
 pub struct TestServer {
@@ -162,7 +172,7 @@ impl TestServer {
         self.shared.iam().sts = enabled;
     }
 
-    /// The ARN `GetCallerIdentity` answers for `access_key` (default `arn:aws:iam::000000000000:user/<key>`).
+    /// The ARN `GetCallerIdentity` answers for `access_key` (default [`default_arn`]).
     pub fn set_identity(&self, access_key: &str, arn: &str) {
         self.shared.iam().arns.insert(access_key.to_owned(), arn.to_owned());
     }

@@ -30,7 +30,7 @@ pub(crate) struct Shared {
 pub(crate) struct Iam {
     /// `GetCallerIdentity` answers (else it answers 400 `InvalidAction`, like a store without STS).
     pub(crate) sts: bool,
-    /// The ARN of an access key; a key without one is `arn:aws:iam::000000000000:user/<key>`.
+    /// The ARN of an access key; a key without one has [`crate::default_arn`].
     pub(crate) arns: HashMap<String, String>,
     /// (access key, bucket) → the key prefixes it may read; a pair without a rule may do anything.
     pub(crate) prefixes: HashMap<(String, String), Vec<String>>,
@@ -51,7 +51,7 @@ impl Iam {
         self.arns
             .get(access_key)
             .cloned()
-            .unwrap_or_else(|| format!("arn:aws:iam::000000000000:user/{access_key}"))
+            .unwrap_or_else(|| crate::default_arn(access_key))
     }
 
     /// Whether `access_key` may read `key` (object requests) or list under `list_prefix` in `bucket`.
