@@ -217,6 +217,8 @@ fn main() -> anyhow::Result<()> {
             bucket: BUCKET.into(),
             prefix: String::new(),
         },
+        // The partition the test server's STS names for the mount's access key.
+        &s3cachefs::app::identity::principal_partition(&s3cachefs_testserver::default_arn("AKIDTESTKEY")),
     );
     let full = base.path().join("cache-full");
     let empty = base.path().join("cache-empty");

@@ -10,7 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::cli::{Cli, Command, ServeArgs};
 use crate::config::MountConfig;
@@ -23,10 +23,11 @@ use crate::store::ObjectStore;
 use crate::store::s3::S3Store;
 
 use process::{daemonize, detach_stdio, report};
-use s3::{check_bucket, s3_settings};
+use s3::{bucket_error, probe_bucket, s3_settings};
 pub use s3::{source_id, store_id};
 
 mod http;
+pub mod identity;
 mod logging;
 mod manifest;
 mod mountpoint;
@@ -154,6 +155,19 @@ fn launch(mut mounts: Vec<Named>) -> anyhow::Result<()> {
 
 type ServeError = (anyhow::Error, Option<OwnedFd>);
 
+/// How often a mount started degraded (offline restart) asks S3 whether it answers again.
+const DEGRADED_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether the cache holds this mount's persisted root listing (current generation, any age):
+/// what an offline restart needs to serve anything.
+fn persisted_root(dir: &std::path::Path, store_id: &str, prefix: &str) -> bool {
+    let Ok(m) = crate::meta::MetaStore::open(dir, store_id) else {
+        return false;
+    };
+    m.current_generation()
+        .is_some_and(|g| m.load_listing(g, prefix).is_some())
+}
+
 /// Live mounts and the runtime that serves them.
 pub struct Daemon {
     rt: tokio::runtime::Runtime,
@@ -174,6 +188,31 @@ struct Prepared {
     passthrough: bool,
     disk: Option<Arc<crate::cache::DiskCache>>,
     recorder: Option<manifest::Recorder>,
+    /// Set when the source was mounted without S3 answering (offline restart).
+    degraded: Option<Degraded>,
+}
+
+/// A source mounted while S3 did not answer: what to probe until it does.
+struct Degraded {
+    store: Arc<dyn ObjectStore>,
+    source: crate::config::Source,
+}
+
+/// Counts `d` in the degraded gauge and probes its bucket every [`DEGRADED_PROBE_INTERVAL`]
+/// until S3 answers, then counts it out.
+fn watch_until_answering(rt: &tokio::runtime::Runtime, d: Degraded, metrics: &Arc<Metrics>) {
+    metrics.origin_degraded.inc();
+    let metrics = metrics.clone();
+    rt.spawn(async move {
+        loop {
+            tokio::time::sleep(DEGRADED_PROBE_INTERVAL).await;
+            if probe_bucket(d.store.as_ref(), &d.source).await.is_ok() {
+                metrics.origin_degraded.dec();
+                info!(bucket = %d.source.bucket, prefix = %d.source.prefix, "S3 answers again: no longer degraded");
+                break;
+            }
+        }
+    });
 }
 
 impl Daemon {
@@ -201,7 +240,8 @@ impl Daemon {
             None => None,
         };
         let common_plan = tiers::TierPlan {
-            source: source_id(&first.s3, &first.source),
+            // Not used: the common tiers name no source.
+            source: source_id(&first.s3, &first.source, ""),
             block_size: first.block_size,
             memory_bytes: Some(first.memory_cache_bytes),
             cache: first.cache.as_ref(),
@@ -214,7 +254,11 @@ impl Daemon {
             prepared.push(named(m, prepare(&rt, &m.cfg, &common, &metrics))?);
         }
         let mut live: Vec<Live> = Vec::new();
+        let mut degraded = Vec::new();
         for (m, p) in mounts.iter().zip(prepared) {
+            if let Some(d) = p.degraded {
+                degraded.push(d);
+            }
             let cfg = &m.cfg;
             let adapter = FuseAdapter::new(p.fs, rt.handle().clone(), metrics.clone(), p.passthrough);
             let refresher = adapter.refresher();
@@ -257,6 +301,9 @@ impl Daemon {
                 recorder: p.recorder,
             });
         }
+        for d in degraded {
+            watch_until_answering(&rt, d, &metrics);
+        }
         if let Some(listener) = listener {
             let mountpoints = live.iter().map(|l| l.mountpoint.clone()).collect();
             rt.spawn(http::serve(listener, metrics, mountpoints));
@@ -291,10 +338,32 @@ fn prepare(
     common: &tiers::Common,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Prepared> {
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
-    rt.block_on(check_bucket(store.as_ref(), &cfg.source, &cfg.s3))?;
-    let source = source_id(&cfg.s3, &cfg.source);
+    let s3 = Arc::new(rt.block_on(S3Store::new(&s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone())));
+    let partition = rt.block_on(identity::resolve(
+        &s3,
+        &cfg.s3,
+        cfg.cache.as_ref().map(|c| c.dir.as_path()),
+    ))?;
+    let store: Arc<dyn ObjectStore> = s3;
+    let mut degraded = None;
+    if let Err(e) = rt.block_on(probe_bucket(store.as_ref(), &cfg.source)) {
+        // Offline restart: S3 does not answer, but the cache holds this mount's metadata.
+        let id = store_id(&cfg.s3, &cfg.source, &partition.token);
+        let cached = e.is_transient()
+            && cfg
+                .cache
+                .as_ref()
+                .is_some_and(|c| persisted_root(&c.dir, &id, &cfg.source.prefix));
+        if !cached {
+            return Err(bucket_error(e, &cfg.source, &cfg.s3));
+        }
+        warn!(error = %e, "S3 does not answer: mounting degraded, serving what the cache holds until it does");
+        degraded = Some(Degraded {
+            store: store.clone(),
+            source: cfg.source.clone(),
+        });
+    }
+    let source = source_id(&cfg.s3, &cfg.source, &partition.token);
     let plan = tiers::TierPlan {
         source: source.clone(),
         block_size: cfg.block_size,
@@ -340,6 +409,7 @@ fn prepare(
         passthrough,
         disk,
         recorder,
+        degraded,
     })
 }
 

@@ -177,7 +177,7 @@ mod tests {
 
     fn id() -> BlockId {
         BlockId {
-            source: SourceId::new(Some("s3"), "bucket"),
+            source: SourceId::new(Some("s3"), "bucket", ""),
             key: "jars/a.jar".into(),
             etag: "\"abc\"".into(),
             index: 3,
@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(other(|w| w.key = "jars/b.jar".into()), FormatError::Mismatch("key"));
         assert_eq!(other(|w| w.etag = "\"new\"".into()), FormatError::Mismatch("etag"));
         assert_eq!(
-            other(|w| w.source = SourceId::new(Some("s3"), "other")),
+            other(|w| w.source = SourceId::new(Some("s3"), "other", "")),
             FormatError::Mismatch("store")
         );
         assert_eq!(other(|w| w.index = 4), FormatError::Mismatch("index"));

@@ -12,6 +12,8 @@
 //! - `v1/tmp/`: files being written ([`Area::Tmp`]).
 //! - `v1/usage`, `v1/locks`, `v1/evict.lock`: cross-process coordination ([`USAGE`], [`LOCKS`],
 //!   [`EVICT_LOCK`]).
+//! - `v1/salt`, `v1/identities/…`: the key of credential fingerprints and the partition last
+//!   learned for each ([`SALT`], [`IDENTITIES`]; their use belongs to `app::identity`).
 //!
 //! Invariants:
 //! - **Nothing is followed.** Every operation opens the cache directory by its configured path
@@ -24,8 +26,11 @@
 //!   outside the cache directory is ever read, written, created or removed through it.
 //! - **Paths stay inside.** Operations take paths under [`CacheDir::path`]; any other path, or
 //!   one with `..`, is refused.
-//! - **One owner.** The directory must belong to the effective user; it is made 0700, and every
-//!   directory and file created in it is 0700 or 0600.
+//! - **One owner, and the configured directory left as it is.** The configured directory must
+//!   belong to the effective user or to root, and must not be writable by other users unless it
+//!   is sticky; its mode and owner are never changed (it may be a filesystem's root). The
+//!   version directory `v1/` below it is the daemon's own: it must belong to the effective user
+//!   and is made 0700, and every directory and file created in it is 0700 or 0600.
 //! - **Atomic writes.** [`CacheDir::temp`] creates a temp file (0600, `O_EXCL`), and
 //!   [`TempFile::place`] renames it into place, so a reader sees a whole old file, a whole new
 //!   one, or none. A temp file that is not placed is removed when dropped; one left by a
@@ -55,6 +60,11 @@ pub const USAGE: &str = "usage";
 pub const LOCKS: &str = "locks";
 /// The file whose `flock` separates writers (shared) from scans (exclusive).
 pub const EVICT_LOCK: &str = "evict.lock";
+/// 32 random bytes made once per cache directory: the key of credential fingerprints
+/// (`app::identity`), so that nothing derived from credentials can be compared across machines.
+pub const SALT: &str = "salt";
+/// `identities/<fingerprint>`: the partition last learned from STS for one set of credentials.
+pub const IDENTITIES: &str = "identities";
 /// Shard directories per area: a few hundred entries each per TiB of blocks.
 pub const SHARDS: u64 = 4096;
 /// Space a directory takes (one filesystem block).
@@ -121,8 +131,13 @@ pub enum OpenError {
     Io { path: PathBuf, source: io::Error },
     #[error("cache directory {0} is not a directory")]
     NotADirectory(PathBuf),
-    #[error("cache directory {path} is owned by uid {owner}, not by this user (uid {me}); refusing to use it")]
+    #[error("cache directory {path} is owned by uid {owner}, not by this user (uid {me}) or root; refusing to use it")]
     WrongOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "cache directory {path} (mode {mode:04o}) is writable by other users and not sticky, so they could replace \
+         the cache's files; refusing to use it (remove group/other write permission, or name a private subdirectory)"
+    )]
+    Unsafe { path: PathBuf, mode: u32 },
 }
 
 impl From<OpenError> for io::Error {
@@ -197,8 +212,12 @@ pub enum DirState {
 }
 
 impl CacheDir {
-    /// Opens (creating, 0700) the cache directory `dir` and its version directory. Refuses a
-    /// directory of another user; restricts one readable by others to 0700.
+    /// Opens the cache directory `dir` (created 0700 with its parents if missing) and its
+    /// version directory. An existing `dir` is never changed (mode, owner): it may be any
+    /// directory, such as a filesystem's root, as long as nobody else can replace what is in it.
+    /// It must belong to this user or to root, and must not be writable by group or others
+    /// unless it is sticky (as `/tmp`). The version directory is ours: created 0700, refused if
+    /// another user owns it, and restricted to 0700 if it is open to others.
     pub fn open(dir: &Path) -> Result<CacheDir, OpenError> {
         let io_err = |path: &Path| {
             let path = path.to_path_buf();
@@ -220,22 +239,38 @@ impl CacheDir {
         };
         let st = rustix::fs::fstat(&fd).map_err(|e| io_err(dir)(e.into()))?;
         let me = euid();
-        if st.st_uid != me {
+        if st.st_uid != me && st.st_uid != 0 {
             return Err(OpenError::WrongOwner {
                 path: dir.to_path_buf(),
                 owner: st.st_uid,
                 me,
             });
         }
-        if st.st_mode & 0o077 != 0 {
-            info!(dir = %dir.display(), "restricting cache directory permissions to 0700");
-            rustix::fs::fchmod(&fd, PRIVATE_DIR).map_err(|e| io_err(dir)(e.into()))?;
+        if st.st_mode & 0o022 != 0 && st.st_mode & 0o1000 == 0 {
+            return Err(OpenError::Unsafe {
+                path: dir.to_path_buf(),
+                mode: st.st_mode & 0o7777,
+            });
         }
         let cache = CacheDir {
             path: dir.to_path_buf(),
             id: (st.st_dev, st.st_ino),
         };
-        cache.create_dir(&cache.version_path())?;
+        let version = cache.version_path();
+        cache.create_dir(&version)?;
+        let (vfd, _) = cache.open_dir(&version, None).map_err(io_err(&version))?;
+        let vst = rustix::fs::fstat(&vfd).map_err(|e| io_err(&version)(e.into()))?;
+        if vst.st_uid != me {
+            return Err(OpenError::WrongOwner {
+                path: version,
+                owner: vst.st_uid,
+                me,
+            });
+        }
+        if vst.st_mode & 0o077 != 0 {
+            info!(dir = %version.display(), "restricting the cache's version directory to 0700");
+            rustix::fs::fchmod(&vfd, PRIVATE_DIR).map_err(|e| io_err(&version)(e.into()))?;
+        }
         Ok(cache)
     }
 

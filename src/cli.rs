@@ -366,6 +366,8 @@ impl SharedCacheArgs {
             // The source serves any read the shared cache cannot: no retries, a short timeout.
             max_attempts: 1,
             request_timeout: timeout,
+            // The source's partition names the blocks; the shared bucket has none of its own.
+            cache_partition: None,
         };
         Ok(Some(config::SharedCacheConfig {
             location,
@@ -404,6 +406,12 @@ pub struct S3Args {
     #[arg(long, help_heading = "AWS credentials")]
     pub no_sign_request: bool,
 
+    /// Use the caches' partition named LABEL instead of the identity STS GetCallerIdentity names:
+    /// data and metadata cached by one partition are never served to another. For stores without
+    /// STS, or to separate identities STS cannot tell apart (see docs/SEMANTICS.md, "Trust model").
+    #[arg(long, value_name = "LABEL", help_heading = "AWS credentials")]
+    pub cache_partition: Option<String>,
+
     /// Attempts per S3 request before an error is returned (1 = no retries).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20), help_heading = "Bucket options")]
     pub max_attempts: u32,
@@ -428,6 +436,10 @@ impl S3Args {
             no_sign_request: self.no_sign_request,
             max_attempts: self.max_attempts,
             request_timeout: std::time::Duration::from_secs(self.request_timeout),
+            cache_partition: match &self.cache_partition {
+                Some(l) => Some(config::check_partition_label(l)?),
+                None => None,
+            },
         })
     }
 }

@@ -348,6 +348,19 @@ pub struct S3Config {
     pub no_sign_request: bool,
     pub max_attempts: u32,
     pub request_timeout: Duration,
+    /// `--cache-partition`: the label of the identity whose partition of the caches is used,
+    /// instead of the one learned from STS (see docs/SEMANTICS.md, "Trust model").
+    pub cache_partition: Option<String>,
+}
+
+/// Checks a `--cache-partition` label: 1 to 256 printable ASCII characters.
+pub fn check_partition_label(label: &str) -> Result<String, String> {
+    if label.is_empty() || label.len() > 256 || !label.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "--cache-partition: {label:?} must be 1 to 256 printable ASCII characters without spaces"
+        ));
+    }
+    Ok(label.to_string())
 }
 
 #[derive(Clone, Debug, Default)]

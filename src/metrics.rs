@@ -81,6 +81,9 @@ pub const SHARED_WRITTEN_BYTES: &str = "shared_cache_written_bytes";
 pub const SHARED_WRITE_DROPS: &str = "shared_cache_write_drops";
 /// Gauge: 1 while the shared tier is skipped after a failure (circuit breaker open), else 0.
 pub const SHARED_BREAKER_OPEN: &str = "shared_cache_breaker_open";
+/// Gauge: the mounts of the process serving from their cache because S3 did not answer at start
+/// (offline restart), each counted out once S3 answers: 1 or 0 for `mount`.
+pub const ORIGIN_DEGRADED: &str = "origin_degraded";
 
 /// Counter: blocks served from the memory tier (a coalesced wait for another reader's fetch
 /// counts as a hit: it sent nothing below).
@@ -191,6 +194,8 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     cache_bytes: Gauge<u64, AtomicU64>,
     cache_bytes_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
+    /// See [`ORIGIN_DEGRADED`].
+    pub origin_degraded: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -285,6 +290,12 @@ impl Metrics {
         ] {
             registry.register(name, help, c.clone());
         }
+        let origin_degraded = Gauge::default();
+        registry.register(
+            ORIGIN_DEGRADED,
+            "1 while the mount serves from its cache because S3 did not answer at start, else 0",
+            origin_degraded.clone(),
+        );
         registry.register(
             SHARED_BREAKER_OPEN,
             "1 while the shared tier is skipped after a failure, else 0",
@@ -378,6 +389,7 @@ impl Metrics {
             cache,
             cache_bytes,
             cache_bytes_source: Mutex::new(None),
+            origin_degraded,
         }
     }
 
@@ -494,6 +506,7 @@ mod tests {
             "s3cachefs_cache_written_bytes counter",
             "s3cachefs_fuse_errors counter",
             "s3cachefs_fuse_operations counter",
+            "s3cachefs_origin_degraded gauge",
             "s3cachefs_passthrough_opens counter",
             "s3cachefs_read_bytes counter",
             "s3cachefs_s3_bytes counter",

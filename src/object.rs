@@ -22,17 +22,24 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
 }
 
-/// Where objects come from: the endpoint and the bucket (`"<endpoint>|<bucket>"`, `aws` as the
-/// endpoint for AWS itself). Part of every cached block's identity, so blocks of two sources
-/// (two buckets, or the same bucket name on two endpoints) never mix.
+/// Where objects come from, and for whom: the endpoint, the bucket and the caches' partition
+/// (`"<endpoint>|<bucket>|<partition>"`, `aws` as the endpoint for AWS itself). Part of every
+/// cached block's identity and of persisted metadata's, so blocks of two sources (two buckets,
+/// or the same bucket name on two endpoints) never mix, and what one identity cached is never
+/// served to another (the partition names the identity: see `app::identity`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SourceId(Arc<str>);
 
 impl SourceId {
     /// `endpoint` is the configured endpoint URL (`None`: AWS); a trailing `/` is ignored.
-    pub fn new(endpoint: Option<&str>, bucket: &str) -> SourceId {
+    /// `partition` is the identity's partition token (empty only in tests: `"<endpoint>|<bucket>"`).
+    pub fn new(endpoint: Option<&str>, bucket: &str, partition: &str) -> SourceId {
         let endpoint = endpoint.map_or("aws", |e| e.trim_end_matches('/'));
-        SourceId(format!("{endpoint}|{bucket}").into())
+        if partition.is_empty() {
+            SourceId(format!("{endpoint}|{bucket}").into())
+        } else {
+            SourceId(format!("{endpoint}|{bucket}|{partition}").into())
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -157,7 +157,8 @@ fn cache_directory_and_files_are_private_to_the_daemon_user() {
     let parent = tempfile::tempdir().unwrap();
     fs::set_permissions(parent.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let cache = parent.path().join("cache");
-    // Created by an administrator with the usual umask: restricted at mount.
+    // Created by an administrator with the usual umask: left as it is (it may be a
+    // filesystem's root); the daemon's own version directory below it is private.
     fs::create_dir(&cache).unwrap();
     fs::set_permissions(&cache, fs::Permissions::from_mode(0o755)).unwrap();
     let m = Mount::new(&s, BUCKET, &["--cache", cache.to_str().unwrap()]);
@@ -184,13 +185,18 @@ fn cache_directory_and_files_are_private_to_the_daemon_user() {
     );
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
-    assert_eq!(fs::metadata(&cache).unwrap().mode() & 0o777, 0o700);
-    for (p, md) in &entries {
+    assert_eq!(
+        fs::metadata(&cache).unwrap().mode() & 0o7777,
+        0o755,
+        "an existing directory keeps its mode"
+    );
+    assert_eq!(fs::metadata(version_path(&cache)).unwrap().mode() & 0o777, 0o700);
+    for (p, md) in entries.iter().filter(|(p, _)| p != &cache) {
         assert_eq!(md.uid(), me, "{}", p.display());
         assert_eq!(md.mode() & 0o077, 0, "{} is {:o}", p.display(), md.mode() & 0o777);
     }
     let some_file = entries.iter().find(|(_, m)| m.is_file()).unwrap().0.clone();
-    for p in [&cache, &version_path(&cache), &some_file] {
+    for p in [&version_path(&cache), &some_file] {
         let cmd = if p.is_dir() { "ls" } else { "cat" };
         assert!(denied(&as_user(NOBODY, cmd, &[p.as_os_str()])), "{}", p.display());
     }

@@ -120,7 +120,7 @@ fn wait_for_shared_blocks(s: &TestServer, n: usize) {
 /// The identity a mount gives block `index` of `o` (1 MiB blocks).
 fn block_id(s: &TestServer, o: &Obj, index: u64) -> BlockId {
     BlockId {
-        source: SourceId::new(Some(&s.endpoint()), BUCKET),
+        source: SourceId::new(Some(&s.endpoint()), BUCKET, &common::partition()),
         key: o.key.as_str().into(),
         etag: o.etag.as_str().into(),
         block_size: MIB as u64,

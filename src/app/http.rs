@@ -114,7 +114,7 @@ async fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &Arc<Health>) -
         ),
         (&Method::GET, "/healthz") => {
             if health.check().await {
-                (StatusCode::OK, "text/plain", "ok\n".to_string())
+                (StatusCode::OK, "text/plain", health_body(metrics))
             } else {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -247,6 +247,16 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         anyhow::ensure!(status == StatusCode::OK, "{addr}{path} answered {status}");
         Ok(String::from_utf8_lossy(&body).into_owned())
     })
+}
+
+/// The body of a healthy `/healthz`: `ok`, plus a second line while the mount is degraded (it
+/// still answers, from its cache, so the status stays 200).
+fn health_body(metrics: &Metrics) -> String {
+    if metrics.origin_degraded.get() != 0 {
+        "ok\ndegraded: S3 did not answer at start; serving from the cache until it does\n".to_string()
+    } else {
+        "ok\n".to_string()
+    }
 }
 
 #[cfg(test)]

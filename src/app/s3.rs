@@ -1,7 +1,7 @@
 //! The daemon's and `warm`'s view of S3: the store's settings from the validated config, the
 //! store's name in the disk cache, and the bucket check made before anything is mounted.
 
-use anyhow::bail;
+use anyhow::anyhow;
 
 use crate::config::{S3Config, Source};
 use crate::metrics::StoreRole;
@@ -9,14 +9,15 @@ use crate::object::SourceId;
 use crate::store::s3::{RetryPolicy, S3Settings};
 use crate::store::{ListRequest, ObjectStore, StoreError};
 
-/// Names the object store in the caches, so blocks of two stores never mix.
-pub fn source_id(s3: &S3Config, source: &Source) -> SourceId {
-    SourceId::new(s3.endpoint_url.as_deref(), &source.bucket)
+/// Names the object store, and the identity's partition (`app::identity`), in the caches, so
+/// blocks of two stores never mix and one identity's never reach another.
+pub fn source_id(s3: &S3Config, source: &Source, partition: &str) -> SourceId {
+    SourceId::new(s3.endpoint_url.as_deref(), &source.bucket, partition)
 }
 
 /// [`source_id`] as a string (persisted metadata records name their store this way).
-pub fn store_id(s3: &S3Config, source: &Source) -> String {
-    source_id(s3, source).to_string()
+pub fn store_id(s3: &S3Config, source: &Source, partition: &str) -> String {
+    source_id(s3, source, partition).to_string()
 }
 
 /// The S3 store's settings for `bucket`, from the validated S3 flags.
@@ -40,24 +41,36 @@ pub(super) fn s3_settings(s3: &S3Config, bucket: &str) -> S3Settings {
 /// Lists one key under the prefix: proves the bucket exists, is reachable and may be listed,
 /// before anything is mounted.
 pub(super) async fn check_bucket(store: &dyn ObjectStore, source: &Source, s3: &S3Config) -> anyhow::Result<()> {
-    let bucket = &source.bucket;
+    match probe_bucket(store, source).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err(bucket_error(e, source, s3)),
+    }
+}
+
+/// The request of [`check_bucket`], and its error as it is.
+pub(super) async fn probe_bucket(store: &dyn ObjectStore, source: &Source) -> Result<(), StoreError> {
     let req = ListRequest {
         prefix: &source.prefix,
         delimited: true,
         continuation: None,
         max_keys: Some(1),
     };
-    match store.list(req).await {
-        Ok(_) => Ok(()),
-        Err(StoreError::NoSuchBucket) => bail!("bucket {bucket:?} does not exist"),
-        Err(StoreError::AccessDenied(m)) => {
-            bail!("access denied listing bucket {bucket:?} (s3:ListBucket is required): {m}")
+    store.list(req).await.map(|_| ())
+}
+
+/// What [`check_bucket`] says about a failed check.
+pub(super) fn bucket_error(e: StoreError, source: &Source, s3: &S3Config) -> anyhow::Error {
+    let bucket = &source.bucket;
+    match e {
+        StoreError::NoSuchBucket => anyhow!("bucket {bucket:?} does not exist"),
+        StoreError::AccessDenied(m) => {
+            anyhow!("access denied listing bucket {bucket:?} (s3:ListBucket is required): {m}")
         }
-        Err(e @ (StoreError::Network(_) | StoreError::Timeout)) => {
+        e @ (StoreError::Network(_) | StoreError::Timeout) => {
             let endpoint = s3.endpoint_url.as_deref().unwrap_or("the default S3 endpoint");
-            bail!("cannot reach {endpoint} for bucket {bucket:?}: {e}")
+            anyhow!("cannot reach {endpoint} for bucket {bucket:?}: {e}")
         }
-        Err(e @ StoreError::Credentials(_)) => bail!("{e}"),
-        Err(e) => bail!("cannot list bucket {bucket:?}: {e}"),
+        e @ StoreError::Credentials(_) => anyhow!("{e}"),
+        e => anyhow!("cannot list bucket {bucket:?}: {e}"),
     }
 }

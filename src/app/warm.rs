@@ -44,11 +44,12 @@ pub fn run(cfg: &WarmConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(S3Store::new(&super::s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone()).await);
-        super::check_bucket(store.as_ref(), &cfg.source, &cfg.s3).await?;
+        let s3 = Arc::new(S3Store::new(&super::s3_settings(&cfg.s3, &cfg.source.bucket), metrics.clone()).await);
+        let partition = super::identity::resolve(&s3, &cfg.s3, cfg.cache.as_ref().map(|c| c.dir.as_path())).await?;
+        let store: Arc<dyn ObjectStore> = s3;
+        super::s3::check_bucket(store.as_ref(), &cfg.source, &cfg.s3).await?;
         let plan = TierPlan {
-            source: super::source_id(&cfg.s3, &cfg.source),
+            source: super::source_id(&cfg.s3, &cfg.source, &partition.token),
             block_size: cfg.block_size,
             memory_bytes: None,
             cache: cfg.cache.as_ref(),

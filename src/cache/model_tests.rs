@@ -35,7 +35,7 @@ const OBJECTS: usize = 3;
 const MAX_BLOCKS: u64 = 5;
 
 fn source() -> SourceId {
-    SourceId::new(Some("model"), "bucket")
+    SourceId::new(Some("model"), "bucket", "")
 }
 
 fn config(dir: &Path) -> DiskCacheSettings {

@@ -21,7 +21,7 @@ fn cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
         max_size: max,
         min_free_percent: 0.0,
         block_size: BS,
-        source: SourceId::new(Some("test"), "bucket"),
+        source: SourceId::new(Some("test"), "bucket", ""),
     }
 }
 
@@ -35,7 +35,7 @@ fn obj(key: &str, etag: &str, size: u64) -> ObjectMeta {
 }
 
 fn block(o: &ObjectMeta, index: u64) -> BlockRef {
-    BlockRef::new(&SourceId::new(Some("test"), "bucket"), o, BS, index)
+    BlockRef::new(&SourceId::new(Some("test"), "bucket", ""), o, BS, index)
 }
 
 fn content(o: &ObjectMeta, index: u64) -> Bytes {

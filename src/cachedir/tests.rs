@@ -238,15 +238,37 @@ fn a_directory_of_another_user_is_refused() {
 }
 
 #[test]
-fn open_creates_the_directory_private_and_restricts_an_open_one() {
+fn open_creates_the_directory_private_and_never_changes_an_existing_one() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("a/b/c");
     let c = CacheDir::open(&dir).unwrap();
     assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     assert!(fs::symlink_metadata(c.version_path()).unwrap().is_dir());
+    // An existing directory keeps its mode (it may be a filesystem's root); the version
+    // directory, ours, is restricted.
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(c.version_path(), fs::Permissions::from_mode(0o755)).unwrap();
     CacheDir::open(&dir).unwrap();
-    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o755);
+    assert_eq!(fs::metadata(c.version_path()).unwrap().mode() & 0o777, 0o700);
+    // Writable by others: refused, unless sticky (as /tmp); never changed either way.
+    for mode in [0o777, 0o775] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        let err = CacheDir::open(&dir).expect_err("refused");
+        assert!(matches!(err, OpenError::Unsafe { .. }), "{err}");
+        assert!(err.to_string().contains("writable by other users"), "{err}");
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, mode);
+    }
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+    CacheDir::open(&dir).unwrap();
+    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o1777);
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    // A version directory of another user is refused, and left as it is.
+    std::os::unix::fs::chown(c.version_path(), Some(65534), Some(65534)).unwrap();
+    let err = CacheDir::open(&dir).expect_err("refused");
+    assert!(matches!(err, OpenError::WrongOwner { owner: 65534, .. }), "{err}");
+    assert_eq!(fs::metadata(c.version_path()).unwrap().uid(), 65534);
+    std::os::unix::fs::chown(c.version_path(), Some(euid()), Some(euid())).unwrap();
     // A file in place of the directory, or of its version directory.
     fs::write(d.path().join("f"), b"").unwrap();
     assert!(CacheDir::open(&d.path().join("f")).is_err());

@@ -89,7 +89,7 @@ impl BlockReader {
     pub fn memory_only(store: Arc<dyn ObjectStore>, block_size: u64, memory_bytes: u64) -> BlockReader {
         let memory = Arc::new(MemoryTier::new(memory_bytes, block_size));
         let in_flight = memory.in_flight();
-        let chain = TierChain::new(SourceId::new(None, "test"), block_size, store).with(memory);
+        let chain = TierChain::new(SourceId::new(None, "test", ""), block_size, store).with(memory);
         BlockReader::new(Arc::new(chain), in_flight, memory_bytes)
     }
 

@@ -74,6 +74,10 @@ impl Default for RetryPolicy {
 
 pub struct S3Store {
     client: Client,
+    /// STS on the same configuration (endpoint, region, credentials), for `caller_identity`.
+    sts: aws_sdk_sts::Client,
+    /// `None` for unsigned requests.
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
     bucket: String,
     retry: RetryPolicy,
     metrics: Arc<Metrics>,
@@ -104,16 +108,69 @@ impl S3Store {
         }
         let sdk = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(settings.force_path_style);
+        let mut sts = aws_sdk_sts::config::Builder::from(&sdk);
         if sdk.region().is_none() {
             conf = conf.region(Region::new(DEFAULT_REGION));
+            sts = sts.region(aws_sdk_sts::config::Region::new(DEFAULT_REGION));
         }
         S3Store {
             client: Client::from_conf(conf.build()),
+            sts: aws_sdk_sts::Client::from_conf(sts.build()),
+            credentials: sdk.credentials_provider(),
             bucket: settings.bucket.clone(),
             retry: settings.retry,
             metrics,
             role: settings.role,
         }
+    }
+
+    /// Who signs this store's requests (see [`CallerIdentity`]). `salt` keys the credentials'
+    /// fingerprint. Fails only when credentials cannot be loaded. STS is asked at most
+    /// [`STS_ATTEMPTS`] times, each within the attempt timeout; its requests are not counted as S3
+    /// requests.
+    pub async fn caller_identity(&self, salt: &[u8]) -> Result<CallerIdentity, StoreError> {
+        use aws_sdk_s3::config::ProvideCredentials;
+        use hmac::{Hmac, Mac};
+        let Some(provider) = &self.credentials else {
+            return Ok(CallerIdentity {
+                fingerprint: None,
+                principal: Err(StoreError::Credentials("requests are not signed".into())),
+            });
+        };
+        let creds = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| StoreError::Credentials(format!("cannot load AWS credentials: {}", error_chain(&e))))?;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(salt).expect("HMAC takes any key length");
+        for part in [
+            creds.access_key_id(),
+            creds.secret_access_key(),
+            creds.session_token().unwrap_or(""),
+        ] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part.as_bytes());
+        }
+        let fingerprint = Some(mac.finalize().into_bytes().into());
+        let mut n = 0;
+        let principal = loop {
+            n += 1;
+            let r = match tokio::time::timeout(self.retry.attempt_timeout, self.sts.get_caller_identity().send()).await
+            {
+                Err(_) => Err(StoreError::Timeout),
+                Ok(Err(e)) => Err(classify(e)),
+                Ok(Ok(out)) => out
+                    .arn()
+                    .map(str::to_string)
+                    .ok_or_else(|| StoreError::BadResponse("GetCallerIdentity answered no ARN".into())),
+            };
+            match r {
+                Err(e) if e.is_transient() && n < STS_ATTEMPTS => {
+                    tokio::time::sleep(backoff(&self.retry, n, false)).await;
+                }
+                r => break r,
+            }
+        };
+        Ok(CallerIdentity { fingerprint, principal })
     }
 
     /// Runs `attempt` under the retry policy.
@@ -158,6 +215,20 @@ impl S3Store {
             }
         }
     }
+}
+
+/// Attempts of `GetCallerIdentity` at mount: enough for a blip, short when STS is down.
+pub const STS_ATTEMPTS: u32 = 3;
+
+/// Who signs a store's requests.
+#[derive(Debug)]
+pub struct CallerIdentity {
+    /// HMAC-SHA256, under the caller's salt, of the access key id, secret key and session token
+    /// (never the credentials themselves); `None` when requests are not signed.
+    pub fingerprint: Option<[u8; 32]>,
+    /// The principal's ARN from STS `GetCallerIdentity`, or why it is not known (unsigned
+    /// requests, STS unreachable, or a store without STS).
+    pub principal: Result<String, StoreError>,
 }
 
 /// Full-jitter exponential backoff; `SlowDown` starts from a longer base, as S3 asks.

@@ -87,7 +87,7 @@ fn disk_tier() -> Made {
 }
 
 fn source() -> SourceId {
-    SourceId::new(Some("http://127.0.0.1:1"), "bucket")
+    SourceId::new(Some("http://127.0.0.1:1"), "bucket", "")
 }
 
 fn data(n: usize, seed: u8) -> Vec<u8> {
@@ -193,7 +193,7 @@ async fn failures_are_not_kept(make: fn() -> Made) {
     assert_eq!(&c.get(&b).await.unwrap()[..], &body[..]);
 }
 
-/// A block is another block under another ETag, source or block size: none of them is ever
+/// A block is another block under another ETag, source (or partition) or block size: none of them is ever
 /// answered with bytes kept for the other.
 async fn identity_covers_version_source_and_block_size(make: fn() -> Made) {
     let made = make();
@@ -218,9 +218,21 @@ async fn identity_covers_version_source_and_block_size(make: fn() -> Made) {
     assert_eq!(gets(&origin), 2);
 
     // The same key and ETag from another source is another block.
-    let other =
-        TierChain::new(SourceId::new(Some("http://127.0.0.1:2"), "bucket"), BS, origin.clone()).with(tier.clone());
+    let other = TierChain::new(
+        SourceId::new(Some("http://127.0.0.1:2"), "bucket", ""),
+        BS,
+        origin.clone(),
+    )
+    .with(tier.clone());
     assert!(other.peek(&other.block(&new_meta, 0)).await.is_none());
+    // ... and so is the same source read by another identity (another partition of the caches).
+    let stranger = TierChain::new(
+        SourceId::new(Some("http://127.0.0.1:1"), "bucket", "principal-x"),
+        BS,
+        origin.clone(),
+    )
+    .with(tier.clone());
+    assert!(stranger.peek(&stranger.block(&new_meta, 0)).await.is_none());
 
     // ... and so is the same object cut into blocks of another size.
     let halves = TierChain::new(source(), BS / 2, origin.clone()).with(tier.clone());

@@ -40,6 +40,15 @@ pub fn command() -> Command {
     c
 }
 
+/// The access key of [`command`].
+pub const ACCESS_KEY: &str = "AKIDTESTKEY";
+
+/// The caches' partition of a mount run by [`command`]: the principal the test server's STS
+/// names for its access key.
+pub fn partition() -> String {
+    s3cachefs::app::identity::principal_partition(&s3cachefs_testserver::default_arn(ACCESS_KEY))
+}
+
 /// The arguments that point a mount at `server`.
 pub fn endpoint_args(server: &TestServer) -> Vec<String> {
     vec![
@@ -86,6 +95,25 @@ impl Mount {
     }
 
     pub fn try_new(server: &TestServer, source: &str, extra: &[&str]) -> Result<Mount, String> {
+        Mount::try_new_with_env(server, source, extra, &[])
+    }
+
+    /// [`Mount::new`] with environment variables set (after [`command`]'s), e.g. other credentials.
+    pub fn new_with_env(server: &TestServer, source: &str, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::try_new_with_env(server, source, extra, env).unwrap_or_else(|e| panic!("mount failed: {e}"))
+    }
+
+    pub fn try_new_with_env(
+        server: &TestServer,
+        source: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Mount, String> {
+        Mount::try_new_at(&server.endpoint(), source, extra, env)
+    }
+
+    /// [`Mount::try_new_with_env`] against `endpoint` (e.g. one where nothing listens).
+    pub fn try_new_at(endpoint: &str, source: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Mount, String> {
         let dir = tempfile::Builder::new().prefix("s3cachefs-test").tempdir().unwrap();
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).unwrap();
@@ -94,10 +122,11 @@ impl Mount {
             .arg("mount")
             .arg(source)
             .arg(&path)
-            .args(endpoint_args(server))
+            .args(["--endpoint-url", endpoint, "--region", "us-east-1"])
             .arg("--foreground")
             .args(extra)
             .env("RUST_LOG", "s3cachefs=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -251,6 +251,11 @@ pub(crate) async fn handle(
     let route = Route::of(&method, &target, &query, &headers);
     let op = route.op();
     let header_str = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let access_key = header_str(&header::AUTHORIZATION).and_then(|a| access_key_of(&a));
+    if method == Method::POST && target.bucket.is_empty() {
+        let body = body.collect().await.map_err(io::Error::other)?.to_bytes();
+        return Ok(sts(&shared, access_key.as_deref(), &body));
+    }
 
     let seq = shared.next_seq();
     let ctx = Ctx {
@@ -304,7 +309,16 @@ pub(crate) async fn handle(
             if let Some(FaultKind::Stall(d)) = other {
                 tokio::time::sleep(*d).await;
             }
-            process(&shared, route, &target, &query, &headers, body, &ctx)
+            process(
+                &shared,
+                route,
+                &target,
+                &query,
+                &headers,
+                body,
+                &ctx,
+                access_key.as_deref(),
+            )
         }
     };
 
@@ -356,10 +370,26 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
-fn process(shared: &Shared, route: Route, t: &Target, q: &Query, headers: &HeaderMap, body: Bytes, ctx: &Ctx) -> Reply {
+#[allow(clippy::too_many_arguments)]
+fn process(
+    shared: &Shared,
+    route: Route,
+    t: &Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Bytes,
+    ctx: &Ctx,
+    access_key: Option<&str>,
+) -> Reply {
     let bucket = t.bucket.as_str();
     if !bucket.is_empty() && shared.store().is_denied(bucket) {
         return ctx.error(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied");
+    }
+    if let Some(ak) = access_key {
+        let list_prefix = matches!(route, Route::ListV1 | Route::ListV2).then(|| q.get("prefix").unwrap_or(""));
+        if !shared.iam().allows(ak, bucket, t.key.as_deref(), list_prefix) {
+            return ctx.error(StatusCode::FORBIDDEN, "AccessDenied", "Access Denied");
+        }
     }
     let no_such_bucket = || {
         ctx.error(
@@ -448,6 +478,54 @@ fn process(shared: &Shared, route: Route, t: &Target, q: &Query, headers: &Heade
             "The specified method is not allowed against this resource.",
         ),
     }
+}
+
+/// The access key id of a SigV4 `Authorization` header (`... Credential=AKID/date/region/service/aws4_request, ...`).
+fn access_key_of(authorization: &str) -> Option<String> {
+    let rest = authorization.split("Credential=").nth(1)?;
+    let key = rest.split('/').next()?.trim();
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+/// STS on the same endpoint (as S3-compatible stores that have it): `GetCallerIdentity` only, answered with the
+/// access key's ARN (form-encoded body, `awsQuery` XML answer). Not counted in the stats.
+fn sts(shared: &Shared, access_key: Option<&str>, body: &[u8]) -> Response<ResponseBody> {
+    const STS_NS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
+    let form = Query::parse(&String::from_utf8_lossy(body));
+    let iam = shared.iam();
+    let (status, doc) = match (form.get("Action"), access_key) {
+        (Some("GetCallerIdentity"), Some(ak)) if iam.sts => {
+            let arn = iam.arn(ak);
+            let account = arn.split(':').nth(4).unwrap_or("000000000000").to_owned();
+            let mut out = format!("<GetCallerIdentityResponse xmlns=\"{STS_NS}\"><GetCallerIdentityResult>");
+            elem(&mut out, "Arn", &arn);
+            elem(&mut out, "UserId", ak);
+            elem(&mut out, "Account", &account);
+            out.push_str("</GetCallerIdentityResult><ResponseMetadata><RequestId>sts</RequestId></ResponseMetadata>");
+            out.push_str("</GetCallerIdentityResponse>");
+            (StatusCode::OK, out)
+        }
+        (_, None) if iam.sts => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "<ErrorResponse xmlns=\"{STS_NS}\"><Error><Type>Sender</Type><Code>MissingAuthenticationToken</Code>\
+                 <Message>Request is missing Authentication Token</Message></Error><RequestId>sts</RequestId></ErrorResponse>"
+            ),
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            format!(
+                "<ErrorResponse xmlns=\"{STS_NS}\"><Error><Type>Sender</Type><Code>InvalidAction</Code>\
+                 <Message>Could not find operation</Message></Error><RequestId>sts</RequestId></ErrorResponse>"
+            ),
+        ),
+    };
+    let mut response = Response::new(ResponseBody::full(Bytes::from(doc)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+    response
 }
 
 fn list_buckets(shared: &Shared) -> Reply {

@@ -2,8 +2,9 @@
 //!
 //! It owns the public [`TestServer`] handle: a server running on its own OS thread with its own tokio runtime,
 //! speaking path-style S3 (`/{bucket}` and `/{bucket}/{key}`) over HTTP/1.1 keep-alive on loopback, good enough
-//! for the official `aws-sdk-s3` client (with `force_path_style(true)`). Authorization headers are accepted and
-//! ignored. Besides the object store it offers request counting and logging, first-byte latency, bandwidth
+//! for the official `aws-sdk-s3` client (with `force_path_style(true)`). Signatures are not checked; the access
+//! key named in a SigV4 `Authorization` header can be restricted to key prefixes ([`TestServer::restrict`]), and
+//! STS `GetCallerIdentity` answers an ARN per access key ([`TestServer::set_identity`]). Besides the object store it offers request counting and logging, first-byte latency, bandwidth
 //! throttling and deterministic fault injection ([`FaultPlan`]); counts, latency and faults are server-wide or
 //! for one bucket.
 //!
@@ -47,6 +48,16 @@ use conn::{ConnCtl, ConnStream};
 use faults::FaultState;
 use state::Shared;
 use store::Object;
+
+/// The ARN STS `GetCallerIdentity` answers for an access key without one of its own
+/// ([`TestServer::set_identity`]): `arn:aws:iam::000000000000:user/u<hash>`, one user per key, the
+/// key itself not in it (as in AWS, where an ARN never shows the access key).
+pub fn default_arn(access_key: &str) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    access_key.hash(&mut h);
+    format!("arn:aws:iam::000000000000:user/u{:016x}", h.finish())
+}
 
 /// Handle to a running test server. Dropping it stops accepting connections, shuts the server's runtime down
 /// (open connections are closed) and joins its thread.
@@ -153,6 +164,27 @@ impl TestServer {
     /// While denied, every request to the bucket answers 403 AccessDenied (empty body for HEAD).
     pub fn deny_bucket(&self, bucket: &str, deny: bool) {
         self.shared.store_mut().set_denied(bucket, deny);
+    }
+
+    /// Whether STS `GetCallerIdentity` (POST `/`, `Action=GetCallerIdentity`) answers (the default, as AWS).
+    /// Off, it answers 400 `InvalidAction`, as an S3-compatible store without STS. STS requests are not counted.
+    pub fn set_sts(&self, enabled: bool) {
+        self.shared.iam().sts = enabled;
+    }
+
+    /// The ARN `GetCallerIdentity` answers for `access_key` (default [`default_arn`]).
+    pub fn set_identity(&self, access_key: &str, arn: &str) {
+        self.shared.iam().arns.insert(access_key.to_owned(), arn.to_owned());
+    }
+
+    /// Restricts `access_key` in `bucket` to keys under `prefixes`: HEAD/GET/PUT/DELETE of any other key, and
+    /// listings whose prefix neither is under one nor leads to one, answer 403 AccessDenied. The access key is
+    /// the one named in the request's SigV4 `Authorization` header; unsigned requests are not restricted.
+    pub fn restrict(&self, access_key: &str, bucket: &str, prefixes: &[&str]) {
+        self.shared.iam().prefixes.insert(
+            (access_key.to_owned(), bucket.to_owned()),
+            prefixes.iter().map(|p| p.to_string()).collect(),
+        );
     }
 
     /// Snapshot of the counters.

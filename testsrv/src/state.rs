@@ -18,9 +18,55 @@ pub(crate) struct Shared {
     /// Latency for requests to one bucket, instead of `Settings::latency`.
     bucket_latency: Mutex<HashMap<String, Duration>>,
     faults: Mutex<Option<FaultState>>,
+    /// Identity and permissions, by access key id.
+    pub(crate) iam: Mutex<Iam>,
     /// Plans that apply only to requests to one bucket, each with its own counters and dice.
     bucket_faults: Mutex<HashMap<String, FaultState>>,
     next_seq: AtomicU64,
+}
+
+/// Who an access key is (STS `GetCallerIdentity`) and what it may read.
+#[derive(Debug)]
+pub(crate) struct Iam {
+    /// `GetCallerIdentity` answers (else it answers 400 `InvalidAction`, like a store without STS).
+    pub(crate) sts: bool,
+    /// The ARN of an access key; a key without one has [`crate::default_arn`].
+    pub(crate) arns: HashMap<String, String>,
+    /// (access key, bucket) → the key prefixes it may read; a pair without a rule may do anything.
+    pub(crate) prefixes: HashMap<(String, String), Vec<String>>,
+}
+
+impl Default for Iam {
+    fn default() -> Self {
+        Iam {
+            sts: true,
+            arns: HashMap::new(),
+            prefixes: HashMap::new(),
+        }
+    }
+}
+
+impl Iam {
+    pub(crate) fn arn(&self, access_key: &str) -> String {
+        self.arns
+            .get(access_key)
+            .cloned()
+            .unwrap_or_else(|| crate::default_arn(access_key))
+    }
+
+    /// Whether `access_key` may read `key` (object requests) or list under `list_prefix` in `bucket`.
+    /// A listing is allowed when its prefix is inside an allowed prefix or leads to one (as an IAM
+    /// policy that allows `s3:prefix` values "" and "team-a/").
+    pub(crate) fn allows(&self, access_key: &str, bucket: &str, key: Option<&str>, list_prefix: Option<&str>) -> bool {
+        let Some(allowed) = self.prefixes.get(&(access_key.to_owned(), bucket.to_owned())) else {
+            return true;
+        };
+        match (key, list_prefix) {
+            (Some(k), _) => allowed.iter().any(|a| k.starts_with(a.as_str())),
+            (None, Some(p)) => allowed.iter().any(|a| p.starts_with(a.as_str()) || a.starts_with(p)),
+            (None, None) => true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -45,6 +91,10 @@ impl Shared {
 
     pub(crate) fn stats(&self) -> MutexGuard<'_, Stats> {
         lock(&self.stats)
+    }
+
+    pub(crate) fn iam(&self) -> MutexGuard<'_, Iam> {
+        lock(&self.iam)
     }
 
     pub(crate) fn settings(&self) -> Settings {

@@ -98,7 +98,7 @@ fn nodes(op: &'static str) -> Nodes {
         etag: etag.into(),
         last_modified: SystemTime::UNIX_EPOCH,
     };
-    let source = SourceId::new(Some("http://127.0.0.1:1"), "bucket");
+    let source = SourceId::new(Some("http://127.0.0.1:1"), "bucket", "");
     let bucket = Arc::new(MemoryStore::new());
     let settings = SharedTierSettings {
         lease_wait: Duration::from_secs(30),

@@ -27,7 +27,7 @@ struct Node {
 }
 
 fn source() -> SourceId {
-    SourceId::new(Some("http://127.0.0.1:1"), "src")
+    SourceId::new(Some("http://127.0.0.1:1"), "src", "")
 }
 
 fn origin(body: &[u8]) -> (Arc<MemoryStore>, ObjectMeta) {
