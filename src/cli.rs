@@ -518,8 +518,7 @@ impl MountFlags {
         if let Some(shared) = &shared_cache {
             shared.check_apart_from(&source, &s3)?;
         }
-        // SAFETY: getuid/getgid cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let (uid, gid) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
         Ok(MountConfig {
             mountpoint,
             record_access,

@@ -292,6 +292,85 @@ fn stale_mount_of_a_killed_daemon_is_cleared_on_the_next_mount() {
     drop(m);
 }
 
+/// A user other than root cannot `umount2` even their own FUSE mount: the next mount clears the
+/// stale one through `fusermount3 -uz` instead. Run as uid 65534 (nobody); CI runs as root.
+#[test]
+fn stale_mount_of_a_user_s_killed_daemon_is_cleared_through_fusermount() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    // Users reach /dev/fuse where distributions make it 0666; some images keep it 0600. The
+    // guard puts the mode back.
+    struct DevFuseMode(u32);
+    impl Drop for DevFuseMode {
+        fn drop(&mut self) {
+            let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(self.0));
+        }
+    }
+    let mode = fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+    let _restore = DevFuseMode(mode);
+    fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    let s = server();
+    s.put(BUCKET, "f", b"x".to_vec());
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("mnt");
+    fs::create_dir(&path).unwrap();
+    std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+    let _cleanup = UnmountOnDrop(path.clone());
+    // A copy of the binary nobody can run, wherever the checkout lives.
+    let exe = dir.path().join("s3cachefs");
+    fs::copy(bin(), &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    // As nobody (std drops root's supplementary groups when it sets the uid).
+    let nobody = |program: &Path| {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .envs(command().get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(std::process::Stdio::null())
+            .uid(NOBODY)
+            .gid(NOBODY);
+        c
+    };
+    let mut first = nobody(&exe);
+    first
+        .args(["mount", BUCKET])
+        .arg(&path)
+        .args(endpoint_args(&s))
+        .arg("--foreground");
+    let log = dir.path().join("first.log");
+    first.stderr(fs::File::create(&log).unwrap());
+    let mut child = first.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !is_mounted(&path) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first mount did not come up: {}",
+            fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Only its owner may look into the mount, stale or not (root gets EACCES).
+    let mut stat = nobody(Path::new("stat"));
+    let stat = stat.arg(&path).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&stat.stderr).contains("not connected"),
+        "a stale mount is left behind: {stat:?}"
+    );
+    let mut again = nobody(&exe);
+    again.args(["mount", BUCKET]).arg(&path).args(endpoint_args(&s));
+    let out = run_with_timeout(again, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("cleared a stale mount"), "{stderr}");
+    let mut cat = nobody(Path::new("cat"));
+    cat.arg(path.join("f"));
+    assert_eq!(cat.output().unwrap().stdout, b"x");
+    assert!(Command::new("umount").arg(&path).status().unwrap().success());
+}
+
 /// Lazily unmounts a path on drop, for tests that start a daemon without `Mount`.
 struct UnmountOnDrop(PathBuf);
 

@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -202,8 +201,7 @@ impl Recorder {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("--record-access: cannot open {shown}"))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if file.try_lock().is_err() {
             bail!("--record-access: {shown} is being written by another process");
         }
         let mut text = Vec::new();

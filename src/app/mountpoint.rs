@@ -13,10 +13,11 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("mountpoint {shown} does not exist"),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             // A FUSE mount whose daemon died ("Transport endpoint is not connected"): clear it.
-            if let Err(e) = crate::fuse::lazy_unmount(path) {
+            if let Err(e) = clear_stale(path) {
                 bail!(
                     "mountpoint {shown} is a stale FUSE mount (transport endpoint is not connected) \
-                     and clearing it failed: {e}; run `umount -l {shown}` and mount again"
+                     and clearing it failed: {e}; run `fusermount3 -uz {shown}` (or, as root, \
+                     `umount -l {shown}`) and mount again"
                 );
             }
             eprintln!("s3cachefs: cleared a stale mount at {shown} left by a daemon that exited");
@@ -40,6 +41,30 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
         Err(e) => bail!("cannot read mountpoint {shown}: {e}"),
     }
     Ok(())
+}
+
+/// Detaches a stale FUSE mount: `umount2(MNT_DETACH)` as root; otherwise (EPERM) through
+/// `fusermount3 -uz`, the setuid helper that lets a user unmount a FUSE mount of their own.
+fn clear_stale(path: &Path) -> anyhow::Result<()> {
+    match crate::fuse::lazy_unmount(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let out = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(path)
+                .output()
+                .map_err(|f| anyhow::anyhow!("{e}, and fusermount3 could not run: {f}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                bail!(
+                    "{e}, and fusermount3 -uz failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether `path` (canonical) is the mount point of some mount, per /proc/self/mountinfo.

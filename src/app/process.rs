@@ -3,31 +3,24 @@
 //! mount is live. Then the daemon detaches its standard streams.
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use anyhow::bail;
 
 /// Forks; the parent waits for the child's report and exits. Returns the write end of the
 /// report pipe in the child.
 pub(super) fn daemonize() -> anyhow::Result<OwnedFd> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        bail!("cannot create pipe: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh descriptors that we now own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| anyhow::anyhow!("cannot create pipe: {}", std::io::Error::from(e)))?;
     // SAFETY: no other thread exists yet (no runtime, no logging threads), so fork is sound.
     match unsafe { libc::fork() } {
         -1 => bail!("cannot fork: {}", std::io::Error::last_os_error()),
         0 => {
             drop(r);
-            // SAFETY: setsid and chdir have no memory-safety preconditions. Leaving the
-            // starting directory keeps the daemon from holding it busy.
-            unsafe {
-                libc::setsid();
-                libc::chdir(c"/".as_ptr());
-            }
+            // A session of its own; leaving the starting directory keeps the daemon from
+            // holding it busy. Neither can fail here (a fresh child is no group leader).
+            let _ = rustix::process::setsid();
+            let _ = std::env::set_current_dir("/");
             Ok(w)
         }
         _ => {
@@ -56,16 +49,9 @@ pub(super) fn report(ready: OwnedFd, msg: &str) {
 
 /// Detaches the daemon's standard streams from the terminal of whoever started it.
 pub(super) fn detach_stdio() {
-    // SAFETY: plain syscalls on descriptors we own; /dev/null always exists on Linux.
-    unsafe {
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
     }
 }
