@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use s3cachefs::cachedir::{Area, EVICT_LOCK, LOCKS, SHARDS, USAGE, area_path, shard_name, version_path};
+use s3cachefs::cachedir::{Area, EVICT_LOCK, LOCKS, SHARDS, USAGE, area_path, shard_name};
 use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op};
 
 const MIB: usize = 1 << 20;
@@ -1169,27 +1169,363 @@ fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
     );
 }
 
-#[test]
-fn symlinked_cache_control_files_refuse_the_mount_and_are_not_touched() {
-    let s = server();
-    s.put(BUCKET, "f", b"x".to_vec());
-    let outside = tempfile::tempdir().unwrap();
-    let target = outside.path().join("target");
-    fs::write(&target, b"precious").unwrap();
-    for name in [USAGE, LOCKS, EVICT_LOCK] {
-        let cache = tempfile::tempdir().unwrap();
-        let c = cache.path().to_str().unwrap();
-        drop(Mount::new(&s, BUCKET, &["--cache", c]));
-        let f = version_path(cache.path()).join(name);
-        fs::remove_file(&f).unwrap();
-        std::os::unix::fs::symlink(&target, &f).unwrap();
-        let e = Mount::try_new(&s, BUCKET, &["--cache", c]).err().unwrap();
-        assert!(
-            e.contains("cache directory") && e.contains("symbolic links"),
-            "{name}: {e}"
-        );
-        assert_eq!(fs::read(&target).unwrap(), b"precious");
+/// What a mount of the bucket shows in the symlink rounds: files read whole, listings, names
+/// looked up one at a time in a directory larger than a listing page (persisted as lookup
+/// records, `k/`), and names that do not exist.
+struct Expected {
+    files: Vec<(String, Vec<u8>)>,
+    dirs: Vec<(String, Vec<String>)>,
+    empty_files: Vec<String>,
+    missing: Vec<String>,
+}
+
+impl Expected {
+    /// Lists, stats and reads everything; panics on any wrong answer. Returns the reads done.
+    fn check(&self, m: &Mount) -> u64 {
+        for (dir, want) in &self.dirs {
+            let mut got: Vec<String> = fs::read_dir(m.join(dir))
+                .unwrap_or_else(|e| panic!("ls {dir}: {e}\n{}", m.log()))
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            got.sort();
+            assert_eq!(&got, want, "ls {dir}");
+        }
+        for k in &self.empty_files {
+            let meta = fs::metadata(m.join(k)).unwrap_or_else(|e| panic!("stat {k}: {e}\n{}", m.log()));
+            assert!(meta.is_file() && meta.len() == 0, "stat {k}");
+        }
+        for k in &self.missing {
+            let e = fs::metadata(m.join(k)).err();
+            assert_eq!(e.map(|e| e.kind()), Some(io::ErrorKind::NotFound), "stat {k}");
+        }
+        read_all_ok(m, &self.files)
     }
+}
+
+/// Every entry under `root` (relative paths, not following symlinks): the layout a real mount
+/// made, so that areas and files added later are covered without being named here.
+fn cache_entries(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p.strip_prefix(root).unwrap().to_path_buf());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// (path, bytes or link target, mode, uid, mtime, atime of a file) of `dir` itself and of
+/// everything under it, not following symlinks: any file created, removed, written, renamed,
+/// chmod'ed or touched there changes it, and so does reading a file whose atime was set before
+/// its mtime ([`make_reads_visible`]). Files are read with `O_NOATIME`.
+type TreeState = Vec<(PathBuf, Vec<u8>, u32, u32, (i64, i64), (i64, i64))>;
+
+fn tree_state(dir: &Path) -> TreeState {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let mut bytes = vec![];
+        let mut atime = (0, 0);
+        if m.is_file() {
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOATIME)
+                .open(&p)
+                .unwrap();
+            f.read_to_end(&mut bytes).unwrap();
+            atime = (m.atime(), m.atime_nsec());
+        } else if m.is_symlink() {
+            bytes = fs::read_link(&p).unwrap().into_os_string().into_encoded_bytes();
+        } else if m.is_dir() {
+            stack.extend(fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        out.push((p, bytes, m.mode(), m.uid(), (m.mtime(), m.mtime_nsec()), atime));
+    }
+    out.sort();
+    out
+}
+
+/// The paths whose state differs between two [`tree_state`]s (added, removed or changed).
+fn tree_changes(before: &TreeState, after: &TreeState) -> Vec<String> {
+    let index = |t: &TreeState| {
+        t.iter()
+            .map(|e| (e.0.clone(), e.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (b, a) = (index(before), index(after));
+    let mut out = vec![];
+    for (p, e) in &b {
+        match a.get(p) {
+            None => out.push(format!("removed {}", p.display())),
+            Some(x) if x != e => out.push(format!(
+                "changed {} (bytes {}, mode {:o}->{:o}, mtime {:?}->{:?}, atime {:?}->{:?})",
+                p.display(),
+                if x.1 == e.1 { "same" } else { "differ" },
+                e.2,
+                x.2,
+                e.4,
+                x.4,
+                e.5,
+                x.5
+            )),
+            Some(_) => {}
+        }
+    }
+    out.extend(
+        a.keys()
+            .filter(|p| !b.contains_key(*p))
+            .map(|p| format!("created {}", p.display())),
+    );
+    out
+}
+
+/// Sets the atime of every file under `dir` to 1970 (mtime unchanged), so that the first read
+/// of one updates it (`relatime`, the default): a read through a followed symlink shows.
+/// Asserts that this filesystem does record reads, so that the check cannot pass vacuously.
+fn make_reads_visible(dir: &Path) {
+    let set_old_atime = |p: &Path| {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+        let omit = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        };
+        let times = [libc::timespec { tv_sec: 1, tv_nsec: 0 }, omit];
+        // SAFETY: a valid C string and two timespecs, as utimensat(2) takes.
+        let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+        assert_eq!(r, 0, "utimensat {}: {}", p.display(), io::Error::last_os_error());
+    };
+    let canary = dir.join("canary");
+    fs::write(&canary, b"read me").unwrap();
+    set_old_atime(&canary);
+    fs::read(&canary).unwrap();
+    assert!(
+        fs::metadata(&canary).unwrap().atime() > 1,
+        "the filesystem of {} does not record reads (noatime): reads outside the cache would go unseen",
+        dir.display()
+    );
+    fs::remove_file(&canary).unwrap();
+    for p in files_under(dir) {
+        if fs::symlink_metadata(&p).unwrap().is_file() {
+            set_old_atime(&p);
+        }
+    }
+}
+
+/// `cp -a`: a copy with the same modes, owners and times.
+fn copy_tree(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg("-T")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cp -a {}: {}",
+        from.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Entries of the layout that make a mount (and `warm`) refuse to start when they are symlinks
+/// (docs/RELIABILITY.md): the version directory, the data cache's areas and the control files
+/// every process maps or locks. Anything else is removed, replaced or left unused, with a
+/// warning, and what it held is fetched again.
+fn refuses_the_mount(entry: &Path) -> bool {
+    let v = Path::new(s3cachefs::cachedir::VERSION_DIR);
+    let areas = [Area::Blocks, Area::Full, Area::Tmp].map(Area::name);
+    entry == v
+        || [USAGE, LOCKS, EVICT_LOCK]
+            .iter()
+            .chain(&areas)
+            .any(|f| entry == v.join(f))
+}
+
+/// One round: a copy of the `pristine` cache with every entry of `plant` replaced by a symlink
+/// to a copy of it outside the cache directory; then a mount (`--metadata-ttl indefinite`)
+/// that reads everything, `warm` into the same cache, SIGHUP, everything again, a remount that
+/// reads everything again. Or, when `refused`, the mount and `warm` must refuse with a clear
+/// error. Asserts that nothing outside the cache directory changed. Returns the reads done.
+fn symlink_round(s: &TestServer, pristine: &Path, plant: &[PathBuf], want: &Expected, refused: bool) -> u64 {
+    let base = tempfile::tempdir().unwrap();
+    let cache = base.path().join("cache");
+    let outside = base.path().join("outside");
+    copy_tree(pristine, &cache);
+    fs::create_dir(&outside).unwrap();
+    for (i, rel) in plant.iter().enumerate() {
+        let (entry, target) = (cache.join(rel), outside.join(format!("{i}")));
+        copy_tree(&entry, &target);
+        if fs::symlink_metadata(&entry).unwrap().is_dir() {
+            fs::remove_dir_all(&entry).unwrap();
+        } else {
+            fs::remove_file(&entry).unwrap();
+        }
+        std::os::unix::fs::symlink(&target, &entry).unwrap();
+    }
+    make_reads_visible(&outside);
+    let before = tree_state(&outside);
+    let c = cache.to_str().unwrap();
+    let args = ["--cache", c, "--metadata-ttl", "indefinite"];
+    let warm = || {
+        let mut cmd = command();
+        cmd.args(["warm", &format!("{BUCKET}/lv/"), "--cache", c])
+            .args(endpoint_args(s));
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let mut reads = 0;
+    if refused {
+        let e = Mount::try_new(s, BUCKET, &args)
+            .err()
+            .unwrap_or_else(|| panic!("{plant:?}: mounted"));
+        let clear = |e: &str| {
+            let not_dir = format!("cache directory {} is not a directory", cache.join(&plant[0]).display());
+            e.contains(&not_dir) || (e.contains("cache directory") && e.contains("symbolic links"))
+        };
+        assert!(clear(&e), "{plant:?}: {e}");
+        let (status, err) = warm();
+        assert!(!status.success() && clear(&err), "{plant:?}: warm: {err}");
+    } else {
+        let mut m = Mount::new(s, BUCKET, &args);
+        reads += want.check(&m);
+        let (status, err) = warm();
+        assert!(status.success(), "{plant:?}: warm: {err}");
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+        wait_for("SIGHUP", Duration::from_secs(20), || {
+            m.log().contains("SIGHUP: cached metadata dropped")
+        });
+        reads += want.check(&m);
+        assert_eq!(
+            exit_code(&m.signal_and_wait(libc::SIGTERM)),
+            0,
+            "{plant:?}:\n{}",
+            m.log()
+        );
+        let m = Mount::new(s, BUCKET, &args);
+        reads += want.check(&m);
+    }
+    let changes = tree_changes(&before, &tree_state(&outside));
+    assert!(
+        changes.is_empty(),
+        "{plant:?}: read or changed outside the cache: {changes:#?}"
+    );
+    let beside: Vec<_> = fs::read_dir(base.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(beside.len(), 2, "{plant:?}: created beside the cache: {beside:?}");
+    reads
+}
+
+#[test]
+fn symlinks_planted_at_every_level_of_the_cache_never_lead_outside_it() {
+    let s = server();
+    let blocks = varied_objects("lv/a", 4, 6400);
+    let assembled = varied_objects("lv/b", 3, 6500);
+    put_all(&s, &blocks);
+    put_all(&s, &assembled);
+    // A directory larger than one listing page: its names are looked up (and persisted) one
+    // at a time.
+    for i in 0..1001 {
+        s.put(BUCKET, &format!("big/k{i:04}"), Vec::new());
+    }
+    let names = |o: &[(String, Vec<u8>)]| {
+        o.iter()
+            .map(|(k, _)| k.rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    let want = Expected {
+        files: blocks.iter().chain(&assembled).cloned().collect(),
+        dirs: vec![
+            (String::new(), vec!["big".into(), "lv".into()]),
+            ("lv".into(), vec!["a".into(), "b".into()]),
+            ("lv/a".into(), names(&blocks)),
+            ("lv/b".into(), names(&assembled)),
+        ],
+        empty_files: vec!["big/k0000".into(), "big/k0999".into(), "big/k1000".into()],
+        missing: vec!["big/nope".into(), "lv/a/nope".into()],
+    };
+    // A cache made by real mounts: blocks, assembled files, listings, lookups, the salt and
+    // the remembered identity.
+    let pristine_dir = tempfile::tempdir().unwrap();
+    let pristine = pristine_dir.path().join("cache");
+    let p = pristine.to_str().unwrap();
+    {
+        let m = Mount::new(
+            &s,
+            BUCKET,
+            &["--cache", p, "--metadata-ttl", "indefinite", "--no-passthrough"],
+        );
+        want.check(&m);
+    }
+    {
+        let m = Mount::new(&s, BUCKET, &["--cache", p, "--metadata-ttl", "indefinite"]);
+        read_all_ok(&m, &assembled);
+        wait_for("assembled files", Duration::from_secs(20), || {
+            full_file_count(&pristine) == 2 * assembled.len()
+        });
+    }
+    let entries = cache_entries(&pristine);
+    // Every kind of entry is there to be replaced (else the rounds below would prove little).
+    let has = |what: &str, depth: usize, f: &dyn Fn(&str) -> bool| {
+        let found = entries
+            .iter()
+            .any(|e| e.components().count() == depth && f(e.to_str().unwrap()));
+        assert!(found, "no {what} in the cache: {entries:#?}");
+    };
+    for name in [USAGE, LOCKS, EVICT_LOCK, "salt", "identities", "meta", "tmp"] {
+        has(name, 2, &|e| e == format!("v1/{name}"));
+    }
+    has("block file", 4, &|e| e.starts_with("v1/blocks/"));
+    has("assembled file", 4, &|e| {
+        e.starts_with("v1/full/") && !e.ends_with(".idx")
+    });
+    has("assembled file index", 4, &|e| {
+        e.starts_with("v1/full/") && e.ends_with(".idx")
+    });
+    has("remembered identity", 3, &|e| e.starts_with("v1/identities/"));
+    has("generation file", 3, &|e| e == "v1/meta/generation");
+    has("persisted listing", 6, &|e| {
+        e.starts_with("v1/meta/g") && e.contains("/l/")
+    });
+    has("persisted lookup", 6, &|e| {
+        e.starts_with("v1/meta/g") && e.contains("/k/")
+    });
+    // One round per depth (entries of one depth are never inside one another), plus one per
+    // entry that refuses the mount.
+    let depth = |e: &PathBuf| e.components().count();
+    let deepest = entries.iter().map(depth).max().unwrap();
+    let (mut rounds, mut planted, mut reads) = (0, 0, 0);
+    for d in 1..=deepest {
+        let (refusing, level): (Vec<PathBuf>, Vec<PathBuf>) = entries
+            .iter()
+            .filter(|e| depth(e) == d)
+            .cloned()
+            .partition(|e| refuses_the_mount(e));
+        for e in &refusing {
+            reads += symlink_round(&s, &pristine, std::slice::from_ref(e), &want, true);
+            rounds += 1;
+        }
+        if !level.is_empty() {
+            reads += symlink_round(&s, &pristine, &level, &want, false);
+            rounds += 1;
+        }
+        planted += refusing.len() + level.len();
+    }
+    eprintln!(
+        "RELIABILITY symlinks-every-level: entries={} depths={deepest} rounds={rounds} planted={planted} reads={reads} changed_outside=0",
+        entries.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -206,7 +206,14 @@ impl Memory {
             match self.write(&path, &random_salt()?, false) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(anyhow::anyhow!("cannot write {}: {e}", path.display())),
+                Err(e) => {
+                    // Name the culprit: the temp directory the salt is written through (never
+                    // followed when it is a symlink), else the salt file.
+                    if let cachedir::DirState::NotADirectory(dir, _) = self.dir.dir_state(&self.dir.area(Area::Tmp)) {
+                        anyhow::bail!("cache directory {} is not a directory", dir.display());
+                    }
+                    return Err(anyhow::anyhow!("cannot write {}: {e}", path.display()));
+                }
             }
         }
         anyhow::bail!("cannot make the cache directory's salt file {}", path.display())
@@ -293,5 +300,18 @@ mod tests {
         assert_ne!(s2, vec![7u8; SALT_LEN]);
         assert!(!std::fs::symlink_metadata(&salt).unwrap().is_symlink());
         assert_eq!(std::fs::read(&outside).unwrap(), vec![7u8; SALT_LEN]);
+    }
+
+    #[test]
+    fn a_salt_that_cannot_be_made_through_a_symlinked_temp_directory_names_it() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Memory::open(d.path()).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let tmp = m.dir.area(Area::Tmp);
+        std::os::unix::fs::symlink(outside.path(), &tmp).unwrap();
+        let e = m.salt().unwrap_err().to_string();
+        assert_eq!(e, format!("cache directory {} is not a directory", tmp.display()));
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        assert!(std::fs::symlink_metadata(m.version.join(SALT)).is_err());
     }
 }
