@@ -945,6 +945,11 @@ fn full_cache_filesystem_serves_every_read_from_s3_with_a_warning() {
     put_all(&s, &objects);
     let tmpfs = Tmpfs::new("4m");
     let c = tmpfs.path().join("cache");
+    // Another tenant leaves less than one block free (eviction alone would otherwise make room,
+    // and the warning would depend on timing): every block is refused, or its write fails.
+    let filler = tmpfs.path().join("filler");
+    let (free, _) = fs_space(tmpfs.path());
+    fs::write(&filler, vec![7u8; free as usize - 512 * 1024]).unwrap();
     let m = Mount::new(
         &s,
         BUCKET,
@@ -979,6 +984,11 @@ fn full_cache_filesystem_serves_every_read_from_s3_with_a_warning() {
     );
     assert!(!log.contains("discarding"), "{log}");
     assert!(du(tmpfs.path()) <= 4 * MIB as u64);
+    assert_eq!(
+        fs::metadata(&filler).unwrap().len(),
+        free - 512 * 1024,
+        "the other file is untouched"
+    );
     eprintln!(
         "RELIABILITY disk-full: reads={reads} wrong_bytes=0 cache_bytes={}",
         du(tmpfs.path())
