@@ -55,6 +55,10 @@ pub const CACHE_CORRUPT_BLOCKS: &str = "cache_corrupt_blocks";
 pub const CACHE_WRITE_FAILURES: &str = "cache_write_failures";
 /// Counter: blocks not cached because the cache bound could not be met.
 pub const CACHE_SKIPPED_FULL: &str = "cache_skipped_full";
+/// Counter: waits for a disk cache lock another thread or process held (a block being
+/// fetched, a shard directory, the ledger) that reached their deadline; the read went on
+/// without the lock (fetching the block itself, or not caching it).
+pub const CACHE_LOCK_WAIT_TIMEOUTS: &str = "cache_lock_wait_timeouts";
 /// Gauge: bytes the disk cache occupies, for every process sharing it.
 pub const CACHE_SIZE_BYTES: &str = "cache_size_bytes";
 /// Counter, labels `operation` and `status`: requests to the shared tier's bucket.
@@ -126,6 +130,7 @@ pub struct CacheMetrics {
     pub corrupt: Counter,
     pub write_failures: Counter,
     pub skipped_full: Counter,
+    pub lock_timeouts: Counter,
 }
 
 /// The shared tier's counters (cheap clones share the same values).
@@ -311,6 +316,11 @@ impl Metrics {
             CACHE_SKIPPED_FULL,
             "Blocks not cached because the cache bound could not be met",
             cache.skipped_full.clone(),
+        );
+        registry.register(
+            CACHE_LOCK_WAIT_TIMEOUTS,
+            "Disk cache lock waits that reached their deadline (the read went on without the lock)",
+            cache.lock_timeouts.clone(),
         );
         registry.register(
             CACHE_SIZE_BYTES,

@@ -59,6 +59,7 @@ pub async fn build(plan: TierPlan<'_>, origin: Arc<dyn ObjectStore>, metrics: &A
                 min_free_percent: c.min_free_percent,
                 block_size: plan.block_size,
                 source: plan.source.clone(),
+                lock_wait: crate::cache::LOCK_WAIT,
             },
             metrics,
         )?),

@@ -22,6 +22,7 @@ fn cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
         min_free_percent: 0.0,
         block_size: BS,
         source: SourceId::new(Some("test"), "bucket"),
+        lock_wait: LOCK_WAIT,
     }
 }
 
