@@ -66,7 +66,7 @@ impl Reservation<'_> {
         let c = self.cache;
         if let Err(e) = c
             .ledger
-            .commit(&c.locks, c.cfg.lock_wait, c.slot_id(), self.bytes, cell, delta)
+            .commit(&c.locks, c.short_wait(), c.slot_id(), self.bytes, cell, delta)
         {
             c.lock_failed("account for a cache write", e);
         }
@@ -77,7 +77,7 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.done {
             let c = self.cache;
-            if let Err(e) = c.ledger.release(&c.locks, c.cfg.lock_wait, c.slot_id(), self.bytes) {
+            if let Err(e) = c.ledger.release(&c.locks, c.short_wait(), c.slot_id(), self.bytes) {
                 c.lock_failed("give back a cache reservation", e);
             }
         }
@@ -164,7 +164,7 @@ impl DiskCache {
             let limit = self.limit();
             match self
                 .ledger
-                .try_reserve(&self.locks, self.cfg.lock_wait, self.slot_id(), n, limit)
+                .try_reserve(&self.locks, self.short_wait(), self.slot_id(), n, limit)
             {
                 Ok(true) => {
                     if self.ledger.total() > limit / 100 * HIGH_PERCENT {
@@ -223,7 +223,7 @@ impl DiskCache {
         let Some((cell, _)) = self.cell_of(path) else {
             return self.dir.remove_file(path).ok().map(|_| 0);
         };
-        let _g = match self.locks.shard(cell, self.cfg.lock_wait) {
+        let _g = match self.locks.shard(cell, self.short_wait()) {
             Ok(g) => g,
             Err(e) => {
                 // Removed anyway: reconciliation corrects the ledger.
@@ -235,7 +235,7 @@ impl DiskCache {
         self.dir.remove_file(path).ok()?;
         if let Err(e) = self
             .ledger
-            .adjust(&self.locks, self.cfg.lock_wait, Cell::Shard(cell), -(size as i64))
+            .adjust(&self.locks, self.short_wait(), Cell::Shard(cell), -(size as i64))
         {
             self.lock_failed("account for a removal", e);
         }
@@ -361,7 +361,7 @@ impl DiskCache {
 
     /// Removes one candidate unless it was used since it was sampled. Returns its bytes.
     fn evict_file(&self, c: &Candidate) -> u64 {
-        let _g = match self.locks.shard(c.cell, self.cfg.lock_wait) {
+        let _g = match self.locks.shard(c.cell, self.short_wait()) {
             Ok(g) => g,
             Err(e) => {
                 self.lock_failed("lock a disk cache shard for eviction", e);
@@ -391,7 +391,7 @@ impl DiskCache {
         }
         if let Err(e) = self
             .ledger
-            .adjust(&self.locks, self.cfg.lock_wait, Cell::Shard(c.cell), -(size as i64))
+            .adjust(&self.locks, self.short_wait(), Cell::Shard(c.cell), -(size as i64))
         {
             self.lock_failed("account for an eviction", e);
         }
@@ -411,7 +411,7 @@ impl DiskCache {
     }
 
     /// Whether a reconciliation pass is due.
-    fn reconcile_due(&self) -> bool {
+    pub(super) fn reconcile_due(&self) -> bool {
         if self.ledger.take_rebuilt() {
             self.reconcile_needed.store(true, Ordering::Release);
         }
@@ -465,7 +465,7 @@ impl DiskCache {
     /// A full reconciliation pass (see the module docs), calling `between` after every shard
     /// directory. Returns (bytes in the ledger afterwards, files counted).
     pub(super) fn reconcile(&self, pause: Duration, between: &mut dyn FnMut()) -> (u64, u64) {
-        let wait = self.cfg.lock_wait;
+        let wait = self.short_wait();
         self.reconcile_needed.store(false, Ordering::Release);
         let fixed: u64 = [
             self.cfg.dir.clone(),
@@ -534,7 +534,7 @@ impl DiskCache {
     /// and the directory itself when it is empty. Returns the files counted.
     fn reconcile_shard(&self, area: usize, n: u64, path: &Path) -> u64 {
         let cell = Ledger::shard_cell(area, n);
-        let _g = match self.locks.shard(cell, self.cfg.lock_wait) {
+        let _g = match self.locks.shard(cell, self.short_wait()) {
             Ok(g) => g,
             Err(e) => {
                 self.lock_failed("lock a disk cache shard for reconciliation", e);
@@ -570,7 +570,7 @@ impl DiskCache {
         }
         if let Err(e) = self
             .ledger
-            .set(&self.locks, self.cfg.lock_wait, Cell::Shard(cell), total)
+            .set(&self.locks, self.short_wait(), Cell::Shard(cell), total)
         {
             self.lock_failed("reconcile the disk cache ledger", e);
         }

@@ -292,7 +292,7 @@ impl DiskCache {
             let mut idx = self.dir.temp(&tmp_dir, "idx", None)?;
             idx.file().write_all(&index.encode())?;
             let bytes = (out.file().metadata()?.blocks() + idx.file().metadata()?.blocks()) * 512;
-            let _g = match self.locks.shard(cell, self.cfg.lock_wait) {
+            let _g = match self.locks.shard(cell, self.short_wait()) {
                 Ok(g) => g,
                 Err(LockError::Timeout) => {
                     self.lock_failed("lock a disk cache shard to assemble", LockError::Timeout);

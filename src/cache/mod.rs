@@ -71,6 +71,10 @@ pub struct DiskCacheSettings {
 /// a block in the usual case, short enough that a stuck one costs a reader little.
 pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// The longest wait for the ledger's lock or a shard directory's lock (at most `lock_wait`):
+/// their holders keep them for one update, or one shard directory's listing (milliseconds).
+pub const SHORT_WAIT: Duration = Duration::from_millis(500);
+
 /// The most assembled files remembered as verified per process (about 100 bytes each).
 const VERIFIED_MAX: u64 = 65_536;
 
@@ -122,7 +126,7 @@ impl crate::object::DiskSpace for DiskCache {
     fn release(&self, bytes: u64) {
         if let Err(e) = self
             .ledger
-            .adjust(&self.locks, self.cfg.lock_wait, Cell::Meta, -(bytes as i64))
+            .adjust(&self.locks, self.short_wait(), Cell::Meta, -(bytes as i64))
         {
             self.lock_failed("account for removed metadata", e);
         }
@@ -154,8 +158,8 @@ impl DiskCache {
         // The slot's previous owner is gone: what it had reserved was never written. (This
         // also checks the ledger, rebuilding an invalid one: a reconciliation is then due.)
         let checked = match &slot {
-            Some((s, _)) => ledger.repair_slot(&locks, cfg.lock_wait, *s),
-            None => ledger.adjust(&locks, cfg.lock_wait, Cell::Fixed, 0),
+            Some((s, _)) => ledger.repair_slot(&locks, cfg.lock_wait.min(SHORT_WAIT), *s),
+            None => ledger.adjust(&locks, cfg.lock_wait.min(SHORT_WAIT), Cell::Fixed, 0),
         };
         if let Err(e) = checked {
             warn!("cannot check the disk cache ledger: {e}");
@@ -177,7 +181,7 @@ impl DiskCache {
             .filter_map(|p| dir.metadata(p).ok())
             .map(|m| m.blocks() * 512)
             .sum();
-            if let Err(e) = ledger.set(&locks, cfg.lock_wait, Cell::Fixed, fixed) {
+            if let Err(e) = ledger.set(&locks, cfg.lock_wait.min(SHORT_WAIT), Cell::Fixed, fixed) {
                 warn!("cannot set up the disk cache ledger: {e}");
             }
         }
@@ -205,6 +209,11 @@ impl DiskCache {
 
     pub fn stats(&self) -> &CacheMetrics {
         &self.stats
+    }
+
+    /// The deadline of a wait for the ledger's or a shard directory's lock.
+    fn short_wait(&self) -> Duration {
+        self.cfg.lock_wait.min(SHORT_WAIT)
     }
 
     /// Bytes on disk according to the shared ledger.
@@ -271,8 +280,12 @@ impl DiskCache {
         }
         self.stats.misses.inc();
         let bytes = fetch.await?;
-        let data = bytes.clone();
-        self.blocking(&loc, move |c, l| c.write_block(l, &data)).await;
+        // Without the lock, its holder is still at work on this block (it writes it): this
+        // read only takes its bytes.
+        if guard.is_some() {
+            let data = bytes.clone();
+            self.blocking(&loc, move |c, l| c.write_block(l, &data)).await;
+        }
         drop(guard);
         Ok(bytes)
     }
@@ -434,7 +447,7 @@ impl DiskCache {
             let bytes = tmp.file().metadata()?.blocks() * 512;
             // The shard directory's lock only while the file is renamed into place and
             // accounted for (it keeps a reconciliation of that shard exact).
-            let _g = match self.locks.shard(cell, self.cfg.lock_wait) {
+            let _g = match self.locks.shard(cell, self.short_wait()) {
                 Ok(g) => g,
                 Err(LockError::Timeout) => {
                     self.lock_failed("lock a disk cache shard to store a block", LockError::Timeout);
