@@ -52,6 +52,9 @@ struct Args {
     /// Directory for the caches and mount points [default: the system temp dir]
     #[arg(long)]
     tmpdir: Option<PathBuf>,
+    /// Only the churn part (no million-file cache)
+    #[arg(long)]
+    churn_only: bool,
     /// Ignored (cargo bench passes it)
     #[arg(long, hide = true)]
     bench: bool,
@@ -75,7 +78,13 @@ struct Mount {
 
 impl Mount {
     /// Spawns the daemon and returns once the mount is live, with how long that took.
-    fn start(server: &TestServer, path: &Path, cache: &Path, log: &Path, extra: &[&str]) -> anyhow::Result<(Mount, Duration)> {
+    fn start(
+        server: &TestServer,
+        path: &Path,
+        cache: &Path,
+        log: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<(Mount, Duration)> {
         std::fs::create_dir_all(path)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3cachefs"));
@@ -207,7 +216,9 @@ fn fill(cache: &Path, n: u64) -> anyhow::Result<()> {
                         let (hex, num) = object_hash(source, &obj.key, &obj.etag, BLOCK);
                         let mut bytes = encode_header(&block.id, &data)?;
                         bytes.extend_from_slice(&data);
-                        let path = blocks.join(format!("{:03x}", (num >> 7) % 4096)).join(format!("{hex}.0"));
+                        let path = blocks
+                            .join(format!("{:03x}", (num >> 7) % 4096))
+                            .join(format!("{hex}.0"));
                         std::fs::OpenOptions::new()
                             .write(true)
                             .create_new(true)
@@ -262,15 +273,24 @@ fn hit_latency(m: &Mount, n: usize, seed: u64) -> anyhow::Result<(f64, f64)> {
     Ok((p(0.5), p(0.99)))
 }
 
+/// Bytes on disk under `p`, each file counted once as du(1) does: a walk that meets a block in
+/// `tmp/` and again in `blocks/` after its rename would otherwise count it twice.
 fn du(p: &Path) -> u64 {
-    let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
-    let mut total = m.blocks() * 512;
-    if m.is_dir()
-        && let Ok(rd) = std::fs::read_dir(p)
-    {
-        total += rd.flatten().map(|e| du(&e.path())).sum::<u64>();
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+        let mut total = if seen.insert((m.dev(), m.ino())) {
+            m.blocks() * 512
+        } else {
+            0
+        };
+        if m.is_dir()
+            && let Ok(rd) = std::fs::read_dir(p)
+        {
+            total += rd.flatten().map(|e| walk(&e.path(), seen)).sum::<u64>();
+        }
+        total
     }
-    total
+    walk(p, &mut Default::default())
 }
 
 fn free_bytes(p: &Path) -> u64 {
@@ -308,73 +328,121 @@ fn main() -> anyhow::Result<()> {
     for i in 0..churn_objects {
         server.put(BUCKET, &format!("churn/obj-{i:04}"), vec![i as u8; 4 << 20]);
     }
-    let mut rows: Vec<(String, String)> = Vec::new();
-    let mut row = |k: &str, v: String| {
-        println!("| {k} | {v} |");
-        rows.push((k.to_string(), v));
-    };
+    let mut row = |k: &str, v: String| println!("| {k} | {v} |");
     println!("| measurement | value |\n|---|---|");
 
+    if !args.churn_only {
+        scale(&args, &server, base.path(), &hot, &mut row)?;
+    }
+    churn(&args, &server, base.path(), churn_objects, &mut row)
+}
+
+fn scale(
+    args: &Args,
+    server: &TestServer,
+    base: &Path,
+    hot: &[Vec<u8>],
+    row: &mut dyn FnMut(&str, String),
+) -> anyhow::Result<()> {
     // Mount time with an empty cache (median of 5).
-    let empty = base.path().join("empty");
+    let empty = base.join("empty");
     let mut times = Vec::new();
     for i in 0..5 {
-        let (m, t) = Mount::start(&server, &base.path().join("mnt"), &empty, &base.path().join(format!("empty{i}.log")), &[])?;
+        let (m, t) = Mount::start(
+            server,
+            &base.join("mnt"),
+            &empty,
+            &base.join(format!("empty{i}.log")),
+            &[],
+        )?;
         times.push(t);
         drop(m);
     }
     times.sort();
-    row("mount, empty cache (median of 5)", format!("{:.1} ms", times[2].as_secs_f64() * 1e3));
+    row(
+        "mount, empty cache (median of 5)",
+        format!("{:.1} ms", times[2].as_secs_f64() * 1e3),
+    );
 
-    let cache = base.path().join("cache");
+    let cache = base.join("cache");
     let t = Instant::now();
     fill(&cache, args.files)?;
     eprintln!("filled {} files in {:.1?}", args.files, t.elapsed());
     let files = args.files;
 
     // First mount: the ledger is new, so a paced reconciliation counts the cache in the background.
-    let mnt = base.path().join("mnt");
-    let (m, t_first) = Mount::start(&server, &mnt, &cache, &base.path().join("first.log"), &[])?;
-    row(&format!("mount, {files} files, new ledger"), format!("{:.1} ms", t_first.as_secs_f64() * 1e3));
+    let mnt = base.join("mnt");
+    let (m, t_first) = Mount::start(server, &mnt, &cache, &base.join("first.log"), &[])?;
+    row(
+        &format!("mount, {files} files, new ledger"),
+        format!("{:.1} ms", t_first.as_secs_f64() * 1e3),
+    );
     let rss_mount = m.rss_mib();
     let t = Instant::now();
     for (i, body) in hot.iter().enumerate() {
-        ensure!(std::fs::read(mnt.join(format!("hot/obj-{i:02}")))? == *body, "wrong bytes");
+        ensure!(
+            std::fs::read(mnt.join(format!("hot/obj-{i:02}")))? == *body,
+            "wrong bytes"
+        );
     }
-    row("reading 64 MiB cold right after that mount", format!("{:.2} s", t.elapsed().as_secs_f64()));
+    row(
+        "reading 64 MiB cold right after that mount",
+        format!("{:.2} s", t.elapsed().as_secs_f64()),
+    );
     while !m.log_text().contains("disk cache reconciled") {
-        ensure!(t.elapsed() < Duration::from_secs(1800), "no reconciliation after 30 min");
+        ensure!(
+            t.elapsed() < Duration::from_secs(1800),
+            "no reconciliation after 30 min"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    row("background reconciliation of the new ledger", format!("{:.1} s after the mount", t.elapsed().as_secs_f64()));
+    row(
+        "background reconciliation of the new ledger",
+        format!("{:.1} s after the mount", t.elapsed().as_secs_f64()),
+    );
     let (p50, p99) = hit_latency(&m, 3000, 1)?;
-    row("cache-hit read 4 KiB, idle: p50 / p99", format!("{p50:.0} / {p99:.0} µs"));
+    row(
+        "cache-hit read 4 KiB, idle: p50 / p99",
+        format!("{p50:.0} / {p99:.0} µs"),
+    );
     let usage = m.metric("s3cachefs_cache_size_bytes") as u64;
-    row("ledger after reconciliation / du", format!("{} / {} MiB", usage / MIB, du(&cache) / MIB));
-    row("daemon RSS after mount / after reconciliation", format!("{rss_mount:.1} / {:.1} MiB", m.rss_mib()));
+    row(
+        "ledger after reconciliation / du",
+        format!("{} / {} MiB", usage / MIB, du(&cache) / MIB),
+    );
+    row(
+        "daemon RSS after mount / after reconciliation",
+        format!("{rss_mount:.1} / {:.1} MiB", m.rss_mib()),
+    );
     drop(m);
 
     // Mounts with the ledger valid (median of 5).
     let mut times = Vec::new();
     for i in 0..5 {
-        let (m, t) = Mount::start(&server, &mnt, &cache, &base.path().join(format!("again{i}.log")), &[])?;
+        let (m, t) = Mount::start(server, &mnt, &cache, &base.join(format!("again{i}.log")), &[])?;
         times.push(t);
         if i == 4 {
-            row(&format!("daemon RSS, {files}-file cache, after mount"), format!("{:.1} MiB", m.rss_mib()));
+            row(
+                &format!("daemon RSS, {files}-file cache, after mount"),
+                format!("{:.1} MiB", m.rss_mib()),
+            );
         }
         drop(m);
     }
     times.sort();
-    row(&format!("mount, {files} files (median of 5)"), format!("{:.1} ms", times[2].as_secs_f64() * 1e3));
+    row(
+        &format!("mount, {files} files (median of 5)"),
+        format!("{:.1} ms", times[2].as_secs_f64() * 1e3),
+    );
 
     // A bound of half of what the cache holds: eviction runs right after the mount.
     let bound = usage / 2;
     let bound_arg = bound.to_string();
     let (m, t_mount) = Mount::start(
-        &server,
+        server,
         &mnt,
         &cache,
-        &base.path().join("evict.log"),
+        &base.join("evict.log"),
         &["--max-cache-size", &bound_arg],
     )?;
     let t0 = Instant::now();
@@ -384,7 +452,11 @@ fn main() -> anyhow::Result<()> {
     }
     row(
         "first eviction, after the mount is live",
-        format!("{:.1} ms (mount {:.1} ms)", t0.elapsed().as_secs_f64() * 1e3, t_mount.as_secs_f64() * 1e3),
+        format!(
+            "{:.1} ms (mount {:.1} ms)",
+            t0.elapsed().as_secs_f64() * 1e3,
+            t_mount.as_secs_f64() * 1e3
+        ),
     );
     let before = m.metric("s3cachefs_cache_evictions_total");
     let (e50, e99) = hit_latency(&m, 3000, 2)?;
@@ -394,29 +466,61 @@ fn main() -> anyhow::Result<()> {
         format!("{e50:.0} / {e99:.0} µs ({during:.0} files evicted meanwhile)"),
     );
     while m.metric("s3cachefs_cache_size_bytes") as u64 > bound {
-        ensure!(t0.elapsed() < Duration::from_secs(1800), "still above the bound after 30 min");
+        ensure!(
+            t0.elapsed() < Duration::from_secs(1800),
+            "still above the bound after 30 min"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     row(
         "eviction down to the bound",
-        format!("{:.1} s, {:.0} files", t0.elapsed().as_secs_f64(), m.metric("s3cachefs_cache_evictions_total")),
+        format!(
+            "{:.1} s, {:.0} files",
+            t0.elapsed().as_secs_f64(),
+            m.metric("s3cachefs_cache_evictions_total")
+        ),
     );
     std::thread::sleep(Duration::from_secs(2));
     let (i50, i99) = hit_latency(&m, 3000, 3)?;
-    row("cache-hit read 4 KiB, idle after eviction: p50 / p99", format!("{i50:.0} / {i99:.0} µs"));
+    row(
+        "cache-hit read 4 KiB, idle after eviction: p50 / p99",
+        format!("{i50:.0} / {i99:.0} µs"),
+    );
     row(
         "ledger / du / bound after eviction",
-        format!("{} / {} / {} MiB", m.metric("s3cachefs_cache_size_bytes") as u64 / MIB, du(&cache) / MIB, bound / MIB),
+        format!(
+            "{} / {} / {} MiB",
+            m.metric("s3cachefs_cache_size_bytes") as u64 / MIB,
+            du(&cache) / MIB,
+            bound / MIB
+        ),
     );
     row("daemon RSS after eviction", format!("{:.1} MiB", m.rss_mib()));
     drop(m);
     std::fs::remove_dir_all(&cache)?;
 
+    Ok(())
+}
+
+fn churn(
+    args: &Args,
+    server: &TestServer,
+    base: &Path,
+    churn_objects: usize,
+    row: &mut dyn FnMut(&str, String),
+) -> anyhow::Result<()> {
+    let mnt = base.join("mnt");
     // Churn: working set 3x the bound, 4 readers with O_DIRECT (every read reaches the daemon).
-    let churn = base.path().join("churn");
+    let churn = base.join("churn");
     let bound = args.churn_bound_mib * MIB;
     let bound_arg = bound.to_string();
-    let (m, _) = Mount::start(&server, &mnt, &churn, &base.path().join("churn.log"), &["--max-cache-size", &bound_arg])?;
+    let (m, _) = Mount::start(
+        server,
+        &mnt,
+        &churn,
+        &base.join("churn.log"),
+        &["--max-cache-size", &bound_arg],
+    )?;
     let stop = AtomicBool::new(false);
     let peak = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
@@ -456,7 +560,11 @@ fn main() -> anyhow::Result<()> {
         (sampler.join().unwrap(), reads)
     });
     row(
-        &format!("churn {} s, working set {} MiB, 4 readers", args.churn_secs, churn_objects * 4),
+        &format!(
+            "churn {} s, working set {} MiB, 4 readers",
+            args.churn_secs,
+            churn_objects * 4
+        ),
         format!(
             "{} objects read, {:.0} evictions, skipped {:.0}",
             peak.1,
@@ -469,6 +577,5 @@ fn main() -> anyhow::Result<()> {
         format!("{:.1} / {} MiB", peak.0 as f64 / MIB as f64, bound / MIB),
     );
     drop(m);
-    let _ = rows;
     Ok(())
 }
