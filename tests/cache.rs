@@ -389,14 +389,20 @@ fn a_stalled_lock_holder_never_holds_up_a_read() {
     // Stripes (65,536), shard locks (8,192) and the ledger lock; the slots after them belong
     // to live daemons.
     fl.l_len = 65_536 + 8_192 + 1;
-    // SAFETY: valid descriptor and flock struct.
-    assert_eq!(unsafe { libc::fcntl(locks.as_raw_fd(), libc::F_OFD_SETLK, &fl) }, 0);
+    // The daemon's maintainer holds evict.lock, and a shard's or the ledger's lock for moments,
+    // while it reconciles the new cache right after the mount: try until they are ours.
     let evict = fs::File::open(v1.join("evict.lock")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // SAFETY: valid descriptor and flock struct.
+    while unsafe { libc::fcntl(locks.as_raw_fd(), libc::F_OFD_SETLK, &fl) } != 0 {
+        assert!(std::time::Instant::now() < deadline, "cannot take the locks");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // SAFETY: valid descriptor.
-    assert_eq!(
-        unsafe { libc::flock(evict.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    while unsafe { libc::flock(evict.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(std::time::Instant::now() < deadline, "cannot take evict.lock");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let t = std::time::Instant::now();
     assert!(fs::read(m.join("data/stalled")).unwrap() == body);
     let took = t.elapsed();
