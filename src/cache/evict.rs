@@ -577,26 +577,15 @@ impl DiskCache {
         files
     }
 
-    /// Removes temp files whose writer is gone (its process no longer exists, or the file is
-    /// older than any write takes). Those of live writers are covered by their reservations.
-    fn remove_dead_temps(&self) {
+    /// Removes temp files older than any write takes ([`STALE_TMP`]): their writer is gone.
+    /// (Process ids are not looked at: processes sharing the directory may live in other pid
+    /// namespaces.) Younger ones may be a live writer's, covered by its reservation.
+    pub(super) fn remove_dead_temps(&self) {
         let now = SystemTime::now();
         for e in self.dir.read_dir(&self.dir.area(Area::Tmp)).unwrap_or_default() {
             let m = e.metadata();
             let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
-            let pid = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.split('.').next())
-                .and_then(|p| p.parse::<i32>().ok());
-            let dead = match pid {
-                Some(p) if p > 0 => {
-                    // SAFETY: kill with signal 0 only checks that the process exists.
-                    (unsafe { libc::kill(p, 0) }) != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-                }
-                _ => true,
-            };
-            if dead || age > STALE_TMP || !m.is_file() {
+            if age > STALE_TMP || !m.is_file() {
                 let _ = self.dir.remove_tree(&e.path());
             }
         }
@@ -617,6 +606,10 @@ fn maintain(weak: Weak<DiskCache>) {
         Some(c) => c.wake.clone(),
         None => return,
     };
+    // Temp files left by writers that died (one listing of `tmp/`, small).
+    if let Some(cache) = weak.upgrade() {
+        cache.remove_dead_temps();
+    }
     loop {
         {
             let Some(cache) = weak.upgrade() else { return };
