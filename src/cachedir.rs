@@ -474,6 +474,13 @@ impl CacheDir {
         Ok(out)
     }
 
+    /// The names in directory `path`, without looking at what each is (cheaper than
+    /// [`CacheDir::read_dir`] for large directories).
+    pub fn list_names(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let (dir, _) = self.open_dir(path, None)?;
+        names(&dir)
+    }
+
     /// Bytes on disk of `path` and everything below it (0 when absent).
     pub fn tree_size(&self, path: &Path) -> u64 {
         let Ok(meta) = self.metadata(path) else { return 0 };

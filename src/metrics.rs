@@ -55,6 +55,10 @@ pub const CACHE_CORRUPT_BLOCKS: &str = "cache_corrupt_blocks";
 pub const CACHE_WRITE_FAILURES: &str = "cache_write_failures";
 /// Counter: blocks not cached because the cache bound could not be met.
 pub const CACHE_SKIPPED_FULL: &str = "cache_skipped_full";
+/// Counter: waits for a disk cache lock another thread or process held (a block being
+/// fetched, a shard directory, the ledger) that reached their deadline; the read went on
+/// without the lock (fetching the block itself, or not caching it).
+pub const CACHE_LOCK_WAIT_TIMEOUTS: &str = "cache_lock_wait_timeouts";
 /// Gauge: bytes the disk cache occupies, for every process sharing it.
 pub const CACHE_SIZE_BYTES: &str = "cache_size_bytes";
 /// Counter, labels `operation` and `status`: requests to the shared tier's bucket.
@@ -142,6 +146,7 @@ pub struct CacheMetrics {
     pub corrupt: Counter,
     pub write_failures: Counter,
     pub skipped_full: Counter,
+    pub lock_timeouts: Counter,
 }
 
 /// The shared tier's counters (cheap clones share the same values).
@@ -370,6 +375,11 @@ impl Metrics {
             cache.skipped_full.clone(),
         );
         registry.register(
+            CACHE_LOCK_WAIT_TIMEOUTS,
+            "Disk cache lock waits that reached their deadline (the read went on without the lock)",
+            cache.lock_timeouts.clone(),
+        );
+        registry.register(
             CACHE_SIZE_BYTES,
             "Bytes the disk cache occupies (all processes sharing it)",
             cache_bytes.clone(),
@@ -499,6 +509,7 @@ mod tests {
             "s3cachefs_cache_evictions counter",
             "s3cachefs_cache_hit_bytes counter",
             "s3cachefs_cache_hits counter",
+            "s3cachefs_cache_lock_wait_timeouts counter",
             "s3cachefs_cache_misses counter",
             "s3cachefs_cache_size_bytes gauge",
             "s3cachefs_cache_skipped_full counter",
@@ -543,6 +554,7 @@ mod tests {
             (CACHE_CORRUPT_BLOCKS, "s3cachefs_cache_corrupt_blocks_total"),
             (CACHE_WRITE_FAILURES, "s3cachefs_cache_write_failures_total"),
             (CACHE_SKIPPED_FULL, "s3cachefs_cache_skipped_full_total"),
+            (CACHE_LOCK_WAIT_TIMEOUTS, "s3cachefs_cache_lock_wait_timeouts_total"),
             (SHARED_REQUESTS, "s3cachefs_shared_cache_requests_total"),
             (SHARED_HITS, "s3cachefs_shared_cache_hits_total"),
             (SHARED_MISSES, "s3cachefs_shared_cache_misses_total"),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
-use s3cachefs::cachedir::{Area, EVICT_LOCK, LOCKS, SHARDS, USAGE, area_path, shard_name};
+use s3cachefs::cachedir::{Area, EVICT_LOCK, LOCKS, SHARDS, USAGE, area_path, shard_name, version_path};
 use s3cachefs_testserver::{FaultKind, FaultPlan, FaultRule, Op};
 
 const MIB: usize = 1 << 20;
@@ -978,6 +978,8 @@ fn full_cache_filesystem_serves_every_read_from_s3_with_a_warning() {
         }
     }
     let log = m.log();
+    // Less than one block is free and the cache holds nothing to evict: every block is refused
+    // (or its write fails), with a clear warning.
     assert!(
         log.contains("disk cache is full") || log.contains("cannot write to the disk cache"),
         "a clear warning:\n{log}"
@@ -1127,12 +1129,14 @@ fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
         planted.push(f.clone());
     }
     let before = snapshot(outside.path());
+    // A damaged ledger makes the mount reconcile the cache (a walk of every shard directory).
+    fs::write(version_path(cache.path()).join(USAGE), b"damaged").unwrap();
     let m = Mount::new(&s, BUCKET, &["--cache", c]);
-    // Once the mount's scan is done (it removes foreign entries), every shard directory not in
-    // use becomes a symlink to a directory outside: a block or an assembled file written there
-    // would land outside the cache.
-    wait_for("the cache scan", Duration::from_secs(20), || {
-        m.log().contains("disk cache scanned")
+    // Once the mount's reconciliation is done (it removes foreign entries), every shard
+    // directory not in use becomes a symlink to a directory outside: a block or an assembled
+    // file written there would land outside the cache.
+    wait_for("the cache's reconciliation", Duration::from_secs(20), || {
+        m.log().contains("disk cache reconciled")
     });
     for area in [Area::Blocks, Area::Full] {
         for n in 0..SHARDS {

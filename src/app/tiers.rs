@@ -87,6 +87,7 @@ pub fn build_chain(
                 min_free_percent: c.min_free_percent,
                 block_size: plan.block_size,
                 source: plan.source.clone(),
+                lock_wait: crate::cache::LOCK_WAIT,
             },
             metrics,
         )?),

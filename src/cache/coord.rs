@@ -1,62 +1,170 @@
 //! Coordination between every process using one cache directory, through the kernel only
 //! (nothing to clean up when a process dies):
-//! - `StripeLocks`: per-block fetch locks as OFD byte-range locks on one empty file; the
-//!   kernel drops them when the holder's descriptor closes, including on `kill -9`.
-//! - `Usage`: the shared byte counter of the cache, an atomic in a `MAP_SHARED` mapping, so
-//!   the size bound holds across processes without a scan.
-//! - `evict.lock`: writers hold it shared from reserving space until their block is in place;
-//!   a scan (eviction, counter re-synchronization) holds it exclusive, so it never runs while a
-//!   reservation is outstanding and the counter it computes is exact.
+//! - `Locks`: OFD byte-range locks on one empty file, `v1/locks`: per-block fetch stripes, one
+//!   lock per shard directory (held while a file is placed into or removed from it, and while
+//!   reconciliation lists it), the ledger lock, and one slot per live process. The kernel drops
+//!   them when the holder's descriptor closes, including on `kill -9`. Every wait polls a
+//!   non-blocking `F_OFD_SETLK` with a growing pause and gives up at a deadline.
+//! - `Ledger`: the shared accounting file `v1/usage`, read and written with `pread`/`pwrite`
+//!   under the ledger lock (no shared mapping, so a truncated or damaged file is noticed and
+//!   rebuilt, never a SIGBUS). It holds the bytes in use (what the bound is checked against),
+//!   the bytes of each shard directory, of persisted metadata, of the fixed files, and what
+//!   each process has reserved but not yet placed.
+//! - `evict.lock`: a `flock` that elects one maintainer (eviction, reconciliation) at a time;
+//!   only ever taken without waiting, and never on the read path.
 //!
 //! The files are opened through `CacheDir::open_private`: created 0600, never through a symlink.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::cachedir::CacheDir;
+use crate::cachedir::{CacheDir, SHARDS};
 
 /// Distinct lock stripes; two blocks share one with probability 1/65536, which only makes one
 /// wait for the other's fetch.
 pub const STRIPES: u64 = 1 << 16;
+/// Shard locks follow the stripes: `SHARD_BASE + area * SHARDS + shard` (area 0 blocks, 1 full).
+const SHARD_BASE: u64 = STRIPES;
+/// The ledger lock.
+const LEDGER_LOCK: u64 = SHARD_BASE + 2 * SHARDS;
+/// Process slots: a live process holds the lock on its slot's byte.
+const SLOT_BASE: u64 = LEDGER_LOCK + 1;
+/// Process slots: more processes than this share one directory only by going without a slot
+/// (their reservations are then not repaired if they die mid-write).
+pub const SLOTS: u64 = 1024;
 
-pub struct StripeLocks {
+/// The first pause between two tries of a lock, and the longest.
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// Why a lock was not taken.
+#[derive(Debug)]
+pub enum LockError {
+    /// Still held by someone else at the deadline.
+    Timeout,
+    Io(io::Error),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Timeout => write!(f, "lock wait timed out"),
+            LockError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<io::Error> for LockError {
+    fn from(e: io::Error) -> LockError {
+        LockError::Io(e)
+    }
+}
+
+/// The lock file; each lock taken opens its own descriptor (its own open file description), so
+/// threads of one process exclude each other as processes do.
+pub struct Locks {
     dir: CacheDir,
     path: PathBuf,
 }
 
-/// A held stripe lock; released on drop (the descriptor closes).
-pub struct StripeGuard {
+/// A held byte-range lock; released on drop (the descriptor closes).
+pub struct LockGuard {
     _file: File,
 }
 
-impl StripeLocks {
-    pub fn new(dir: CacheDir, path: PathBuf) -> io::Result<StripeLocks> {
+/// Tries once to lock byte `at` of `file` (`F_OFD_SETLK`): `Ok(false)` when someone holds it.
+pub fn try_range(file: &File, at: u64, len: u64) -> io::Result<bool> {
+    // SAFETY: an all-zero flock is a valid value of this plain C struct.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = at as _;
+    fl.l_len = len as _;
+    loop {
+        // SAFETY: valid descriptor and a fully initialized flock struct.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EACCES) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// The pause after `pause`: doubling up to [`MAX_PAUSE`].
+pub fn next_pause(pause: Duration) -> Duration {
+    (pause * 2).min(MAX_PAUSE)
+}
+
+impl Locks {
+    pub fn new(dir: CacheDir, path: PathBuf) -> io::Result<Locks> {
         dir.open_private(&path)?;
-        Ok(StripeLocks { dir, path })
+        Ok(Locks { dir, path })
     }
 
-    /// Blocks until stripe `n` is ours. Each call opens its own descriptor (its own open file
-    /// description), so threads of one process exclude each other as processes do.
-    pub fn lock(&self, n: u64) -> io::Result<StripeGuard> {
-        let file = self.dir.open_private(&self.path)?;
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as _;
-        fl.l_whence = libc::SEEK_SET as _;
-        fl.l_start = (n % STRIPES) as _;
-        fl.l_len = 1;
+    /// A new descriptor of the lock file, for one lock.
+    pub fn open(&self) -> io::Result<File> {
+        self.dir.open_private(&self.path)
+    }
+
+    /// Takes byte `at`, polling until `deadline` (blocking the calling thread meanwhile).
+    fn lock_at(&self, at: u64, deadline: Instant) -> Result<LockGuard, LockError> {
+        let file = self.open()?;
+        let mut pause = FIRST_PAUSE;
         loop {
-            // SAFETY: valid descriptor and a fully initialized flock struct.
-            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) } == 0 {
-                return Ok(StripeGuard { _file: file });
+            if try_range(&file, at, 1)? {
+                return Ok(LockGuard { _file: file });
             }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LockError::Timeout);
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = next_pause(pause);
+        }
+    }
+
+    /// The byte of stripe `n`.
+    pub fn stripe_byte(n: u64) -> u64 {
+        n % STRIPES
+    }
+
+    /// Stripe `n`, waiting at most `wait`.
+    pub fn stripe(&self, n: u64, wait: Duration) -> Result<LockGuard, LockError> {
+        self.lock_at(Self::stripe_byte(n), Instant::now() + wait)
+    }
+
+    /// The lock of one shard directory (`cell` from [`Ledger::shard_cell`]), waiting at most `wait`.
+    pub fn shard(&self, cell: usize, wait: Duration) -> Result<LockGuard, LockError> {
+        self.lock_at(SHARD_BASE + cell as u64, Instant::now() + wait)
+    }
+
+    fn ledger(&self, wait: Duration) -> Result<LockGuard, LockError> {
+        self.lock_at(LEDGER_LOCK, Instant::now() + wait)
+    }
+
+    /// Claims a free process slot for the life of the returned descriptor.
+    pub fn claim_slot(&self) -> io::Result<Option<(u64, File)>> {
+        let file = self.open()?;
+        for s in 0..SLOTS {
+            if try_range(&file, SLOT_BASE + s, 1)? {
+                return Ok(Some((s, file)));
             }
         }
+        Ok(None)
+    }
+
+    /// Whether slot `s` belongs to no live process (checked by taking its lock for a moment).
+    fn slot_is_free(&self, s: u64) -> io::Result<bool> {
+        let file = self.open()?;
+        try_range(&file, SLOT_BASE + s, 1)
     }
 }
 
@@ -76,123 +184,263 @@ pub fn try_exclusive(dir: &CacheDir, path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// Takes an exclusive `flock`, waiting for it.
-pub fn exclusive(dir: &CacheDir, path: &Path) -> io::Result<File> {
-    flock(dir, path, libc::LOCK_EX)
+/// The accounting file's magic, version 2 (version 1 was a mapped 4 KiB page).
+const LEDGER_MAGIC: u64 = u64::from_le_bytes(*b"S3CFSUS2");
+const TOTAL: u64 = 8;
+const RECONCILED_AT: u64 = 16;
+const META: u64 = 24;
+const FIXED: u64 = 32;
+const SLOT_CELLS: u64 = 64;
+const SHARD_CELLS: u64 = SLOT_CELLS + 8 * SLOTS;
+/// The file's length: the header, the slots, then one cell per shard directory.
+pub const LEDGER_LEN: u64 = SHARD_CELLS + 8 * 2 * SHARDS;
+
+/// One of the ledger's totals that reconciliation sets by difference.
+#[derive(Clone, Copy, Debug)]
+pub enum Cell {
+    /// A shard directory and its files (`Ledger::shard_cell`).
+    Shard(usize),
+    /// Persisted metadata (`v1/meta`).
+    Meta,
+    /// The version directory, the areas and the control files.
+    Fixed,
 }
 
-/// Takes a shared `flock`, waiting for it (on its own descriptor, so threads are independent).
-pub fn shared(dir: &CacheDir, path: &Path) -> io::Result<File> {
-    flock(dir, path, libc::LOCK_SH)
-}
-
-fn flock(dir: &CacheDir, path: &Path, op: i32) -> io::Result<File> {
-    let file = dir.open_private(path)?;
-    loop {
-        // SAFETY: valid descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(file);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+impl Cell {
+    fn offset(self) -> u64 {
+        match self {
+            Cell::Shard(i) => SHARD_CELLS + 8 * i as u64,
+            Cell::Meta => META,
+            Cell::Fixed => FIXED,
         }
     }
 }
 
-const USAGE_MAGIC: u64 = u64::from_le_bytes(*b"S3CFSUSE");
-/// The mapping: magic at 0, bytes in use at 8. One page.
-const USAGE_LEN: usize = 4096;
-
-/// Bytes the cache occupies on disk, shared by every process through a shared mapping.
-pub struct Usage {
-    ptr: *mut u8,
-    /// True when the counter was (re)initialized and needs a scan to become exact.
-    pub fresh: bool,
+/// The shared accounting. Every change is a read-modify-write under the ledger lock; reading
+/// the total alone takes no lock. An invalid file (wrong magic, cut short by anyone) is rebuilt
+/// with zeros, and [`Ledger::take_rebuilt`] then tells the owner that a reconciliation is due.
+pub struct Ledger {
+    dir: CacheDir,
+    path: PathBuf,
+    /// The file as last seen by path (replaced when the path names another file).
+    file: std::sync::Mutex<File>,
+    rebuilt: std::sync::atomic::AtomicBool,
 }
 
-// SAFETY: the mapping is only accessed through atomics.
-unsafe impl Send for Usage {}
-unsafe impl Sync for Usage {}
-
-impl Usage {
-    pub fn open(dir: &CacheDir, path: &Path) -> io::Result<Usage> {
+impl Ledger {
+    pub fn open(dir: &CacheDir, path: &Path) -> io::Result<Ledger> {
         let file = dir.open_private(path)?;
-        let len = file.metadata()?.len();
-        let fresh = len != USAGE_LEN as u64;
-        if fresh {
-            file.set_len(USAGE_LEN as u64)?;
-        }
-        // SAFETY: mapping a file we opened read-write, of the length we just ensured.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                USAGE_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut usage = Usage {
-            ptr: ptr as *mut u8,
-            fresh,
-        };
-        let magic = usage.atomic(0);
-        if magic.load(Ordering::Acquire) != USAGE_MAGIC {
-            usage.atomic(8).store(0, Ordering::Release);
-            magic.store(USAGE_MAGIC, Ordering::Release);
-            usage.fresh = true;
-        }
-        Ok(usage)
+        Ok(Ledger {
+            dir: dir.clone(),
+            path: path.to_path_buf(),
+            file: file.into(),
+            rebuilt: false.into(),
+        })
     }
 
-    fn atomic(&self, offset: usize) -> &AtomicU64 {
-        // SAFETY: offset is 0 or 8 within a page-aligned mapping of USAGE_LEN bytes that lives
-        // as long as self; AtomicU64 has the alignment (8) the offset keeps.
-        unsafe { &*(self.ptr.add(offset) as *const AtomicU64) }
+    /// The index of a shard directory's cell: `area` 0 blocks, 1 full.
+    pub fn shard_cell(area: usize, shard: u64) -> usize {
+        area * SHARDS as usize + (shard % SHARDS) as usize
     }
 
-    pub fn get(&self) -> u64 {
-        self.atomic(8).load(Ordering::Acquire)
+    fn read(&self, at: u64) -> u64 {
+        let mut b = [0u8; 8];
+        match self.file.lock().unwrap().read_exact_at(&mut b, at) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
+        }
     }
 
-    /// Adds `n` only if the total stays within `limit`.
-    pub fn try_reserve(&self, n: u64, limit: u64) -> bool {
-        let a = self.atomic(8);
-        let mut cur = a.load(Ordering::Acquire);
-        loop {
-            let Some(next) = cur.checked_add(n).filter(|&v| v <= limit) else {
-                return false;
-            };
-            match a.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(v) => cur = v,
+    /// Bytes in use, reservations included (no lock: one aligned 8-byte read).
+    pub fn total(&self) -> u64 {
+        self.read(TOTAL)
+    }
+
+    /// When the last reconciliation pass finished (seconds since the epoch; 0: never).
+    pub fn reconciled_at(&self) -> u64 {
+        self.read(RECONCILED_AT)
+    }
+
+    /// Whether the file was rebuilt since the last call (a reconciliation is due).
+    pub fn take_rebuilt(&self) -> bool {
+        self.rebuilt.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Runs `f` on the cells under the ledger lock, after checking the file (and rebuilding it
+    /// if it is invalid).
+    fn update<T>(
+        &self,
+        locks: &Locks,
+        wait: Duration,
+        f: impl FnOnce(&Cells) -> io::Result<T>,
+    ) -> Result<T, LockError> {
+        let _g = locks.ledger(wait)?;
+        // The file may have been replaced or removed: use the one the path names now.
+        let current = self.dir.open_private(&self.path)?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            let mut held = self.file.lock().unwrap();
+            if held.metadata()?.ino() != current.metadata()?.ino() {
+                *held = current.try_clone()?;
             }
         }
+        let file = &current;
+        let len = file.metadata()?.len();
+        let mut magic = [0u8; 8];
+        let valid =
+            len == LEDGER_LEN && file.read_exact_at(&mut magic, 0).is_ok() && u64::from_le_bytes(magic) == LEDGER_MAGIC;
+        if !valid {
+            // Written whole (not sparse), so that its size on disk never changes afterwards.
+            let mut fresh = vec![0u8; LEDGER_LEN as usize];
+            fresh[..8].copy_from_slice(&LEDGER_MAGIC.to_le_bytes());
+            file.set_len(0)?;
+            file.write_all_at(&fresh, 0)?;
+            self.rebuilt.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(f(&Cells { file })?)
     }
 
-    pub fn add(&self, n: u64) {
-        self.atomic(8).fetch_add(n, Ordering::AcqRel);
+    /// Adds `n` to the total and to `slot`'s reservation, only if the total stays within
+    /// `limit`.
+    pub fn try_reserve(
+        &self,
+        locks: &Locks,
+        wait: Duration,
+        slot: Option<u64>,
+        n: u64,
+        limit: u64,
+    ) -> Result<bool, LockError> {
+        self.update(locks, wait, |c| {
+            let total = c.get(TOTAL);
+            let Some(next) = total.checked_add(n).filter(|&v| v <= limit) else {
+                return Ok(false);
+            };
+            c.set(TOTAL, next)?;
+            if let Some(s) = slot {
+                c.add(SLOT_CELLS + 8 * s, n as i64)?;
+            }
+            Ok(true)
+        })
     }
 
-    pub fn sub(&self, n: u64) {
-        let a = self.atomic(8);
-        let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(n)));
+    /// A reservation of `reserved` bytes became `delta` bytes of `cell` (the bytes the
+    /// placed file and any directory created for it take, less what it replaced).
+    pub fn commit(
+        &self,
+        locks: &Locks,
+        wait: Duration,
+        slot: Option<u64>,
+        reserved: u64,
+        cell: Cell,
+        delta: i64,
+    ) -> Result<(), LockError> {
+        self.update(locks, wait, |c| {
+            if let Some(s) = slot {
+                c.add(SLOT_CELLS + 8 * s, -(reserved as i64))?;
+            }
+            c.add(TOTAL, delta - reserved as i64)?;
+            c.add(cell.offset(), delta)
+        })
     }
 
-    pub fn set(&self, n: u64) {
-        self.atomic(8).store(n, Ordering::Release);
+    /// Gives back a reservation that was not used.
+    pub fn release(&self, locks: &Locks, wait: Duration, slot: Option<u64>, reserved: u64) -> Result<(), LockError> {
+        self.update(locks, wait, |c| {
+            if let Some(s) = slot {
+                c.add(SLOT_CELLS + 8 * s, -(reserved as i64))?;
+            }
+            c.add(TOTAL, -(reserved as i64))
+        })
+    }
+
+    /// Adds `delta` to `cell` and to the total (a file placed or removed without reservation,
+    /// or metadata space).
+    pub fn adjust(&self, locks: &Locks, wait: Duration, cell: Cell, delta: i64) -> Result<(), LockError> {
+        self.update(locks, wait, |c| {
+            c.add(TOTAL, delta)?;
+            c.add(cell.offset(), delta)
+        })
+    }
+
+    /// Sets `cell` to what was counted on disk, moving the total by the difference.
+    pub fn set(&self, locks: &Locks, wait: Duration, cell: Cell, actual: u64) -> Result<(), LockError> {
+        self.update(locks, wait, |c| {
+            let old = c.get(cell.offset());
+            c.set(cell.offset(), actual)?;
+            c.add(TOTAL, actual as i64 - old as i64)
+        })
+    }
+
+    /// Drops the reservations of every slot whose process is gone (except `own`).
+    pub fn repair_slots(&self, locks: &Locks, wait: Duration, own: Option<u64>) -> Result<(), LockError> {
+        for s in 0..SLOTS {
+            if Some(s) == own || self.read(SLOT_CELLS + 8 * s) == 0 {
+                continue;
+            }
+            if !locks.slot_is_free(s)? {
+                continue;
+            }
+            self.update(locks, wait, |c| {
+                let leaked = c.get(SLOT_CELLS + 8 * s);
+                c.set(SLOT_CELLS + 8 * s, 0)?;
+                c.add(TOTAL, -(leaked as i64))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Drops what slot `s` (just claimed, so its previous owner is gone) had reserved.
+    pub fn repair_slot(&self, locks: &Locks, wait: Duration, s: u64) -> Result<(), LockError> {
+        self.update(locks, wait, |c| {
+            let leaked = c.get(SLOT_CELLS + 8 * s);
+            c.set(SLOT_CELLS + 8 * s, 0)?;
+            c.add(TOTAL, -(leaked as i64))
+        })
+    }
+
+    /// Records that a reconciliation pass finished now.
+    pub fn mark_reconciled(&self, locks: &Locks, wait: Duration, at: u64) -> Result<(), LockError> {
+        self.update(locks, wait, |c| c.set(RECONCILED_AT, at.max(1)))
+    }
+
+    /// A shard directory's cell, read without the lock.
+    pub fn cell_value(&self, shard_cell: usize) -> u64 {
+        self.read(Cell::Shard(shard_cell).offset())
+    }
+
+    #[cfg(test)]
+    pub fn cell(&self, cell: Cell) -> u64 {
+        self.read(cell.offset())
     }
 }
 
-impl Drop for Usage {
-    fn drop(&mut self) {
-        // SAFETY: unmapping the mapping created in `open`.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, USAGE_LEN) };
+/// The ledger's cells while its lock is held.
+struct Cells<'a> {
+    file: &'a File,
+}
+
+impl Cells<'_> {
+    fn get(&self, at: u64) -> u64 {
+        let mut b = [0u8; 8];
+        match self.file.read_exact_at(&mut b, at) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
+        }
+    }
+
+    fn set(&self, at: u64, v: u64) -> io::Result<()> {
+        self.file.write_all_at(&v.to_le_bytes(), at)
+    }
+
+    /// Adds a signed amount, never going below zero.
+    fn add(&self, at: u64, delta: i64) -> io::Result<()> {
+        let v = self.get(at);
+        let next = if delta >= 0 {
+            v.saturating_add(delta as u64)
+        } else {
+            v.saturating_sub(delta.unsigned_abs())
+        };
+        self.set(at, next)
     }
 }
 
@@ -200,48 +448,97 @@ impl Drop for Usage {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
 
-    #[test]
-    fn usage_is_shared_between_mappings_and_bounded() {
+    const WAIT: Duration = Duration::from_secs(2);
+
+    fn setup() -> (tempfile::TempDir, CacheDir, Locks) {
         let d = tempfile::tempdir().unwrap();
         let dir = CacheDir::open(d.path()).unwrap();
-        let a = Usage::open(&dir, &d.path().join("usage")).unwrap();
-        assert!(a.fresh);
-        let b = Usage::open(&dir, &d.path().join("usage")).unwrap();
-        assert!(!b.fresh);
-        assert!(a.try_reserve(60, 100));
-        assert!(!b.try_reserve(50, 100), "the bound holds across mappings");
-        assert!(b.try_reserve(40, 100));
-        assert_eq!(a.get(), 100);
-        b.sub(30);
-        assert_eq!(a.get(), 70);
+        let locks = Locks::new(dir.clone(), d.path().join("locks")).unwrap();
+        (d, dir, locks)
     }
 
     #[test]
-    fn stripe_locks_exclude_threads_and_release_on_drop() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(d.path()).unwrap();
-        let locks = Arc::new(StripeLocks::new(dir, d.path().join("locks")).unwrap());
-        let g = locks.lock(7).unwrap();
-        let other = locks.lock(8).unwrap(); // another stripe is free
+    fn ledger_is_shared_between_instances_and_bounded() {
+        let (d, dir, locks) = setup();
+        let a = Ledger::open(&dir, &d.path().join("usage")).unwrap();
+        let b = Ledger::open(&dir, &d.path().join("usage")).unwrap();
+        assert!(a.try_reserve(&locks, WAIT, Some(0), 60, 100).unwrap());
+        assert!(a.take_rebuilt(), "a new file is rebuilt (reconciliation due)");
+        assert!(
+            !b.try_reserve(&locks, WAIT, Some(1), 50, 100).unwrap(),
+            "the bound holds across instances"
+        );
+        assert!(b.try_reserve(&locks, WAIT, Some(1), 40, 100).unwrap());
+        assert_eq!(a.total(), 100);
+        b.commit(&locks, WAIT, Some(1), 40, Cell::Shard(3), 30).unwrap();
+        assert_eq!(a.total(), 90);
+        assert_eq!(a.cell(Cell::Shard(3)), 30);
+        a.set(&locks, WAIT, Cell::Shard(3), 10).unwrap();
+        assert_eq!(b.total(), 70);
+        // Slot 0's 60 bytes: its holder is gone (nobody holds the slot lock).
+        a.repair_slots(&locks, WAIT, None).unwrap();
+        assert_eq!(b.total(), 10);
+        assert!(!a.take_rebuilt());
+    }
+
+    #[test]
+    fn a_truncated_ledger_is_rebuilt_not_fatal() {
+        let (d, dir, locks) = setup();
+        let l = Ledger::open(&dir, &d.path().join("usage")).unwrap();
+        assert!(l.try_reserve(&locks, WAIT, None, 4096, u64::MAX).unwrap());
+        l.take_rebuilt();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path().join("usage"))
+            .unwrap()
+            .set_len(3)
+            .unwrap();
+        assert_eq!(l.total(), 0, "reads of a short file see nothing, without a signal");
+        assert!(l.try_reserve(&locks, WAIT, None, 10, u64::MAX).unwrap());
+        assert!(l.take_rebuilt());
+        assert_eq!(l.total(), 10);
+        // Removed and replaced by something else entirely: rebuilt too.
+        std::fs::remove_file(d.path().join("usage")).unwrap();
+        assert!(l.try_reserve(&locks, WAIT, None, 10, u64::MAX).unwrap());
+        assert!(l.take_rebuilt());
+    }
+
+    #[test]
+    fn stripe_locks_exclude_threads_and_give_up_at_the_deadline() {
+        let (_d, _dir, locks) = setup();
+        let locks = Arc::new(locks);
+        let g = locks.stripe(7, WAIT).unwrap();
+        let other = locks.stripe(8, WAIT).unwrap(); // another stripe is free
         drop(other);
-        let l2 = locks.clone();
         let t = Instant::now();
-        let waiter = std::thread::spawn(move || {
-            let _g = l2.lock(7 + STRIPES).unwrap(); // same stripe
-            Instant::now()
-        });
+        assert!(matches!(
+            locks.stripe(7 + STRIPES, Duration::from_millis(200)),
+            Err(LockError::Timeout)
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(200) && t.elapsed() < Duration::from_secs(2));
+        let l2 = locks.clone();
+        let waiter = std::thread::spawn(move || l2.stripe(7, WAIT).map(|_| Instant::now()).ok());
         std::thread::sleep(Duration::from_millis(100));
         drop(g);
-        let acquired = waiter.join().unwrap();
-        assert!(acquired.duration_since(t) >= Duration::from_millis(100));
+        let acquired = waiter.join().unwrap().expect("taken once released");
+        assert!(acquired.duration_since(t) >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn slots_are_distinct_while_held() {
+        let (_d, _dir, locks) = setup();
+        let (a, fa) = locks.claim_slot().unwrap().unwrap();
+        let (b, _fb) = locks.claim_slot().unwrap().unwrap();
+        assert_ne!(a, b);
+        assert!(!locks.slot_is_free(a).unwrap());
+        drop(fa);
+        assert!(locks.slot_is_free(a).unwrap());
     }
 
     #[test]
     fn flock_election() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = CacheDir::open(d.path()).unwrap();
+        let (d, dir, _locks) = setup();
         let p = d.path().join("evict.lock");
         let first = try_exclusive(&dir, &p).unwrap();
         assert!(first.is_some());

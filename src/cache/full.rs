@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tracing::debug;
 
+use super::coord::{Cell, LockError};
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
 use crate::cachedir::{Area, hex_shard, is_own_file};
 use crate::object::{AssembledFiles, BlockRef, ObjectMeta, block_range};
@@ -107,13 +108,42 @@ impl DiskCache {
         self.dir.area(Area::Full).join(hex_shard(object)).join(object)
     }
 
-    /// Removes the index of a rejected assembled object and gives its bytes back to the counter.
-    fn remove_index(&self, path: &Path) {
-        if let Ok(m) = self.dir.metadata(path)
-            && self.dir.remove_file(path).is_ok()
-        {
-            self.usage.sub(m.blocks() * 512);
+    /// Removes a rejected assembled object (counted as invalid) and its index.
+    fn reject_full(&self, path: &Path, why: &str) {
+        if let Ok(m) = self.dir.metadata(path) {
+            self.forget_verified(&m);
         }
+        self.reject(path, why);
+        self.remove_accounted(&path.with_extension("idx"));
+    }
+
+    /// Forgets that the assembled file `meta` describes was verified (it is being removed).
+    pub(super) fn forget_verified(&self, meta: &fs::Metadata) {
+        self.verified_full.invalidate(&(meta.dev(), meta.ino()));
+    }
+
+    /// Whether an entry of a `full/` shard directory belongs there (reconciliation): an
+    /// assembled file or its index, named by an object hash. An index without its data file,
+    /// older than any assembly takes, is left by an assembler that died and is removed here.
+    pub(super) fn full_entry_ok(&self, path: &Path, m: &fs::Metadata, now: SystemTime) -> bool {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        let (hex, is_idx) = match name.strip_suffix(".idx") {
+            Some(h) => (h, true),
+            None => (name, false),
+        };
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
+        }
+        if is_idx {
+            let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
+            if self.dir.metadata(&path.with_extension("")).is_err() && age > STALE_TMP {
+                let _ = self.dir.remove_file(path);
+                return false;
+            }
+        }
+        true
     }
 
     /// Opens an assembled object's data file and its index, checking that both describe
@@ -126,7 +156,7 @@ impl DiskCache {
             // A symlink in place of a directory is removed here.
             Err(_) if !self.real_parents(&path) => return None,
             Err(e) => {
-                self.reject(&path, None, &format!("cannot open: {e}"));
+                self.reject(&path, &format!("cannot open: {e}"));
                 return None;
             }
         };
@@ -147,8 +177,7 @@ impl DiskCache {
                 && is_own_file(&meta)
         });
         if !valid {
-            self.reject(&path, Some(&meta), "assembled object does not match its index");
-            self.remove_index(&idx_path);
+            self.reject_full(&path, "assembled object does not match its index");
             return None;
         }
         Some((file, index?))
@@ -165,12 +194,7 @@ impl DiskCache {
         let mut buf = vec![0u8; r.len() as usize];
         file.read_exact_at(&mut buf, r.start).ok()?;
         if crc32c::crc32c(&buf) != *index.crcs.get(loc.id.index as usize)? {
-            self.reject(
-                &self.full_path(&loc.object),
-                file.metadata().ok().as_ref(),
-                "block checksum mismatch",
-            );
-            self.remove_index(&self.full_path(&loc.object).with_extension("idx"));
+            self.reject_full(&self.full_path(&loc.object), "block checksum mismatch");
             return None;
         }
         // SAFETY: valid descriptor; null times means "now" (last access, for LRU eviction).
@@ -190,19 +214,18 @@ impl DiskCache {
         let (object, _) = self.assembled_hash(obj);
         let (file, index) = self.open_full(&object, &obj.key, &obj.etag, obj.size)?;
         let meta = file.metadata().ok()?;
-        let id = file_identity(&file, &meta);
-        if !self.verified_full.lock().unwrap().contains(&id) {
+        let (key, tag) = file_identity(&file, &meta);
+        if self.verified_full.get(&key) != Some(tag) {
             let mut buf = vec![0u8; self.cfg.block_size as usize];
             for (i, want) in index.crcs.iter().enumerate() {
                 let r = block_range(i as u64, self.cfg.block_size, obj.size);
                 let b = &mut buf[..r.len() as usize];
                 if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
-                    self.reject(&self.full_path(&object), Some(&meta), "block checksum mismatch");
-                    self.remove_index(&self.full_path(&object).with_extension("idx"));
+                    self.reject_full(&self.full_path(&object), "block checksum mismatch");
                     return None;
                 }
             }
-            self.verified_full.lock().unwrap().insert(id);
+            self.verified_full.insert(key, tag);
         }
         // SAFETY: valid descriptor; null times means "now" (last access).
         unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
@@ -227,8 +250,15 @@ impl DiskCache {
         if n == 0 || alloc_size(obj.size) > self.limit() / 4 || !locs.iter().all(|l| exists(&l.path)) {
             return Ok(false);
         }
-        // One assembler per object across processes.
-        let _lock = self.locks.lock(num ^ 0xA55E_4B1E)?;
+        // One assembler per object across processes; if another one is stuck, leave it.
+        let _lock = match self.locks.stripe(num ^ 0xA55E_4B1E, self.cfg.lock_wait) {
+            Ok(g) => g,
+            Err(LockError::Timeout) => {
+                self.lock_failed("wait for another assembly", LockError::Timeout);
+                return Ok(false);
+            }
+            Err(LockError::Io(e)) => return Err(e),
+        };
         if exists(&path) {
             return Ok(true);
         }
@@ -243,7 +273,10 @@ impl DiskCache {
         let idx_len = index.encode().len() as u64 + 4 * n;
         let new_shard = !self.real_parents(&path);
         let size = alloc_size(obj.size) + alloc_size(idx_len) + if new_shard { DIR_BYTES } else { 0 };
-        let Some(_reservation) = self.reserve(size) else {
+        let Some(reservation) = self.reserve(size) else {
+            return Ok(false);
+        };
+        let Some((cell, _)) = self.cell_of(&path) else {
             return Ok(false);
         };
         let tmp_dir = self.dir.area(Area::Tmp);
@@ -258,92 +291,76 @@ impl DiskCache {
             }
             let mut idx = self.dir.temp(&tmp_dir, "idx", None)?;
             idx.file().write_all(&index.encode())?;
+            let bytes = (out.file().metadata()?.blocks() + idx.file().metadata()?.blocks()) * 512;
+            let _g = match self.locks.shard(cell, self.short_wait()) {
+                Ok(g) => g,
+                Err(LockError::Timeout) => {
+                    self.lock_failed("lock a disk cache shard to assemble", LockError::Timeout);
+                    return Ok(false);
+                }
+                Err(LockError::Io(e)) => return Err(e),
+            };
             // The index first: a data file is only ever seen with its index in place. Placing
             // it creates the shard directory if it is missing, never through a symlink.
             let placed = idx.place(&path.with_extension("idx"), Some(&self.dir.area(Area::Full)))?;
-            match (placed.dirs_created > 0, new_shard) {
-                (true, false) => self.usage.add(DIR_BYTES),
-                (false, true) => self.usage.sub(DIR_BYTES),
-                _ => {}
-            }
-            out.place(&path, None)?;
+            let placed_data = match out.place(&path, None) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The index alone: account for it, it goes with a later scan or assembly.
+                    let _ = self.dir.remove_file(&path.with_extension("idx"));
+                    return Err(e);
+                }
+            };
+            let delta = (bytes + placed.dirs_created as u64 * DIR_BYTES) as i64
+                - placed.replaced.unwrap_or(0) as i64
+                - placed_data.replaced.unwrap_or(0) as i64;
+            reservation.commit(Cell::Shard(cell), delta);
             Ok(true)
         })();
         match result {
             Ok(true) => {
                 // The block files are now redundant.
                 for loc in &locs {
-                    if let Ok(m) = self.dir.metadata(&loc.path)
-                        && self.dir.remove_file(&loc.path).is_ok()
-                    {
-                        self.usage.sub(m.blocks() * 512);
-                    }
+                    self.remove_accounted(&loc.path);
                 }
                 debug!(key = %obj.key, bytes = obj.size, "assembled in the disk cache");
                 Ok(true)
             }
             other => {
-                self.usage.sub(size);
                 debug!(key = %obj.key, "assembly abandoned");
                 other
             }
         }
     }
-
-    /// Adds the assembled objects to an eviction scan: returns their bytes on disk; pushes
-    /// (last access, bytes, data file, index) candidates and shard directories.
-    pub(super) fn scan_full(
-        &self,
-        candidates: &mut Vec<(SystemTime, u64, PathBuf, Option<PathBuf>)>,
-        shard_dirs: &mut Vec<(PathBuf, u64)>,
-        now: SystemTime,
-    ) -> u64 {
-        self.scan_shards(&self.dir.area(Area::Full), shard_dirs, |f, m| {
-            let name = f.file_name().to_string_lossy().into_owned();
-            let (hex, is_idx) = match name.strip_suffix(".idx") {
-                Some(h) => (h.to_string(), true),
-                None => (name.clone(), false),
-            };
-            if !m.is_file() || hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                self.reject(&f.path(), Some(m), "foreign file in the cache");
-                return 0;
-            }
-            if is_idx {
-                let age = now.duration_since(m.modified().unwrap_or(now)).unwrap_or_default();
-                if self.dir.metadata(&f.path().with_extension("")).is_err() && age > STALE_TMP {
-                    let _ = self.dir.remove_file(&f.path()); // left by an assembler that died
-                    return 0;
-                }
-                return m.blocks() * 512;
-            }
-            let idx = f.path().with_extension("idx");
-            let idx_size = self.dir.metadata(&idx).map(|m| m.blocks() * 512).unwrap_or(0);
-            candidates.push((
-                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                m.blocks() * 512 + idx_size,
-                f.path(),
-                Some(idx),
-            ));
-            m.blocks() * 512
-        })
-    }
 }
 
 /// What tells a file from a later one that is given its inode number once it is deleted (an
-/// object assembled again after eviction, or another object): device, inode, and the inode's
-/// generation (`FS_IOC_GETVERSION`: ext4, xfs, btrfs), else its birth time.
-fn file_identity(file: &File, meta: &fs::Metadata) -> (u64, u64, u64) {
+/// object assembled again after eviction, or another object): the key (device, inode), and the
+/// inode's generation (`FS_IOC_GETVERSION`: ext4, xfs, btrfs; 0 where there is none), birth
+/// time (statx; ext4, xfs, btrfs, tmpfs) and size. Where the filesystem has neither a
+/// generation nor a birth time, the change time stands in: then a file is verified again
+/// after every open (its access time is set on open, which changes it), never trusted wrongly.
+fn file_identity(file: &File, meta: &fs::Metadata) -> ((u64, u64), (u64, u64, u64)) {
     let mut generation: libc::c_long = 0;
     // SAFETY: a valid descriptor, and room for the long the ioctl writes.
-    let tag = if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut generation) } == 0 {
+    let generation = if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut generation) } == 0 {
         generation as u64
     } else {
-        meta.created()
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as u64)
+        0
     };
-    (meta.dev(), meta.ino(), tag)
+    let born = meta
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos() as u64);
+    let born = match born {
+        Some(b) => b,
+        None if generation != 0 => 0,
+        None => (meta.ctime() as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(meta.ctime_nsec() as u64),
+    };
+    ((meta.dev(), meta.ino()), (generation, born, meta.size()))
 }
 
 impl AssembledFiles for DiskCache {

@@ -8,19 +8,21 @@
 //! - Writes go to `v1/tmp/` and are renamed into place: a crashed writer never leaves a file
 //!   that validates. Every read verifies the header and both checksums; anything that does
 //!   not validate is counted, removed and fetched again from S3.
-//! - A cold block is fetched under a cross-process stripe lock (`coord::StripeLocks`), then
-//!   the cache is checked again: N processes missing the same block issue one GET.
-//! - Bytes on disk (files, directories, temp files) are counted in a shared counter
-//!   (`coord::Usage`) and reserved before each write, so the bound holds across processes.
-//!   When a write does not fit, the writer evicts least-recently-used blocks (access time is
-//!   the file's mtime, refreshed on every hit) down to a low watermark, under an exclusive
-//!   `evict.lock`. The scan that eviction needs also re-synchronizes the counter.
+//! - A cold block is fetched under a cross-process stripe lock (`coord::Locks`), then the
+//!   cache is checked again: N processes missing the same block issue one GET. A waiter gives
+//!   up at a deadline (`DiskCacheSettings::lock_wait`) and fetches the block itself.
+//! - Bytes on disk (files, directories, temp files) are counted in a shared ledger
+//!   (`coord::Ledger`) and reserved before each write, so the bound holds across processes.
+//!   Eviction removes least-recently-used files (access time is the file's mtime, refreshed
+//!   on every hit) in small sampled steps, and a paced background reconciliation keeps the
+//!   ledger exact (`evict`). No lock a reader or writer takes is held across a scan.
 //! - A failing cache never fails a read: errors are counted, logged (rate-limited) and the
 //!   bytes come from S3.
 
 mod coord;
 mod evict;
 use crate::blockfmt as format;
+pub use coord::LockError;
 #[cfg(test)]
 use evict::is_block_name;
 mod full;
@@ -32,17 +34,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tracing::{debug, info, warn};
 
-use coord::{StripeLocks, Usage};
+use coord::{Cell, Ledger, Locks};
 pub use format::{FORMAT_VERSION, FormatError};
 
 use crate::cachedir::{
-    self, Area, CacheDir, DIR_BYTES, DirEntry, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, is_shard_name,
-    shard_name,
+    self, Area, CacheDir, DIR_BYTES, DirState, EVICT_LOCK, LOCKS, SHARDS, STALE_TMP, USAGE, is_shard_name, shard_name,
 };
 use crate::metrics::{CacheMetrics, Metrics};
 use crate::object::{BlockId, BlockRef, ObjectMeta, SourceId};
@@ -60,7 +62,21 @@ pub struct DiskCacheSettings {
     /// The source (endpoint and bucket) of the objects whose assembled files this cache
     /// serves; blocks carry their own source in their [`BlockId`].
     pub source: SourceId,
+    /// The longest wait for a lock another thread or process holds (a block being fetched, a
+    /// shard directory, the ledger); past it the read goes on without it ([`LOCK_WAIT`]).
+    pub lock_wait: Duration,
 }
+
+/// The default for [`DiskCacheSettings::lock_wait`]: long enough for another process to fetch
+/// a block in the usual case, short enough that a stuck one costs a reader little.
+pub const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest wait for the ledger's lock or a shard directory's lock (at most `lock_wait`):
+/// their holders keep them for one update, or one shard directory's listing (milliseconds).
+pub const SHORT_WAIT: Duration = Duration::from_millis(500);
+
+/// The most assembled files remembered as verified per process (about 100 bytes each).
+const VERIFIED_MAX: u64 = 65_536;
 
 /// Why the disk cache cannot be opened: see `cachedir::OpenError`.
 pub use crate::cachedir::OpenError as CacheError;
@@ -70,13 +86,22 @@ pub struct DiskCache {
     root: PathBuf,
     dir: CacheDir,
     cfg: DiskCacheSettings,
-    locks: StripeLocks,
-    usage: Usage,
+    locks: Locks,
+    ledger: Ledger,
+    /// This process's slot in the ledger (its lock held by the descriptor).
+    slot: Option<(u64, fs::File)>,
     stats: CacheMetrics,
     warnings: Warnings,
-    /// Full files (by device, inode and inode generation) whose every block this process has
-    /// verified.
-    verified_full: Mutex<std::collections::HashSet<(u64, u64, u64)>>,
+    /// Assembled files whose every block this process has verified: (device, inode) to what
+    /// tells that inode's file from a later one given the same number (see
+    /// `full::file_identity`). Bounded; evicted files leave it.
+    verified_full: moka::sync::Cache<(u64, u64), (u64, u64, u64)>,
+    wake: Arc<evict::Wake>,
+    /// The shard directories eviction samples from, and when they were listed.
+    shard_list: Mutex<Option<(Instant, evict::ShardList)>>,
+    rng: Mutex<u64>,
+    /// A reconciliation is due (the ledger was rebuilt).
+    reconcile_needed: AtomicBool,
 }
 
 /// Where one block lives and what it must say about itself.
@@ -93,11 +118,18 @@ use crate::object::alloc_size;
 
 impl crate::object::DiskSpace for DiskCache {
     fn reserve(&self, bytes: u64) -> Option<Box<dyn std::any::Any + Send>> {
-        DiskCache::reserve(self, bytes).map(|guard| Box::new(guard) as Box<dyn std::any::Any + Send>)
+        // Metadata keeps what it reserves until it releases it: counted as metadata at once.
+        DiskCache::reserve(self, bytes)?.commit(Cell::Meta, bytes as i64);
+        Some(Box::new(()))
     }
 
     fn release(&self, bytes: u64) {
-        self.usage.sub(bytes);
+        if let Err(e) = self
+            .ledger
+            .adjust(&self.locks, self.short_wait(), Cell::Meta, -(bytes as i64))
+        {
+            self.lock_failed("account for removed metadata", e);
+        }
     }
 }
 
@@ -119,9 +151,22 @@ impl DiskCache {
         for area in [Area::Blocks, Area::Full, Area::Tmp] {
             dir.create_dir(&dir.area(area))?;
         }
-        let usage = Usage::open(&dir, &root.join(USAGE)).map_err(io_err(&root))?;
-        if usage.fresh {
-            // The fixed part: the directories and this counter's own file.
+        let ledger = Ledger::open(&dir, &root.join(USAGE)).map_err(io_err(&root))?;
+        let locks = Locks::new(dir.clone(), root.join(LOCKS)).map_err(io_err(&root))?;
+        dir.open_private(&root.join(EVICT_LOCK)).map_err(io_err(&root))?;
+        let slot = locks.claim_slot().map_err(io_err(&root))?;
+        // The slot's previous owner is gone: what it had reserved was never written. (This
+        // also checks the ledger, rebuilding an invalid one: a reconciliation is then due.)
+        let checked = match &slot {
+            Some((s, _)) => ledger.repair_slot(&locks, cfg.lock_wait.min(SHORT_WAIT), *s),
+            None => ledger.adjust(&locks, cfg.lock_wait.min(SHORT_WAIT), Cell::Fixed, 0),
+        };
+        if let Err(e) = checked {
+            warn!("cannot check the disk cache ledger: {e}");
+        }
+        let rebuilt = ledger.take_rebuilt();
+        if rebuilt {
+            // A new ledger: count the fixed part now; reconciliation counts the rest.
             let fixed: u64 = [
                 dir.path().to_path_buf(),
                 root.clone(),
@@ -129,56 +174,51 @@ impl DiskCache {
                 dir.area(Area::Full),
                 dir.area(Area::Tmp),
                 root.join(USAGE),
+                root.join(LOCKS),
+                root.join(EVICT_LOCK),
             ]
             .iter()
             .filter_map(|p| dir.metadata(p).ok())
             .map(|m| m.blocks() * 512)
             .sum();
-            usage.add(fixed);
+            if let Err(e) = ledger.set(&locks, cfg.lock_wait.min(SHORT_WAIT), Cell::Fixed, fixed) {
+                warn!("cannot set up the disk cache ledger: {e}");
+            }
         }
-        let locks = StripeLocks::new(dir.clone(), root.join(LOCKS)).map_err(io_err(&root))?;
-        dir.open_private(&root.join(EVICT_LOCK)).map_err(io_err(&root))?;
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ ((std::process::id() as u64) << 32)
+            | 1;
         Ok(Arc::new(DiskCache {
             root,
             dir,
-            cfg,
             locks,
-            usage,
+            ledger,
+            slot,
             stats: metrics.cache.clone(),
             warnings: Warnings::default(),
-            verified_full: Mutex::new(Default::default()),
+            verified_full: moka::sync::Cache::new(VERIFIED_MAX),
+            wake: Default::default(),
+            shard_list: Mutex::new(None),
+            rng: Mutex::new(seed),
+            reconcile_needed: AtomicBool::new(rebuilt),
+            cfg,
         }))
-    }
-
-    /// Starts the background reconciliation: one process at a time scans the cache to make the
-    /// shared byte counter exact, remove temp files of dead writers and foreign files, and
-    /// evict if the cache is over its bound (e.g. after `--max-cache-size` was lowered).
-    pub fn start_background(self: &Arc<Self>) {
-        let cache = self.clone();
-        std::thread::Builder::new()
-            .name("s3cachefs-cache-scan".into())
-            .spawn(
-                move || match coord::try_exclusive(&cache.dir, &cache.root.join(EVICT_LOCK)) {
-                    Ok(Some(_guard)) => {
-                        let limit = cache.limit();
-                        let t = Instant::now();
-                        let (bytes, files) = cache.scan_and_evict(limit);
-                        info!(bytes, files, elapsed = ?t.elapsed(), "disk cache scanned");
-                    }
-                    Ok(None) => debug!("another process is maintaining the disk cache"),
-                    Err(e) => cache.warn(format_args!("cannot lock the disk cache for maintenance: {e}")),
-                },
-            )
-            .ok();
     }
 
     pub fn stats(&self) -> &CacheMetrics {
         &self.stats
     }
 
-    /// Bytes on disk according to the shared counter.
+    /// The deadline of a wait for the ledger's or a shard directory's lock.
+    fn short_wait(&self) -> Duration {
+        self.cfg.lock_wait.min(SHORT_WAIT)
+    }
+
+    /// Bytes on disk according to the shared ledger.
     pub fn usage(&self) -> u64 {
-        self.usage.get()
+        self.ledger.total()
     }
 
     pub fn block_size(&self) -> u64 {
@@ -231,18 +271,7 @@ impl DiskCache {
         if let Some(b) = self.blocking(&loc, |c, l| c.read_block(l)).await.flatten() {
             return Ok(b);
         }
-        let guard = {
-            let cache = self.clone();
-            let stripe = loc.stripe;
-            match tokio::task::spawn_blocking(move || cache.locks.lock(stripe)).await {
-                Ok(Ok(g)) => Some(g),
-                Ok(Err(e)) => {
-                    self.warn(format_args!("cannot take a disk cache lock: {e}"));
-                    None
-                }
-                Err(_) => None,
-            }
-        };
+        let guard = self.stripe_lock(loc.stripe).await;
         // Another process may have fetched it while we waited for the lock.
         if guard.is_some()
             && let Some(b) = self.blocking(&loc, |c, l| c.read_block(l)).await.flatten()
@@ -251,10 +280,48 @@ impl DiskCache {
         }
         self.stats.misses.inc();
         let bytes = fetch.await?;
-        let data = bytes.clone();
-        self.blocking(&loc, move |c, l| c.write_block(l, &data)).await;
+        // Without the lock, its holder is still at work on this block (it writes it): this
+        // read only takes its bytes.
+        if guard.is_some() {
+            let data = bytes.clone();
+            self.blocking(&loc, move |c, l| c.write_block(l, &data)).await;
+        }
         drop(guard);
         Ok(bytes)
+    }
+
+    /// Takes a block's stripe lock, polling without holding a thread, for at most
+    /// `lock_wait`. `None` when it could not be taken (a timeout is counted): the caller then
+    /// fetches without it.
+    async fn stripe_lock(self: &Arc<Self>, stripe: u64) -> Option<fs::File> {
+        let cache = self.clone();
+        let file = match tokio::task::spawn_blocking(move || cache.locks.open()).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                self.warn(format_args!("cannot take a disk cache lock: {e}"));
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let deadline = tokio::time::Instant::now() + self.cfg.lock_wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match coord::try_range(&file, Locks::stripe_byte(stripe), 1) {
+                Ok(true) => return Some(file),
+                Ok(false) => {}
+                Err(e) => {
+                    self.warn(format_args!("cannot take a disk cache lock: {e}"));
+                    return None;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                self.lock_failed("wait for another fetch of a block", LockError::Timeout);
+                return None;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = coord::next_pause(pause);
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -288,13 +355,13 @@ impl DiskCache {
             Err(_) if !self.real_parents(&loc.path) => return self.read_from_full(loc),
             Err(e) => {
                 // ELOOP (a symlink planted in the cache), EACCES, ...: never trusted.
-                self.reject(&loc.path, None, &format!("cannot open: {e}"));
+                self.reject(&loc.path, &format!("cannot open: {e}"));
                 return None;
             }
         };
         let meta = file.metadata().ok()?;
         if !cachedir::is_own_file(&meta) {
-            self.reject(&loc.path, Some(&meta), "not a regular file owned by this user");
+            self.reject(&loc.path, "not a regular file owned by this user");
             return None;
         }
         let mut buf = Vec::with_capacity(expected as usize);
@@ -310,21 +377,25 @@ impl DiskCache {
                 Some(data)
             }
             Err(e) => {
-                self.reject(&loc.path, Some(&meta), &e.to_string());
+                self.reject(&loc.path, &e.to_string());
                 None
             }
         }
     }
 
-    /// Counts, logs and removes a file that must not be trusted.
-    fn reject(&self, path: &Path, meta: Option<&fs::Metadata>, why: &str) {
+    /// Counts, logs and removes a file that must not be trusted, taking it off the ledger.
+    fn reject(&self, path: &Path, why: &str) {
         self.stats.corrupt.inc();
         warn!(path = %path.display(), reason = why, "discarding invalid disk cache block; fetching it from S3");
-        if self.dir.remove_file(path).is_ok()
-            && let Some(m) = meta
-        {
-            self.usage.sub(m.blocks() * 512);
-        }
+        self.remove_accounted(path);
+    }
+
+    /// As `reject`, for a caller that holds the lock of the file's shard directory and sets
+    /// the ledger itself (reconciliation).
+    fn discard(&self, path: &Path, why: &str) {
+        self.stats.corrupt.inc();
+        warn!(path = %path.display(), reason = why, "discarding invalid disk cache block; fetching it from S3");
+        let _ = self.dir.remove_file(path);
     }
 
     /// Whether every directory between the cache root and `path` is a real directory. The cache
@@ -339,7 +410,8 @@ impl DiskCache {
             DirState::Real => true,
             DirState::Missing => false,
             DirState::NotADirectory(dir, meta) => {
-                self.reject(&dir, meta.as_ref(), "not a directory (a symlink?) in the cache tree");
+                let _ = meta;
+                self.reject(&dir, "not a directory (a symlink?) in the cache tree");
                 false
             }
         }
@@ -358,35 +430,43 @@ impl DiskCache {
         // place is removed here: the shard is then created as a real directory.)
         let new_shard = !self.real_parents(&loc.path);
         let size = alloc_size((header.len() + data.len()) as u64) + if new_shard { DIR_BYTES } else { 0 };
-        let Some(_reservation) = self.reserve(size) else {
+        let Some(reservation) = self.reserve(size) else {
             self.stats.skipped_full.inc();
             self.warn(format_args!(
                 "disk cache is full (bound or free space); serving without caching"
             ));
             return;
         };
-        let result = (|| -> io::Result<()> {
+        let Some((cell, _)) = self.cell_of(&loc.path) else {
+            return;
+        };
+        let result = (|| -> io::Result<Option<i64>> {
             let mut tmp = self.dir.temp(&self.dir.area(Area::Tmp), "tmp", None)?;
             tmp.file().write_all(&header)?;
             tmp.file().write_all(data)?;
+            let bytes = tmp.file().metadata()?.blocks() * 512;
+            // The shard directory's lock only while the file is renamed into place and
+            // accounted for (it keeps a reconciliation of that shard exact).
+            let _g = match self.locks.shard(cell, self.short_wait()) {
+                Ok(g) => g,
+                Err(LockError::Timeout) => {
+                    self.lock_failed("lock a disk cache shard to store a block", LockError::Timeout);
+                    return Ok(None);
+                }
+                Err(LockError::Io(e)) => return Err(e),
+            };
             // Creates the shard directory if it is missing, never through a symlink.
             let placed = tmp.place(&loc.path, Some(&self.dir.area(Area::Blocks)))?;
-            match (placed.dirs_created > 0, new_shard) {
-                (true, false) => self.usage.add(DIR_BYTES), // removed since we looked
-                (false, true) => self.usage.sub(DIR_BYTES), // created by another writer
-                _ => {}
-            }
-            if let Some(old) = placed.replaced {
-                self.usage.sub(old);
-            }
-            Ok(())
+            let delta = (bytes + placed.dirs_created as u64 * DIR_BYTES) as i64 - placed.replaced.unwrap_or(0) as i64;
+            reservation.commit(Cell::Shard(cell), delta);
+            Ok(Some(delta))
         })();
         match result {
-            Ok(()) => {
+            Ok(Some(_)) => {
                 self.stats.written_bytes.inc_by(data.len() as u64);
             }
+            Ok(None) => {}
             Err(e) => {
-                self.usage.sub(size);
                 self.stats.write_failures.inc();
                 self.warn(format_args!(
                     "cannot write to the disk cache ({e}); serving from S3 without caching"

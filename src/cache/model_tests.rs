@@ -45,6 +45,7 @@ fn config(dir: &Path) -> DiskCacheSettings {
         min_free_percent: 0.0,
         block_size: BS,
         source: source(),
+        lock_wait: LOCK_WAIT,
     }
 }
 
@@ -482,7 +483,9 @@ impl Harness {
             }
             Op::Change { obj, size, seed } => self.model.change(obj, size, seed),
             Op::EvictAll => {
-                let _lock = coord::exclusive(&self.cache.dir, &self.cache.root.join(EVICT_LOCK)).unwrap();
+                let _lock = coord::try_exclusive(&self.cache.dir, &self.cache.root.join(EVICT_LOCK))
+                    .unwrap()
+                    .unwrap();
                 let (total, _) = self.cache.scan_and_evict(0);
                 prop_assert_eq!(total, self.cache.usage());
                 prop_assert_eq!(total, du(self.dir.path()), "the counter is exact after a scan");
@@ -585,7 +588,9 @@ impl Harness {
         let evictable: u64 = self.model.targets().into_iter().map(|t| du(&self.path(t))).sum();
         let target = self.cache.usage() - evictable / 100 * (100 - percent);
         let (total, _) = {
-            let _lock = coord::exclusive(&self.cache.dir, &self.cache.root.join(EVICT_LOCK)).unwrap();
+            let _lock = coord::try_exclusive(&self.cache.dir, &self.cache.root.join(EVICT_LOCK))
+                .unwrap()
+                .unwrap();
             self.cache.scan_and_evict(target)
         };
         prop_assert_eq!(total, self.cache.usage());

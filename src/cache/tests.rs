@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,6 +23,7 @@ fn cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
         min_free_percent: 0.0,
         block_size: BS,
         source: SourceId::new(Some("test"), "bucket", ""),
+        lock_wait: LOCK_WAIT,
     }
 }
 
@@ -452,4 +454,131 @@ mod hostile {
             prop_assert!(loc.object.len() == 32 && loc.object.bytes().all(|b| b.is_ascii_hexdigit()));
         }
     }
+}
+
+/// A lock holder that never lets go (a stuck or stopped process) costs a reader one deadline:
+/// the read then fetches the block itself, returns the right bytes, and the timeout is counted.
+/// Holding every stripe and the maintainer's `evict.lock` stalls no hit either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_lock_holder_costs_a_read_one_deadline() {
+    let d = tempfile::tempdir().unwrap();
+    let mut settings = cfg(d.path(), None);
+    settings.lock_wait = Duration::from_millis(300);
+    let c = DiskCache::open(settings, &Metrics::new()).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let cached = obj("cached", "\"e\"", 100);
+    get(&c, &cached, 0, &fetches).await;
+    // Another open file description (as another process has) takes every stripe.
+    let holder = c.locks.open().unwrap();
+    assert!(coord::try_range(&holder, 0, coord::STRIPES).unwrap());
+    let _evict = coord::try_exclusive(&c.dir, &c.root.join(EVICT_LOCK)).unwrap().unwrap();
+    let t = Instant::now();
+    assert_eq!(
+        get(&c, &cached, 0, &fetches).await,
+        content(&cached, 0),
+        "a hit takes no lock"
+    );
+    let o = obj("cold", "\"e\"", 2 * BS);
+    for i in 0..2 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(3), "two cold reads took {took:?}");
+    assert_eq!(c.stats().lock_timeouts.get(), 2);
+    assert_eq!(fetches.load(Ordering::SeqCst), 3);
+    drop(holder);
+    // The ledger's lock held: a write gives up at its deadline, the read still succeeds.
+    let holder = c.locks.open().unwrap();
+    // The shard locks and the ledger lock follow the stripes.
+    assert!(coord::try_range(&holder, coord::STRIPES, 2 * SHARDS + 1).unwrap());
+    let o2 = obj("cold2", "\"e\"", BS);
+    assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
+    assert!(c.stats().lock_timeouts.get() >= 3);
+    drop(holder);
+    assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
+    assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
+    assert_eq!(fetches.load(Ordering::SeqCst), 5, "cached once the locks are free");
+}
+
+/// The verified-file set never counts a file as verified because another file had its inode
+/// number before (a reused inode), and evicted files leave it.
+#[tokio::test]
+async fn verified_files_are_told_apart_on_a_reused_inode_and_pruned() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("whole", "\"e\"", 2 * BS + 5);
+    for i in 0..3 {
+        get(&c, &o, i, &fetches).await;
+    }
+    assert!(c.assemble(&o).unwrap());
+    let (hash, _) = c.assembled_hash(&o);
+    let path = c.full_path(&hash);
+    let key = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.dev(), m.ino())
+    };
+    assert!(c.open_assembled(&o).is_some());
+    assert!(c.verified_full.get(&key(&path)).is_some(), "remembered once verified");
+    // Damage it, and make the set say that a file of an earlier life of this inode number was
+    // verified: this file is still checked, and refused.
+    let mut b = fs::read(&path).unwrap();
+    b[7] ^= 1;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(&b[7..8], 7)
+        .unwrap();
+    let (k, (generation, born, size)) = (key(&path), c.verified_full.get(&key(&path)).unwrap());
+    c.verified_full.insert(k, (generation ^ 1, born, size));
+    assert!(
+        c.open_assembled(&o).is_none(),
+        "a damaged file on a known inode number is checked"
+    );
+    c.verified_full.insert(k, (generation, born ^ 1, size));
+    assert!(c.open_assembled(&o).is_none() || !path.exists());
+    // Assembled again, verified, then evicted: it leaves the set.
+    for i in 0..3 {
+        get(&c, &o, i, &fetches).await;
+    }
+    assert!(c.assemble(&o).unwrap());
+    assert!(c.open_assembled(&o).is_some());
+    let k = key(&path);
+    assert!(c.verified_full.get(&k).is_some());
+    c.scan_and_evict(0);
+    assert!(!path.exists());
+    assert!(c.verified_full.get(&k).is_none(), "evicted files leave the set");
+}
+
+/// The ledger cut short or removed under a running cache (by anyone) is rebuilt: reads and
+/// writes go on, and a reconciliation makes it exact again.
+#[tokio::test]
+async fn a_truncated_ledger_is_rebuilt_and_reconciled() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("k", "\"e\"", 3 * BS);
+    for i in 0..3 {
+        get(&c, &o, i, &fetches).await;
+    }
+    c.scan_and_evict(u64::MAX);
+    assert!(!c.reconcile_due());
+    assert_eq!(c.usage(), du(d.path()));
+    let usage = cachedir::version_path(d.path()).join(USAGE);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&usage)
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    for i in 0..3 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    let o2 = obj("k2", "\"e\"", BS);
+    assert_eq!(get(&c, &o2, 0, &fetches).await, content(&o2, 0));
+    assert!(c.reconcile_due(), "a rebuilt ledger asks for a reconciliation");
+    c.scan_and_evict(u64::MAX);
+    assert_eq!(c.usage(), du(d.path()), "exact again after reconciliation");
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
 }

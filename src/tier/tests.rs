@@ -79,6 +79,7 @@ fn disk_tier() -> Made {
             min_free_percent: 0.0,
             block_size: BS,
             source: source(),
+            lock_wait: crate::cache::LOCK_WAIT,
         },
         &Metrics::new(),
     )
