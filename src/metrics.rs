@@ -517,6 +517,11 @@ mod tests {
             "s3cachefs_cache_written_bytes counter",
             "s3cachefs_fuse_errors counter",
             "s3cachefs_fuse_operations counter",
+            "s3cachefs_memory_cache_bytes gauge",
+            "s3cachefs_memory_cache_hit_bytes counter",
+            "s3cachefs_memory_cache_hits counter",
+            "s3cachefs_memory_cache_misses counter",
+            "s3cachefs_memory_in_flight_blocks gauge",
             "s3cachefs_origin_degraded gauge",
             "s3cachefs_passthrough_opens counter",
             "s3cachefs_read_bytes counter",
@@ -566,6 +571,9 @@ mod tests {
             (SHARED_WRITES, "s3cachefs_shared_cache_writes_total"),
             (SHARED_WRITTEN_BYTES, "s3cachefs_shared_cache_written_bytes_total"),
             (SHARED_WRITE_DROPS, "s3cachefs_shared_cache_write_drops_total"),
+            (MEMORY_HITS, "s3cachefs_memory_cache_hits_total"),
+            (MEMORY_MISSES, "s3cachefs_memory_cache_misses_total"),
+            (MEMORY_HIT_BYTES, "s3cachefs_memory_cache_hit_bytes_total"),
         ];
         let series: Vec<String> = parse_text(&text)
             .into_iter()
