@@ -171,16 +171,10 @@ impl Locks {
 /// Takes an exclusive `flock` without waiting; `None` if another process holds it.
 pub fn try_exclusive(dir: &CacheDir, path: &Path) -> io::Result<Option<File>> {
     let file = dir.open_private(path)?;
-    // SAFETY: valid descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        Ok(Some(file))
-    } else {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            Ok(None)
-        } else {
-            Err(e)
-        }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -197,8 +197,8 @@ impl DiskCache {
             self.reject_full(&self.full_path(&loc.object), "block checksum mismatch");
             return None;
         }
-        // SAFETY: valid descriptor; null times means "now" (last access, for LRU eviction).
-        unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+        // Last access, for LRU eviction.
+        super::touch(&file);
         Some(Bytes::from(buf))
     }
 
@@ -227,8 +227,8 @@ impl DiskCache {
             }
             self.verified_full.insert(key, tag);
         }
-        // SAFETY: valid descriptor; null times means "now" (last access).
-        unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+        // Last access, for LRU eviction.
+        super::touch(&file);
         self.stats.hits.inc();
         Some(file)
     }

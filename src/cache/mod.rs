@@ -23,13 +23,20 @@ mod coord;
 mod evict;
 use crate::blockfmt as format;
 pub use coord::LockError;
+
+/// Sets a cache file's access and modification times to now: its last access, which eviction
+/// orders by. Best effort: a file that cannot be touched is only evicted a little early.
+pub(crate) fn touch(file: &std::fs::File) {
+    let now = std::time::SystemTime::now();
+    let _ = file.set_times(std::fs::FileTimes::new().set_accessed(now).set_modified(now));
+}
+
 #[cfg(test)]
 use evict::is_block_name;
 mod full;
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -372,8 +379,7 @@ impl DiskCache {
         match format::decode(Bytes::from(buf), id, loc.len) {
             Ok(data) => {
                 // The file's mtime is its last access, for LRU eviction.
-                // SAFETY: valid descriptor; a null times pointer means "now".
-                unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+                touch(&file);
                 Some(data)
             }
             Err(e) => {
