@@ -31,7 +31,7 @@ use support::sys::{self, CpuSnapshot, CpuUse};
 use support::workload::{self, BUCKET, Object, Offsets, Workload};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [(&str, &str); 13] = [
+const SCENARIOS: [(&str, &str); 14] = [
     (
         "local",
         "read the JARs from a local directory (page cache dropped, then warm)",
@@ -51,6 +51,10 @@ const SCENARIOS: [(&str, &str); 13] = [
         "read the large file sequentially through a fresh mount, empty cache",
     ),
     ("random", "random 64 KiB preads of the large file through a fresh mount"),
+    (
+        "columnar",
+        "a Parquet-like read of 3 of 24 columns of a 256 MiB file through a fresh mount, twice",
+    ),
     (
         "nodes1",
         "shared tier: 1 node (own empty --cache) reads the JARs, empty shared bucket",
@@ -86,7 +90,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (comma-separated): local, cold, warm, remount, readers4, mounts4, ls,
-    /// ceiling, seq, random, nodes1, nodes8, node9, or `jars` (= local,cold,warm,remount) or `shared`
+    /// ceiling, seq, random, columnar, nodes1, nodes8, node9, or `jars` (= local,cold,warm,remount) or `shared`
     /// (= nodes1,nodes8,node9). warm/remount also run cold and local; seq also runs ceiling (its
     /// reference); node9 also runs nodes8, nodes8 runs nodes1, and nodes1 runs cold.
     #[arg(long, value_delimiter = ',')]
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         .any(|s| on(s)),
         ["ceiling", "seq", "random"].iter().any(|s| on(s)),
         on("ls"),
+        on("columnar"),
     );
     let server = TestServer::start();
     server.create_bucket(BUCKET);
@@ -352,6 +357,9 @@ impl Bench {
         }
         if on("random") {
             self.random()?;
+        }
+        if on("columnar") {
+            self.columnar()?;
         }
         if on("nodes1") {
             self.nodes1()?;
@@ -933,6 +941,65 @@ impl Bench {
             ),
         };
         self.push(row);
+        self.finish(d)?;
+        let _ = std::fs::remove_dir_all(&cache);
+        Ok(())
+    }
+
+    /// A Spark-like query of 3 of 24 columns (`workload::columnar_reads`): one `pread` per range,
+    /// in file order, through a fresh mount with an empty `--cache` dir; then the same reads
+    /// again on the same mount, page cache dropped before each pass.
+    fn columnar(&mut self) -> anyhow::Result<()> {
+        let o = self.w.columnar.as_ref().expect("columnar file is part of the workload");
+        let (key, data) = (o.key.clone(), o.data.clone());
+        let reads = workload::columnar_reads(data.len() as u64);
+        let needed: u64 = reads.iter().map(|r| r.1).sum();
+        let cache = self.fresh_dir("cache");
+        let d = self.mount("columnar", &cache)?;
+        let mut buf = Vec::new();
+        for pass in ["cold", "second pass"] {
+            let page_cache = self.cold_start();
+            let f = File::open(d.mnt().join(&key))?;
+            self.reset();
+            let m = Measure::start(&[&d]);
+            for &(off, len) in &reads {
+                buf.resize(len as usize, 0);
+                f.read_exact_at(&mut buf, off)?;
+                ensure!(
+                    buf[..] == data[off as usize..(off + len) as usize],
+                    "columnar read at {off}: bytes differ"
+                );
+            }
+            let (elapsed, cpu) = m.stop();
+            drop(f);
+            let counts = self.counts();
+            let row = Row {
+                name: format!("columnar 3 of 24, {pass}"),
+                page_cache,
+                elapsed,
+                app_bytes: Some(needed),
+                needed_bytes: Some(needed),
+                rss_kib: d.peak_rss_kib().into_iter().collect(),
+                vs: None,
+                cpu: Some(cpu),
+                notes: format!(
+                    "{} preads ({}, {:.3}× the file) of a {} file: footer, then 3 column chunks of 320 KiB per row group (8), \
+                     gaps of 256 KiB and 700 KiB between them; S3 bytes ÷ file = {:.3}×; {}; bytes verified",
+                    reads.len(),
+                    human(needed),
+                    needed as f64 / data.len() as f64,
+                    human(data.len() as u64),
+                    counts.get_bytes as f64 / data.len() as f64,
+                    if pass == "cold" {
+                        "fresh mount, empty --cache dir"
+                    } else {
+                        "same mount, same reads"
+                    }
+                ),
+                counts,
+            };
+            self.push(row);
+        }
         self.finish(d)?;
         let _ = std::fs::remove_dir_all(&cache);
         Ok(())

@@ -28,6 +28,8 @@ pub struct Workload {
     pub jars: Vec<Object>,
     pub big: Option<Object>,
     pub small: Vec<Object>,
+    /// A wide "Parquet" file read by columns (`columnar_reads`).
+    pub columnar: Option<Object>,
 }
 
 impl Workload {
@@ -36,7 +38,11 @@ impl Workload {
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Object> {
-        self.jars.iter().chain(self.big.iter()).chain(self.small.iter())
+        self.jars
+            .iter()
+            .chain(self.big.iter())
+            .chain(self.small.iter())
+            .chain(self.columnar.iter())
     }
 }
 
@@ -123,7 +129,7 @@ fn scaled(size: u64, scale: f64) -> usize {
 }
 
 /// Builds the parts of the workload that the selected scenarios need.
-pub fn build(scale: f64, jars: bool, big: bool, small: bool) -> Workload {
+pub fn build(scale: f64, jars: bool, big: bool, small: bool, columnar: bool) -> Workload {
     let pattern = pattern();
     let mut w = Workload::default();
     let mut seed = 1u64;
@@ -140,6 +146,13 @@ pub fn build(scale: f64, jars: bool, big: bool, small: bool) -> Workload {
         w.big = Some(Object {
             key: "data/events-1gib.parquet".into(),
             data: object_bytes(&pattern, 999, scaled(BIG_BYTES, scale)),
+        });
+    }
+    if columnar {
+        // Not scaled: the layout needs room for 8 row groups of 24 column chunks.
+        w.columnar = Some(Object {
+            key: "data/wide-256mib.parquet".into(),
+            data: object_bytes(&pattern, 998, COLUMNAR_BYTES as usize),
         });
     }
     if small {
@@ -171,4 +184,39 @@ pub fn seed(server: &TestServer, w: &Workload) {
             });
         }
     });
+}
+
+/// The columnar file's size (any scale).
+pub const COLUMNAR_BYTES: u64 = 256 << 20;
+
+/// The reads of a query that needs 3 of 24 columns of a Parquet-like file of `size` bytes, in
+/// order, as (offset, length): the footer's length, the footer (64 KiB), then for each of 8 row
+/// groups its column chunks 5, 7 and 9 (320 KiB each, separated by column 6 of 256 KiB and column
+/// 8 of 700 KiB); the other 19 columns share the rest of the row group evenly.
+pub fn columnar_reads(size: u64) -> Vec<(u64, u64)> {
+    const FOOTER: u64 = 64 << 10;
+    const ROW_GROUPS: u64 = 8;
+    const COLUMNS: u64 = 24;
+    let mut reads = vec![(size - 8, 8), (size - 8 - FOOTER, FOOTER)];
+    let group = (size - 8 - FOOTER - 4) / ROW_GROUPS;
+    let fixed: [(u64, u64, bool); 5] = [
+        (5, 320 << 10, true),
+        (6, 256 << 10, false),
+        (7, 320 << 10, true),
+        (8, 700 << 10, false),
+        (9, 320 << 10, true),
+    ];
+    let rest = (group - fixed.iter().map(|c| c.1).sum::<u64>()) / (COLUMNS - fixed.len() as u64);
+    for g in 0..ROW_GROUPS {
+        // After the 4-byte magic at offset 0.
+        let mut off = 4 + g * group;
+        for c in 0..COLUMNS {
+            let (len, wanted) = fixed.iter().find(|f| f.0 == c).map_or((rest, false), |f| (f.1, f.2));
+            if wanted {
+                reads.push((off, len));
+            }
+            off += len;
+        }
+    }
+    reads
 }

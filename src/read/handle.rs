@@ -1,13 +1,31 @@
-//! Per-open-handle read state: sequential detection and a growing read-ahead window.
+//! Per-open-handle read state: telling a scan from a skip, and a growing read-ahead window.
 //!
-//! A read that continues where the previous one ended (give or take two blocks, since the
-//! kernel may deliver concurrent read-ahead requests out of order) is sequential: it is served
-//! from whole blocks, and the next `window` blocks are prefetched in parallel. The window
-//! starts at one block and doubles with each sequential read up to the reader's maximum.
-//! A read elsewhere resets the window and is served exactly (`BlockReader::read_random`), so
-//! random access (Parquet footers, column chunks) fetches what it reads and little more; a
-//! block read at random twice is then fetched whole and cached like any other.
-//! A first read near offset 0 counts as sequential: whole-file reads are the common case.
+//! Reads are grouped into a *run*: the span `[start, hi)` a reader is moving through, with the
+//! *holes* it left behind (forward jumps nobody has filled yet). A read joins the current run
+//! when it lies within `REORDER_SLACK` of it; anything further away starts a new run.
+//!
+//! - A read that continues the run (starts at or before `hi`) or fills one of its holes is
+//!   evidence of a scan. The kernel sends a sequential reader's requests several at a time and
+//!   they reach the handle slightly out of order, so a request that arrives early leaves a hole
+//!   that the late one fills a moment later.
+//! - A forward jump leaves a hole. A hole that is still unfilled once the reader is
+//!   `REORDER_SLACK` past it was a skip (a columnar reader stepping over the columns it does not
+//!   need): the run restarts after it and the read-ahead window is reset.
+//! - A run is a *scan* once it has no holes and either starts at offset 0 (whole-file reads are
+//!   the common case) or covers `SCAN_MIN_RUN` bytes. The window then starts at one block and
+//!   doubles with each read that continues the run without holes, or fills a hole, up to the
+//!   reader's maximum (shared between the handles scanning at the same time). Those reads and
+//!   the next `window` blocks are fetched through whole blocks of the tier chain. A forward jump
+//!   or a re-read inside a scan is served through whole blocks too, but neither grows the window
+//!   nor prefetches: a scan that turns into skips stops prefetching at once, and its window is
+//!   gone once the first skip is confirmed.
+//! - Every other read is served exactly (`BlockReader::read_random`): from cached blocks when
+//!   they are all there, otherwise one ranged GET of just its bytes. Column chunks of a Parquet
+//!   or ORC file read with gaps between them fetch what they read, not the gaps.
+//! - An object of at most `SMALL_OBJECT_BLOCKS` blocks is read whole: its first read fetches
+//!   every block (those it needs at once, the others as prefetch) and every read goes through
+//!   the blocks, so a JAR whose central directory is read first (at the end) costs its blocks'
+//!   GETs, once.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -17,11 +35,134 @@ use bytes::Bytes;
 use super::{BlockReader, ReadError};
 use crate::object::ObjectMeta;
 
+/// How far a request may land beyond (or before) the run and still be taken for the kernel's
+/// reordering of one sequential reader's requests. Those are at most 1 MiB each (FUSE's default
+/// limit of 256 pages) and a few are in flight (the kernel's read-ahead is one block, at most
+/// 1 MiB, plus the read being waited for): 4 MiB covers them with room to spare. It is also how
+/// long an unfilled hole stays open before it counts as a skip.
+const REORDER_SLACK: u64 = 4 << 20;
+
+/// Bytes a run must cover without holes before it is a scan (unless it starts at offset 0):
+/// twice the largest request the kernel sends, so one read never makes a scan by itself, and a
+/// columnar chunk (100 KB to 1 MB) read at a time never does.
+const SCAN_MIN_RUN: u64 = 2 << 20;
+
+/// Holes remembered per handle; when a run has more, the oldest counts as a skip.
+const MAX_HOLES: usize = 8;
+
+/// Objects of at most this many blocks are fetched whole at their first read: the blocks cost
+/// about as much time as the exact range, and the rest of the object is usually read next.
+pub const SMALL_OBJECT_BLOCKS: u64 = 2;
+
+/// What one read did to the handle's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Started a new run (the first read, or one far from the current run).
+    NewRun,
+    /// Continued the run past `hi`, starting at or before it.
+    Extend,
+    /// Filled (part of) a hole.
+    Fill,
+    /// Jumped beyond `hi` or before the run's start, leaving a hole.
+    Jump,
+    /// Read again inside the run, filling nothing.
+    Within,
+}
+
+/// The run a handle is reading, with the holes it left; no I/O, so the rule is testable alone.
+#[derive(Debug, Default)]
+struct Run {
+    started: bool,
+    start: u64,
+    hi: u64,
+    /// Unfilled gaps inside `[start, hi)`, sorted and disjoint.
+    holes: Vec<(u64, u64)>,
+}
+
+impl Run {
+    /// Records the read `[offset, end)` (`end > offset`). Returns what it was, and whether a
+    /// hole was found to be a skip (the run restarted after it).
+    fn observe(&mut self, offset: u64, end: u64) -> (Step, bool) {
+        if !self.started
+            || offset > self.hi.saturating_add(REORDER_SLACK)
+            || end.saturating_add(REORDER_SLACK) < self.start
+        {
+            *self = Run {
+                started: true,
+                start: offset,
+                hi: end,
+                holes: Vec::new(),
+            };
+            return (Step::NewRun, false);
+        }
+        let filled = self.fill(offset, end);
+        let step = if filled {
+            Step::Fill
+        } else if offset > self.hi {
+            self.holes.push((self.hi, offset));
+            Step::Jump
+        } else if offset < self.start {
+            if end < self.start {
+                self.holes.insert(0, (end, self.start));
+            }
+            Step::Jump
+        } else if end > self.hi {
+            Step::Extend
+        } else {
+            Step::Within
+        };
+        self.start = self.start.min(offset);
+        self.hi = self.hi.max(end);
+        (step, self.expire())
+    }
+
+    /// Removes `[offset, end)` from the holes; whether it overlapped any.
+    fn fill(&mut self, offset: u64, end: u64) -> bool {
+        let mut filled = false;
+        let mut kept = Vec::with_capacity(self.holes.len() + 1);
+        for &(a, b) in &self.holes {
+            if end <= a || offset >= b {
+                kept.push((a, b));
+                continue;
+            }
+            filled = true;
+            if a < offset {
+                kept.push((a, offset));
+            }
+            if end < b {
+                kept.push((end, b));
+            }
+        }
+        self.holes = kept;
+        filled
+    }
+
+    /// Holes the reader left `REORDER_SLACK` behind, or beyond `MAX_HOLES`, were skips: the run
+    /// restarts after the newest of them. Whether there was one.
+    fn expire(&mut self) -> bool {
+        let stale = self
+            .holes
+            .iter()
+            .rposition(|&(_, b)| b.saturating_add(REORDER_SLACK) < self.hi);
+        let over = self.holes.len().checked_sub(MAX_HOLES + 1);
+        let Some(last) = stale.max(over) else {
+            return false;
+        };
+        self.start = self.holes[last].1;
+        self.holes.drain(..=last);
+        true
+    }
+
+    /// A scan: no holes, and it starts at offset 0 or covers `SCAN_MIN_RUN` bytes.
+    fn is_scan(&self) -> bool {
+        self.holes.is_empty() && (self.start == 0 || self.hi - self.start >= SCAN_MIN_RUN)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// Offset just past the previous read.
-    next: u64,
-    /// Read-ahead window in blocks (0: not sequential).
+    run: Run,
+    /// Read-ahead window in blocks (0: not scanning).
     window: u64,
     /// Blocks below this index have already been requested for prefetch.
     prefetched_to: u64,
@@ -55,47 +196,77 @@ impl ReadHandle {
     }
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes, ReadError> {
+        if offset >= self.meta.size || len == 0 {
+            return Ok(Bytes::new());
+        }
         let bs = self.reader.block_size;
         let end = (offset + u64::from(len)).min(self.meta.size);
         let blocks = self.meta.size.div_ceil(bs);
-        let (sequential, prefetch) = {
+        if blocks <= SMALL_OBJECT_BLOCKS {
+            return self.read_small(offset, len, blocks).await;
+        }
+        let (scanning, prefetch) = {
             let mut st = self.state.lock().unwrap();
-            let sequential = offset.abs_diff(st.next) <= 2 * bs;
-            if sequential {
-                if st.window == 0 {
+            let (step, skipped) = st.run.observe(offset, end);
+            if (step == Step::NewRun || skipped) && st.window > 0 {
+                self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
+                st.window = 0;
+                st.prefetched_to = 0;
+            }
+            let evidence = match step {
+                Step::Fill => true,
+                Step::Extend => st.run.holes.is_empty(),
+                _ => false,
+            };
+            let grow = if st.window == 0 {
+                let scan = st.run.is_scan();
+                if scan {
                     self.reader.sequential_handles.fetch_add(1, Ordering::Relaxed);
                 }
-                // Handles reading at once share the prefetch memory: the window of each is a
+                scan
+            } else {
+                evidence
+            };
+            if grow {
+                // Handles scanning at once share the prefetch memory: the window of each is a
                 // share of the total, so prefetched blocks are not evicted before they are read.
                 let sharers = self.reader.sequential_handles.load(Ordering::Relaxed).max(1);
                 let cap = (self.reader.max_window / sharers).max(1);
                 st.window = (st.window * 2).clamp(1, cap);
-                st.next = st.next.max(end);
-            } else {
-                if st.window > 0 {
-                    self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
-                }
-                st.window = 0;
-                st.prefetched_to = 0;
-                st.next = end;
-            }
-            let from = end.div_ceil(bs).max(st.prefetched_to);
-            let to = (end.div_ceil(bs) + st.window).min(blocks);
-            if sequential && from < to {
-                st.prefetched_to = to;
+                let ahead = st.run.hi.div_ceil(bs);
+                let from = ahead.max(st.prefetched_to);
+                let to = (ahead + st.window).min(blocks);
+                st.prefetched_to = st.prefetched_to.max(to);
                 (true, from..to)
             } else {
-                (sequential, 0..0)
+                (st.window > 0, 0..0)
             }
         };
         for index in prefetch {
             self.reader.prefetch(&self.meta, index);
         }
-        if sequential {
+        if scanning {
             self.reader.read(&self.meta, offset, len).await
         } else {
             self.reader.read_random(&self.meta, offset, len).await
         }
+    }
+
+    /// A small object: every read through its blocks, and the first one fetches them all.
+    async fn read_small(&self, offset: u64, len: u32, blocks: u64) -> Result<Bytes, ReadError> {
+        let first = {
+            let mut st = self.state.lock().unwrap();
+            !std::mem::replace(&mut st.run.started, true)
+        };
+        if first {
+            let bs = self.reader.block_size;
+            let end = (offset + u64::from(len)).min(self.meta.size);
+            let needed = offset / bs..=(end - 1) / bs;
+            for index in (0..blocks).filter(|i| !needed.contains(i)) {
+                self.reader.prefetch(&self.meta, index);
+            }
+        }
+        self.reader.read(&self.meta, offset, len).await
     }
 }
 
@@ -128,6 +299,185 @@ mod tests {
         let got = h.read(off, len).await.unwrap();
         let end = (off as usize + len as usize).min(d.len());
         assert_eq!(&got[..], &d[(off as usize).min(end)..end], "offset {off} len {len}");
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// A reader over a `size`-byte object with `block`-byte blocks and `memory` bytes of memory.
+    async fn setup_with(
+        size: usize,
+        block: u64,
+        memory: u64,
+    ) -> (Arc<FaultStore<MemoryStore>>, Arc<BlockReader>, ObjectMeta, Vec<u8>) {
+        let s = Arc::new(FaultStore::new(MemoryStore::new()));
+        let d = data(size, 3);
+        s.inner().put("obj", d.clone());
+        let meta = s.inner().head("obj").await.unwrap();
+        let r = Arc::new(BlockReader::memory_only(s.clone(), block, memory));
+        (s, r, meta, d)
+    }
+
+    fn fetched(s: &FaultStore<MemoryStore>) -> (u64, u64) {
+        (
+            s.inner().gets.load(Ordering::Relaxed),
+            s.inner().get_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads `[off, off+len)` the way the kernel sends a large read: in 128 KiB requests.
+    async fn check_pieces(h: &ReadHandle, d: &[u8], off: u64, len: u64) {
+        let mut at = off;
+        while at < off + len {
+            let n = (off + len - at).min(128 << 10);
+            check(h, d, at, n as u32).await;
+            at += n;
+        }
+    }
+
+    /// Column chunks of 320 KiB in file order, separated by forward gaps of 256 KiB, 700 KiB
+    /// and 2 MiB in turn, from `from` to `to`; the bytes read.
+    async fn columnar(h: &ReadHandle, d: &[u8], from: u64, to: u64) -> u64 {
+        let gaps = [256 << 10, 700 << 10, 2 * MIB];
+        let (mut off, mut read) = (from, 0);
+        for i in 0.. {
+            let chunk = 320 << 10;
+            if off + chunk > to {
+                break;
+            }
+            check_pieces(h, d, off, chunk).await;
+            read += chunk;
+            off += chunk + gaps[i % gaps.len()];
+        }
+        read
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_scan_delivered_out_of_order_still_prefetches_each_block_once() {
+        // 64 KiB blocks and 128 KiB requests, each group of four arriving as 0, 3, 1, 2: the
+        // early one lands 256 KiB ahead (four blocks), farther than the old two-block tolerance.
+        let (s, r, meta, d) = setup(256 * BS as usize).await;
+        s.set_latency(Duration::from_millis(2));
+        let h = r.handle(meta.clone());
+        let req = 128u64 << 10;
+        let groups = meta.size / (4 * req);
+        let mut read = 0;
+        for g in 0..groups {
+            for i in [0, 3, 1, 2] {
+                check(&h, &d, (4 * g + i) * req, req as u32).await;
+                read += req;
+            }
+            if g == 3 {
+                // 2 MiB read so far: read-ahead ran past it.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (_, bytes) = fetched(&s);
+                assert!(bytes > read, "prefetched ahead: {bytes} fetched for {read} read");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fetched(&s), (256, meta.size), "each block exactly once, whole");
+    }
+
+    #[tokio::test]
+    async fn a_scan_starting_mid_file_prefetches_once_it_is_long_enough() {
+        let (s, r, meta, d) = setup_with(32 * MIB as usize, MIB, 64 * MIB).await;
+        let h = r.handle(meta.clone());
+        check_pieces(&h, &d, 5 * MIB + 4096, SCAN_MIN_RUN - 8192).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, before) = fetched(&s);
+        assert_eq!(before, SCAN_MIN_RUN - 8192, "exact until the run is a scan");
+        check_pieces(&h, &d, 5 * MIB + SCAN_MIN_RUN - 4096, 256 << 10).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, after) = fetched(&s);
+        assert!(after >= before + 3 * MIB, "then through blocks, prefetched: {after}");
+    }
+
+    #[tokio::test]
+    async fn a_columnar_pattern_fetches_what_it_reads() {
+        // 1 MiB blocks, as mounted by default: the gaps are all within the old rule's two blocks.
+        let (s, r, meta, d) = setup_with(64 * MIB as usize, MIB, 64 * MIB).await;
+        let h = r.handle(meta.clone());
+        // Footer length, footer, then the chunks of a few columns.
+        check(&h, &d, meta.size - 8, 8).await;
+        check(&h, &d, meta.size - 40_000, 39_992).await;
+        let read = 40_000 + columnar(&h, &d, 4, meta.size - 40_000).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, bytes) = fetched(&s);
+        assert!(2 * bytes <= 3 * read, "fetched {bytes} for {read} read");
+        assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 0, "never a scan");
+    }
+
+    #[tokio::test]
+    async fn a_scan_that_turns_into_skips_stops_prefetching() {
+        // A window of at most 4 blocks (8 MiB of memory).
+        let (s, r, meta, d) = setup_with(96 * MIB as usize, MIB, 8 * MIB).await;
+        let h = r.handle(meta.clone());
+        check_pieces(&h, &d, 0, 4 * MIB).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, scan) = fetched(&s);
+        assert!(scan > 4 * MIB, "the scan prefetched ahead: {scan}");
+        // The reader now skips, starting right where the scan ended.
+        let read = columnar(&h, &d, 4 * MIB + (256 << 10), meta.size).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (_, total) = fetched(&s);
+        let skips = total - scan;
+        assert!(2 * skips <= 3 * read, "fetched {skips} for {read} read while skipping");
+        assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 0, "no longer a scan");
+    }
+
+    #[tokio::test]
+    async fn a_small_object_is_one_get_whatever_is_read_first() {
+        let (s, r, meta, d) = setup(40_000).await;
+        let h = r.handle(meta.clone());
+        // A JAR: the end of the central directory, the directory, then entries anywhere.
+        check(&h, &d, meta.size - 22, 22).await;
+        check(&h, &d, meta.size - 3000, 2978).await;
+        for off in [100, 20_000, 7, 39_000, 5_000] {
+            check(&h, &d, off, 900).await;
+        }
+        assert_eq!(fetched(&s), (1, meta.size));
+        // Two blocks: both fetched at the first read, in parallel, then nothing more.
+        let (s, r, meta, d) = setup_with(100_000, BS, 1 << 20).await;
+        let h = r.handle(meta.clone());
+        check(&h, &d, meta.size - 22, 22).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (2, meta.size));
+        check(&h, &d, 10, 50_000).await;
+        assert_eq!(fetched(&s), (2, meta.size));
+    }
+
+    #[test]
+    fn runs_tell_holes_filled_late_from_skips() {
+        let mut run = Run::default();
+        assert_eq!(run.observe(MIB, 2 * MIB), (Step::NewRun, false));
+        assert!(!run.is_scan());
+        assert_eq!(run.observe(3 * MIB, 4 * MIB), (Step::Jump, false));
+        assert_eq!(
+            run.observe(0, MIB),
+            (Step::Jump, false),
+            "an earlier request arriving late"
+        );
+        assert_eq!(run.holes, [(2 * MIB, 3 * MIB)]);
+        assert_eq!(run.observe(2 * MIB, 3 * MIB), (Step::Fill, false));
+        assert!(run.is_scan(), "from offset 0, no holes");
+        // A hole left behind and never filled is a skip once the reader is far enough past it.
+        assert_eq!(run.observe(5 * MIB, 6 * MIB), (Step::Jump, false));
+        assert_eq!(run.observe(6 * MIB, 9 * MIB), (Step::Extend, false));
+        assert!(!run.is_scan());
+        assert_eq!(
+            run.observe(9 * MIB, 10 * MIB),
+            (Step::Extend, true),
+            "4 MiB past the hole"
+        );
+        assert_eq!((run.start, run.hi), (5 * MIB, 10 * MIB));
+        assert!(run.is_scan(), "5 MiB without holes since the skip");
+        // Far away: a new run.
+        assert_eq!(run.observe(50 * MIB, 50 * MIB + 10), (Step::NewRun, false));
+        assert_eq!(run.observe(50 * MIB, 50 * MIB + 10), (Step::Within, false));
+        // Too many holes: the oldest are skips.
+        for i in 1..=MAX_HOLES as u64 + 2 {
+            run.observe(50 * MIB + 100 * i, 50 * MIB + 100 * i + 10);
+        }
+        assert_eq!(run.holes.len(), MAX_HOLES);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

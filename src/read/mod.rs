@@ -1,7 +1,8 @@
 //! Reading object bytes for open files: aligned blocks through the tier chain (`tier`), each
 //! block fetched at most once with one ranged GET pinned to the ETag seen at open (`If-Match`);
-//! sequential detection and read-ahead per handle (`handle`); exact ranged GETs for random
-//! reads, which are not worth a whole block.
+//! per handle, telling a scan (contiguous reads, even reordered) from a skip (forward jumps that
+//! leave gaps) and prefetching only for scans (`handle`); exact ranged GETs for every other
+//! read, which is not worth a whole block.
 //!
 //! Invariant: a returned buffer holds exactly the requested bytes of the object version named
 //! by the `ObjectMeta`, or the read fails. A block of unexpected length is an error, never data.
@@ -51,7 +52,7 @@ pub struct BlockReader {
     /// 64 KiB regions a random read touched once (and fetched only in part).
     touched: moka::sync::Cache<(BlockId, u64), ()>,
     /// Largest read-ahead window of one handle, in blocks; shared out between the handles
-    /// reading sequentially at the same time (`sequential_handles`).
+    /// scanning at the same time (`sequential_handles`).
     max_window: u64,
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
 }
