@@ -178,8 +178,17 @@ fn large_dir(b: &Bench) -> anyhow::Result<Vec<String>> {
         let rss_walk = rss_mib(pid);
         let ino_walk = inodes(d.mnt());
         ensure!(drop_dentries(), "cannot drop dentries");
-        // The kernel sends its FORGETs right away; give the daemon a moment to apply them.
-        std::thread::sleep(Duration::from_secs(2));
+        // The kernel sends its FORGETs right away; the daemon then gives the memory back on a
+        // blocking thread. Wait until RSS has not moved for 2 s (at most 30 s).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = (rss_mib(pid), Instant::now());
+        while Instant::now() < deadline && last.1.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = rss_mib(pid);
+            if (now - last.0).abs() >= 1.0 {
+                last = (now, Instant::now());
+            }
+        }
         let rss_forgot = rss_mib(pid);
         let ino_forgot = inodes(d.mnt());
         eprintln!(

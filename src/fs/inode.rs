@@ -102,9 +102,8 @@ impl InodeTable {
 
     /// The inode of `name` in directory `dir`, allocated on first sight, counted as handed to
     /// the kernel once more: call it only for an entry the kernel is about to receive.
-    pub fn lookup(&self, dir: &Node, name: &str, kind: FileKind) -> Arc<Node> {
+    pub fn lookup(&self, dir: &Node, name: Arc<str>, kind: FileKind) -> Arc<Node> {
         let mut inner = self.inner.lock().unwrap();
-        let name: Arc<str> = name.into();
         if let Some(&ino) = inner.by_name.get(&(dir.ino, name.clone(), kind)) {
             let slot = inner.nodes.get_mut(&ino).expect("by_name and nodes agree");
             slot.lookups += 1;
@@ -155,13 +154,14 @@ impl InodeTable {
         inner.next - 1
     }
 
-    /// The kernel dropped `n` of its lookups of `ino`; at zero the entry goes.
-    pub fn forget(&self, ino: u64, n: u64) {
-        self.forget_many(std::iter::once((ino, n)));
+    /// The kernel dropped `n` of its lookups of `ino`; at zero the entry goes. True when the
+    /// table shrank because the kernel dropped most of what it held.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
+        self.forget_many(std::iter::once((ino, n)))
     }
 
-    /// `forget` of several inodes under one lock (the kernel's BATCH_FORGET).
-    pub fn forget_many(&self, items: impl IntoIterator<Item = (u64, u64)>) {
+    /// `forget` of several inodes under one lock.
+    pub fn forget_many(&self, items: impl IntoIterator<Item = (u64, u64)>) -> bool {
         let mut inner = self.inner.lock().unwrap();
         for (ino, n) in items {
             if ino == ROOT_INO {
@@ -181,7 +181,9 @@ impl InodeTable {
             // tables' memory back too.
             inner.nodes.shrink_to_fit();
             inner.by_name.shrink_to_fit();
+            return true;
         }
+        false
     }
 
     /// Every (parent inode, name) the kernel knows.
@@ -209,10 +211,10 @@ mod tests {
     fn counts_forget_and_never_reuse_numbers() {
         let t = InodeTable::new("p/");
         let root = t.get(ROOT_INO).unwrap();
-        let a = t.lookup(&root, "a", FileKind::File);
+        let a = t.lookup(&root, "a".into(), FileKind::File);
         assert_eq!(&*a.key, "p/a");
-        assert_eq!(t.lookup(&root, "a", FileKind::File).ino, a.ino);
-        let d = t.lookup(&root, "a", FileKind::Dir);
+        assert_eq!(t.lookup(&root, "a".into(), FileKind::File).ino, a.ino);
+        let d = t.lookup(&root, "a".into(), FileKind::Dir);
         assert_ne!(d.ino, a.ino, "a file and a directory of one name are different inodes");
         assert_eq!(&*d.key, "p/a/");
         assert_eq!(t.len(), 3);
@@ -225,7 +227,7 @@ mod tests {
         assert_eq!(t.len(), 2);
         // Looked up again: a new number, never the old one, nor one handed out as unused.
         let spare = t.unused_number();
-        let again = t.lookup(&root, "a", FileKind::File);
+        let again = t.lookup(&root, "a".into(), FileKind::File);
         assert!(again.ino > a.ino && again.ino != spare && again.ino != d.ino);
         // The handle's node outlives the table entry.
         assert_eq!(&*a.key, "p/a");

@@ -215,11 +215,13 @@ impl Fs {
             None => Looked::Missing { valid_for },
             // Counted as a kernel lookup: this answer is about to be sent.
             Some(Entry::Dir) => {
-                Looked::Found(self.dir_attr(self.inodes.lookup(&dir, name, FileKind::Dir).ino, valid_for))
+                Looked::Found(self.dir_attr(self.inodes.lookup(&dir, name.into(), FileKind::Dir).ino, valid_for))
             }
-            Some(Entry::File(meta)) => {
-                Looked::Found(self.file_attr(self.inodes.lookup(&dir, name, FileKind::File).ino, &meta, valid_for))
-            }
+            Some(Entry::File(meta)) => Looked::Found(self.file_attr(
+                self.inodes.lookup(&dir, name.into(), FileKind::File).ino,
+                &meta,
+                valid_for,
+            )),
         })
     }
 
@@ -368,7 +370,8 @@ impl Fs {
                 1 => (self.dir_attr(h.node.parent, valid_for), Arc::<str>::from(".."), false),
                 _ => {
                     let (name, entry) = &h.listing.entries[(i - DOTS) as usize];
-                    let node = self.inodes.lookup(&h.node, name, entry_kind(entry));
+                    // The listing's name is shared, not copied.
+                    let node = self.inodes.lookup(&h.node, name.clone(), entry_kind(entry));
                     let attr = match entry {
                         Entry::Dir => self.dir_attr(node.ino, valid_for),
                         Entry::File(meta) => self.file_attr(node.ino, meta, valid_for),
@@ -400,8 +403,10 @@ impl Fs {
     }
 
     /// The kernel dropped `n` lookups of `ino` (FORGET); an inode it no longer knows goes.
-    pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.forget(ino, n);
+    /// True when the kernel has just dropped most of the inodes it held (a moment to give
+    /// freed memory back to the system).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
+        self.inodes.forget(ino, n)
     }
 
     /// Number of inodes the kernel knows, the root included; reported by statfs and the

@@ -79,6 +79,32 @@ impl FuseAdapter {
         }
     }
 
+    /// Gives the allocator's free memory back to the system, on a blocking thread, one at a
+    /// time. After the kernel forgets most names (memory pressure, drop_caches), what the
+    /// inodes and listings used is free but scattered among live allocations, and glibc only
+    /// returns the top of its heaps by itself.
+    fn trim_memory(&self) {
+        // Asked for while a trim runs: that trim runs once more when done, so the memory freed
+        // by the last forgets is returned too.
+        static WANTED: AtomicBool = AtomicBool::new(false);
+        static RUNNING: AtomicBool = AtomicBool::new(false);
+        WANTED.store(true, Ordering::Release);
+        if RUNNING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.rt.spawn_blocking(|| {
+            loop {
+                WANTED.store(false, Ordering::Release);
+                // SAFETY: malloc_trim only releases free memory of the allocator's arenas.
+                unsafe { libc::malloc_trim(0) };
+                RUNNING.store(false, Ordering::Release);
+                if !WANTED.load(Ordering::Acquire) || RUNNING.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            }
+        });
+    }
+
     /// Where the session stores its notifier once mounted.
     pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
@@ -321,7 +347,9 @@ impl Filesystem for FuseAdapter {
     // element type is not public).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.metrics.fuse_op("forget");
-        self.fs.forget(ino.0, nlookup);
+        if self.fs.forget(ino.0, nlookup) {
+            self.trim_memory();
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
