@@ -101,6 +101,9 @@ pub const MEMORY_BYTES: &str = "memory_cache_bytes";
 /// Gauge: blocks being fetched from below the memory tier right now (demand reads, prefetch and
 /// random ranges), each holding one in-flight slot of `--max-prefetch-memory`.
 pub const MEMORY_IN_FLIGHT: &str = "memory_in_flight_blocks";
+/// Gauge: inodes the daemon holds because the kernel knows them (the root included); drops
+/// as the kernel forgets names.
+pub const INODES: &str = "inodes";
 
 /// The exported name of the counter registered as `name`: `s3cachefs_<name>_total`.
 pub fn counter_name(name: &str) -> String {
@@ -201,6 +204,8 @@ pub struct Metrics {
     cache_bytes_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
     /// See [`ORIGIN_DEGRADED`].
     pub origin_degraded: Gauge,
+    inodes: Gauge<u64, AtomicU64>,
+    inodes_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -384,6 +389,8 @@ impl Metrics {
             "Bytes the disk cache occupies (all processes sharing it)",
             cache_bytes.clone(),
         );
+        let inodes = Gauge::<u64, AtomicU64>::default();
+        registry.register(INODES, "Inodes held because the kernel knows them", inodes.clone());
         Metrics {
             registry,
             shared,
@@ -400,12 +407,19 @@ impl Metrics {
             cache_bytes,
             cache_bytes_source: Mutex::new(None),
             origin_degraded,
+            inodes,
+            inodes_source: Mutex::new(None),
         }
     }
 
     /// Where the `cache_size_bytes` gauge reads its value at each scrape.
     pub fn set_cache_size_source(&self, f: impl Fn() -> u64 + Send + Sync + 'static) {
         *self.cache_bytes_source.lock().unwrap() = Some(Box::new(f));
+    }
+
+    /// Where the `inodes` gauge reads its value at each scrape.
+    pub fn set_inodes_source(&self, f: impl Fn() -> u64 + Send + Sync + 'static) {
+        *self.inodes_source.lock().unwrap() = Some(Box::new(f));
     }
 
     /// Records one request attempt of a store in `role`.
@@ -436,6 +450,9 @@ impl Metrics {
     pub fn encode(&self) -> String {
         if let Some(f) = &*self.cache_bytes_source.lock().unwrap() {
             self.cache_bytes.set(f());
+        }
+        if let Some(f) = &*self.inodes_source.lock().unwrap() {
+            self.inodes.set(f());
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -517,6 +534,7 @@ mod tests {
             "s3cachefs_cache_written_bytes counter",
             "s3cachefs_fuse_errors counter",
             "s3cachefs_fuse_operations counter",
+            "s3cachefs_inodes gauge",
             "s3cachefs_memory_cache_bytes gauge",
             "s3cachefs_memory_cache_hit_bytes counter",
             "s3cachefs_memory_cache_hits counter",
@@ -585,6 +603,8 @@ mod tests {
         }
         assert_eq!(gauge_name(CACHE_SIZE_BYTES), "s3cachefs_cache_size_bytes");
         assert!(series.contains(&gauge_name(CACHE_SIZE_BYTES)));
+        assert_eq!(gauge_name(INODES), "s3cachefs_inodes");
+        assert!(series.contains(&gauge_name(INODES)));
         assert_eq!(gauge_name(SHARED_BREAKER_OPEN), "s3cachefs_shared_cache_breaker_open");
         assert!(series.contains(&gauge_name(SHARED_BREAKER_OPEN)));
         let histogram = gauge_name(S3_REQUEST_DURATION_SECONDS);

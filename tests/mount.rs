@@ -118,7 +118,7 @@ fn tree_with_nested_implicit_and_marker_dirs() {
     let meta = fs::metadata(m.join("a.jar")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
     assert_eq!(meta.len(), 5);
-    // Inode numbers are stable for the life of the mount.
+    // Inode numbers are stable while the kernel keeps the name.
     let ino = meta.ino();
     for _ in 0..3 {
         assert_eq!(fs::metadata(m.join("a.jar")).unwrap().ino(), ino);

@@ -478,7 +478,8 @@ mod hostile {
                 }
             }
             let fh = fs.opendir(dir).await.unwrap();
-            let entries: Vec<_> = fs.readdir(fh, 2).unwrap().collect();
+            // READDIRPLUS entries carry inodes the kernel (here, this walk) may use.
+            let entries: Vec<_> = fs.readdirplus(fh, 2).unwrap().collect();
             fs.releasedir(fh);
             for e in entries {
                 let name = &*e.name;
@@ -487,15 +488,15 @@ mod hostile {
                     "bad name {name:?} in {base:?}"
                 );
                 let path = format!("{base}{name}");
-                match e.kind {
+                match e.attr.kind {
                     FileKind::Dir => {
                         let dir_key = format!("{PREFIX}{path}/");
                         assert!(
                             keys.iter().any(|k| k.starts_with(&dir_key)),
                             "directory {path:?} of nothing"
                         );
-                        paths.insert(e.ino, format!("{path}/"));
-                        stack.push(e.ino);
+                        paths.insert(e.attr.ino, format!("{path}/"));
+                        stack.push(e.attr.ino);
                     }
                     FileKind::File => {
                         assert!(keys.contains(&format!("{PREFIX}{path}")), "file {path:?} is no key");
@@ -504,7 +505,7 @@ mod hostile {
                             fs.lookup(dir, OsStr::new(name)).await.unwrap(),
                             Looked::Found(_)
                         ));
-                        let o = fs.open(e.ino, false).await.unwrap();
+                        let o = fs.open(e.attr.ino, false).await.unwrap();
                         assert_eq!(&fs.read(o.fh, 0, 100).await.unwrap()[..], b"data");
                         fs.release(o.fh);
                     }

@@ -2,8 +2,12 @@
 //! async functions returning our own types. No `fuser` here, so it is tested without a kernel.
 //!
 //! Invariants:
-//! - An inode number names one (parent, name, kind) for the life of the mount and is never
-//!   reused; attributes are always answered from the namespace cache, so they follow its TTL.
+//! - An inode number names one (parent, name, kind) and is never reused. It lives while the
+//!   kernel holds it: entry replies count, `forget` drops (see `inode`); a forgotten name
+//!   looked up again gets a new number. Attributes are always answered from the namespace
+//!   cache, so they follow its TTL.
+//! - A directory stream serves entries from the snapshot taken at `opendir`, by index: each
+//!   `readdir`/`readdirplus` costs the entries it returns, whatever the offset.
 //! - A file handle pins the object version (ETag) seen at open; every byte it returns belongs
 //!   to that version.
 
@@ -102,6 +106,18 @@ pub trait AccessLog: Send + Sync {
     fn read(&self, meta: &ObjectMeta);
 }
 
+/// One entry of a `readdirplus` stream: the name with its attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntryPlus {
+    pub attr: Attr,
+    pub name: Arc<str>,
+    /// Cookie of the entry after this one.
+    pub next_offset: u64,
+    /// The entry was counted as one kernel lookup of `attr.ino` (every entry but `.` and
+    /// `..`): if it is not sent after all, `forget(attr.ino, 1)` undoes that.
+    pub counted: bool,
+}
+
 struct FileHandle {
     reader: ReadHandle,
     node: Arc<Node>,
@@ -110,10 +126,13 @@ struct FileHandle {
 }
 
 struct DirHandle {
-    ino: u64,
-    parent: u64,
+    node: Arc<Node>,
     listing: Arc<DirListing>,
 }
+
+/// Directory streams number "." 0, ".." 1, then the listing's entries from 2; an entry's
+/// cookie is its number plus one.
+const DOTS: u64 = 2;
 
 pub struct Fs {
     ns: Arc<Namespace>,
@@ -211,20 +230,22 @@ impl Fs {
         let valid_for = self.ns.valid_for(&r);
         Ok(match r.entry {
             None => Looked::Missing { valid_for },
+            // Counted as a kernel lookup: this answer is about to be sent.
             Some(Entry::Dir) => {
-                Looked::Found(self.dir_attr(self.inodes.child(&dir, name, FileKind::Dir).ino, valid_for))
+                Looked::Found(self.dir_attr(self.inodes.lookup(&dir, name.into(), FileKind::Dir).ino, valid_for))
             }
-            Some(Entry::File(meta)) => {
-                Looked::Found(self.file_attr(self.inodes.child(&dir, name, FileKind::File).ino, &meta, valid_for))
-            }
+            Some(Entry::File(meta)) => Looked::Found(self.file_attr(
+                self.inodes.lookup(&dir, name.into(), FileKind::File).ino,
+                &meta,
+                valid_for,
+            )),
         })
     }
 
     /// Current metadata of a file inode, from the namespace cache (refetched after the TTL),
     /// with how long it stays valid.
     async fn current_meta(&self, node: &Node) -> Result<(ObjectMeta, Option<Duration>), FsError> {
-        let parent = self.inodes.get(node.parent).ok_or(FsError::NoSuchInode(node.parent))?;
-        let r = self.ns.lookup(&parent.key, &node.name).await?;
+        let r = self.ns.lookup(&node.parent_key, &node.name).await?;
         let valid_for = self.ns.valid_for(&r);
         match r.entry {
             Some(Entry::File(meta)) => Ok((meta, valid_for)),
@@ -305,9 +326,7 @@ impl Fs {
                 let meta = handle.reader.meta();
                 warn!(key = %meta.key, etag = %meta.etag, "{e}; failing the read (reopen the file to read the current version)");
                 // Make the next lookup/open see the new state instead of the cached one.
-                if let Some(parent) = self.inodes.get(handle.node.parent) {
-                    self.ns.invalidate(&parent.key, &handle.node.name).await;
-                }
+                self.ns.invalidate(&handle.node.parent_key, &handle.node.name).await;
                 handle.node.mark_changed();
                 Err(e.into())
             }
@@ -328,47 +347,75 @@ impl Fs {
 
     /// Opens a directory stream: a snapshot of the listing, so offsets stay consistent.
     pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
-        let dir = self.dir_node(ino)?;
-        let listing = self.ns.list_dir(&dir.key).await?;
+        let node = self.dir_node(ino)?;
+        let listing = self.ns.list_dir(&node.key).await?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(
-            fh,
-            Arc::new(DirHandle {
-                ino,
-                parent: dir.parent,
-                listing,
-            }),
-        );
+        self.dirs
+            .lock()
+            .unwrap()
+            .insert(fh, Arc::new(DirHandle { node, listing }));
         Ok(fh)
+    }
+
+    fn dir_handle(&self, fh: u64) -> Result<Arc<DirHandle>, FsError> {
+        self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
     /// Entries of an open directory stream from `offset` on ("." and ".." first). The caller
     /// stops when its buffer is full and asks again from the last entry's `next_offset`.
+    /// Nothing is allocated for names the kernel does not know: their `ino` is a number no
+    /// inode will have (a plain `readdir` entry is no lookup; `stat` gets the real one).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<impl Iterator<Item = DirEntry> + '_, FsError> {
-        let handle = self.dirs.lock().unwrap().get(&fh).cloned().ok_or(FsError::BadHandle)?;
-        let dir = self.dir_node(handle.ino)?;
-        let dots = [(handle.ino, "."), (handle.parent, "..")]
-            .into_iter()
-            .map(|(ino, name)| (ino, FileKind::Dir, Arc::<str>::from(name)));
-        let entries = (0..handle.listing.entries.len()).map(move |i| {
-            let (name, entry) = &handle.listing.entries[i];
-            let kind = if matches!(entry, Entry::Dir) {
-                FileKind::Dir
-            } else {
-                FileKind::File
+        let h = self.dir_handle(fh)?;
+        Ok((offset..DOTS + h.listing.entries.len() as u64).map(move |i| {
+            let (ino, kind, name) = match i {
+                0 => (h.node.ino, FileKind::Dir, Arc::<str>::from(".")),
+                1 => (h.node.parent, FileKind::Dir, Arc::<str>::from("..")),
+                _ => {
+                    let (name, entry) = &h.listing.entries[(i - DOTS) as usize];
+                    let kind = entry_kind(entry);
+                    let ino =
+                        (self.inodes.known(h.node.ino, name, kind)).unwrap_or_else(|| self.inodes.unused_number());
+                    (ino, kind, name.clone())
+                }
             };
-            (self.inodes.child(&dir, name, kind).ino, kind, name.clone())
-        });
-        Ok(dots
-            .chain(entries)
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (ino, kind, name))| DirEntry {
+            DirEntry {
                 ino,
                 kind,
                 name,
-                next_offset: i as u64 + 1,
-            }))
+                next_offset: i + 1,
+            }
+        }))
+    }
+
+    /// Like `readdir`, with each entry's attributes from the listing (no request per entry).
+    /// Every entry but "." and ".." counts as one kernel lookup of its inode when the
+    /// iterator yields it (see `DirEntryPlus::counted`).
+    pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<impl Iterator<Item = DirEntryPlus> + '_, FsError> {
+        let h = self.dir_handle(fh)?;
+        let valid_for = self.ns.listing_valid_for(&h.listing);
+        Ok((offset..DOTS + h.listing.entries.len() as u64).map(move |i| {
+            let (attr, name, counted) = match i {
+                0 => (self.dir_attr(h.node.ino, valid_for), Arc::<str>::from("."), false),
+                1 => (self.dir_attr(h.node.parent, valid_for), Arc::<str>::from(".."), false),
+                _ => {
+                    let (name, entry) = &h.listing.entries[(i - DOTS) as usize];
+                    // The listing's name is shared, not copied.
+                    let node = self.inodes.lookup(&h.node, name.clone(), entry_kind(entry));
+                    let attr = match entry {
+                        Entry::Dir => self.dir_attr(node.ino, valid_for),
+                        Entry::File(meta) => self.file_attr(node.ino, meta, valid_for),
+                    };
+                    (attr, name.clone(), true)
+                }
+            };
+            DirEntryPlus {
+                attr,
+                name,
+                next_offset: i + 1,
+                counted,
+            }
+        }))
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -380,18 +427,33 @@ impl Fs {
         self.ns.invalidate_all();
     }
 
-    /// Every (parent inode, name) handed to the kernel so far.
+    /// Every (parent inode, name) the kernel knows.
     pub fn known_names(&self) -> Vec<(u64, Arc<str>)> {
         self.inodes.names()
     }
 
-    /// Number of inodes known; reported by statfs.
+    /// The kernel dropped `n` lookups of `ino` (FORGET); an inode it no longer knows goes.
+    /// True when the kernel has just dropped most of the inodes it held (a moment to give
+    /// freed memory back to the system).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
+        self.inodes.forget(ino, n)
+    }
+
+    /// Number of inodes the kernel knows, the root included; reported by statfs and the
+    /// `inodes` gauge.
     pub fn inode_count(&self) -> u64 {
         self.inodes.len()
     }
 
     pub fn block_size(&self) -> u64 {
         self.reader.block_size()
+    }
+}
+
+fn entry_kind(entry: &Entry) -> FileKind {
+    match entry {
+        Entry::Dir => FileKind::Dir,
+        Entry::File(_) => FileKind::File,
     }
 }
 

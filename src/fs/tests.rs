@@ -66,10 +66,73 @@ async fn readdir_lists_dots_then_sorted_entries_with_resumable_offsets() {
     // Resuming from an entry's cookie continues after it.
     let rest: Vec<_> = fs.readdir(fh, all[2].next_offset).unwrap().map(|e| e.name).collect();
     assert_eq!(rest.iter().map(|n| &**n).collect::<Vec<_>>(), ["b", "c"]);
-    // Inodes from readdir are the ones lookup gives.
-    assert_eq!(lookup(&fs, d.ino, "b").await.unwrap().ino, all[3].ino);
+    // A plain readdir allocates no inode: a name the kernel does not know shows a number no
+    // inode has; once looked up, its real one.
+    let before = fs.inode_count();
+    let b = lookup(&fs, d.ino, "b").await.unwrap();
+    assert_ne!(b.ino, all[3].ino);
+    assert_eq!(fs.inode_count(), before + 1);
+    assert_eq!(fs.readdir(fh, 3).unwrap().next().unwrap().ino, b.ino);
     fs.releasedir(fh);
     assert!(fs.readdir(fh, 0).is_err());
+}
+
+#[tokio::test]
+async fn readdirplus_gives_attrs_counts_lookups_and_forget_frees() {
+    let s = Arc::new(MemoryStore::new());
+    for i in 0..50 {
+        s.put(&format!("d/f{i:02}"), vec![7u8; i]);
+    }
+    s.put("d/sub/x", "1");
+    let fs = fs_over(&s, "");
+    let d = lookup(&fs, ROOT_INO, "d").await.unwrap();
+    let fh = fs.opendir(d.ino).await.unwrap();
+    let base = fs.inode_count();
+    let reqs = s.requests();
+    // Read in chunks of 7 from each returned cookie, as the kernel does.
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let chunk: Vec<_> = fs.readdirplus(fh, offset).unwrap().take(7).collect();
+        let Some(last) = chunk.last() else { break };
+        offset = last.next_offset;
+        got.extend(chunk);
+    }
+    assert_eq!(s.requests(), reqs, "attributes come from the listing");
+    let names: Vec<_> = got.iter().map(|e| &*e.name).collect();
+    let mut want = vec![".".to_string(), "..".into()];
+    want.extend((0..50).map(|i| format!("f{i:02}")));
+    want.push("sub".into());
+    assert_eq!(names, want);
+    assert_eq!((got[0].attr.ino, got[1].attr.ino), (d.ino, ROOT_INO));
+    assert!(!got[0].counted && !got[1].counted && got[2..].iter().all(|e| e.counted));
+    for (i, e) in got[2..52].iter().enumerate() {
+        assert_eq!(
+            (e.attr.kind, e.attr.size, e.attr.perm),
+            (FileKind::File, i as u64, 0o640)
+        );
+        assert_eq!(fs.getattr(e.attr.ino).await.unwrap().size, i as u64);
+    }
+    assert_eq!(got[52].attr.kind, FileKind::Dir);
+    assert_eq!(fs.inode_count(), base + 51);
+    // The same inodes as lookup's, and each lookup counts once more.
+    let f3 = lookup(&fs, d.ino, "f03").await.unwrap();
+    assert_eq!(f3.ino, got[5].attr.ino);
+    // The kernel forgets everything it was given: back to where it was.
+    for e in &got[2..] {
+        fs.forget(e.attr.ino, 1);
+    }
+    assert_eq!(fs.inode_count(), base + 1, "f03 was looked up twice");
+    fs.forget(f3.ino, 1);
+    assert_eq!(fs.inode_count(), base);
+    assert_eq!(fs.getattr(f3.ino).await.unwrap_err().errno(), libc::ENOENT);
+    // Looked up again: the same content under a new number.
+    let again = lookup(&fs, d.ino, "f03").await.unwrap();
+    assert!(again.ino > got[52].attr.ino);
+    assert_eq!(again.size, 3);
+    let o = fs.open(again.ino, false).await.unwrap();
+    assert_eq!(&fs.read(o.fh, 0, 10).await.unwrap()[..], &[7u8; 3]);
+    fs.releasedir(fh);
 }
 
 #[tokio::test]

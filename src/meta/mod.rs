@@ -187,6 +187,11 @@ impl Namespace {
         self.ttls.left(r)
     }
 
+    /// How much longer the entries of `listing` may be trusted (`None`: indefinitely).
+    pub fn listing_valid_for(&self, listing: &DirListing) -> Option<Duration> {
+        ttl::remaining(self.ttls.positive, listing.fetched)
+    }
+
     /// Looks `name` up in the directory whose key prefix is `dir` (empty or ending in `/`).
     ///
     /// The first step that can answer does: a name that cannot exist; the directory's listing
