@@ -89,6 +89,10 @@ pub const SHARED_BREAKER_OPEN: &str = "shared_cache_breaker_open";
 /// (offline restart), each counted out once S3 answers: 1 or 0 for `mount`.
 pub const ORIGIN_DEGRADED: &str = "origin_degraded";
 
+/// Histogram, label `operation`: time from a FUSE request's arrival to its reply, for the
+/// requests answered on the runtime (lookup, getattr, open, read, opendir, ...).
+pub const FUSE_DURATION: &str = "fuse_operation_duration_seconds";
+
 /// Counter: blocks served from the memory tier (a coalesced wait for another reader's fetch
 /// counts as a hit: it sent nothing below).
 pub const MEMORY_HITS: &str = "memory_cache_hits";
@@ -199,6 +203,7 @@ pub struct Metrics {
     pub passthrough_opens: Counter,
     pub fuse_ops: Family<OpLabels, Counter>,
     pub fuse_errors: Family<ErrorLabels, Counter>,
+    pub fuse_duration: HistogramFamily,
     pub cache: CacheMetrics,
     cache_bytes: Gauge<u64, AtomicU64>,
     cache_bytes_source: Mutex<Option<Box<dyn Fn() -> u64 + Send + Sync>>>,
@@ -212,6 +217,12 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
     }
+}
+
+fn fuse_histogram() -> Histogram {
+    // 100 µs to ~13 s in powers of two: a cache hit answers in well under a millisecond, a
+    // request that waits on S3 in tens of milliseconds, one that retries in seconds.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 fn latency_histogram() -> Histogram {
@@ -235,6 +246,7 @@ impl Metrics {
         let passthrough_opens = Counter::default();
         let fuse_ops = Family::<OpLabels, Counter>::default();
         let fuse_errors = Family::<ErrorLabels, Counter>::default();
+        let fuse_duration: HistogramFamily = Family::new_with_constructor(fuse_histogram);
         let cache = CacheMetrics::default();
         let cache_bytes = Gauge::<u64, AtomicU64>::default();
         let shared = SharedTierMetrics::default();
@@ -334,6 +346,11 @@ impl Metrics {
         );
         registry.register(FUSE_OPERATIONS, "FUSE requests handled, by operation", fuse_ops.clone());
         registry.register(
+            FUSE_DURATION,
+            "Time from a FUSE request's arrival to its reply, by operation (requests answered on the runtime)",
+            fuse_duration.clone(),
+        );
+        registry.register(
             FUSE_ERRORS,
             "FUSE requests answered with an error, by operation and errno",
             fuse_errors.clone(),
@@ -403,6 +420,7 @@ impl Metrics {
             passthrough_opens,
             fuse_ops,
             fuse_errors,
+            fuse_duration,
             cache,
             cache_bytes,
             cache_bytes_source: Mutex::new(None),
@@ -516,6 +534,9 @@ mod tests {
         m.store_request(StoreRole::Origin, "GetObject", Some(200), 0.01);
         m.fuse_op("read");
         m.fuse_error("read", 5);
+        m.fuse_duration
+            .get_or_create(&OpLabels { operation: "read" })
+            .observe(0.001);
         m.store_request(StoreRole::SharedTier, "GetObject", Some(404), 0.01);
         let text = m.encode();
         let mut families: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).collect();
@@ -533,6 +554,7 @@ mod tests {
             "s3cachefs_cache_write_failures counter",
             "s3cachefs_cache_written_bytes counter",
             "s3cachefs_fuse_errors counter",
+            "s3cachefs_fuse_operation_duration_seconds histogram",
             "s3cachefs_fuse_operations counter",
             "s3cachefs_inodes gauge",
             "s3cachefs_memory_cache_bytes gauge",

@@ -56,10 +56,17 @@ impl FuseAdapter {
         }
     }
 
-    /// Counts the request and runs `f` on the runtime.
+    /// Counts the request and runs `f` on the runtime, timing it until it has replied.
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, op: &'static str, f: F) {
         self.metrics.fuse_op(op);
-        self.rt.spawn(f);
+        let (metrics, start) = (self.metrics.clone(), std::time::Instant::now());
+        self.rt.spawn(async move {
+            f.await;
+            metrics
+                .fuse_duration
+                .get_or_create(&crate::metrics::OpLabels { operation: op })
+                .observe(start.elapsed().as_secs_f64());
+        });
     }
 
     /// What a spawned request needs besides the filesystem.
