@@ -19,9 +19,10 @@
 //!   or a re-read inside a scan is served through whole blocks too, but neither grows the window
 //!   nor prefetches: a scan that turns into skips stops prefetching at once, and its window is
 //!   gone once the first skip is confirmed.
-//! - Every other read is served exactly (`BlockReader::read_random`): from cached blocks when
-//!   they are all there, otherwise one ranged GET of just its bytes. Column chunks of a Parquet
-//!   or ORC file read with gaps between them fetch what they read, not the gaps.
+//! - Every other read is served by pages (`BlockReader::read_random`): from cached blocks or
+//!   pages when they are all there, otherwise the missing 16 KiB pages around its bytes, which
+//!   the memory tier keeps. Column chunks of a Parquet or ORC file read with gaps between them
+//!   fetch what they read (rounded out to pages), not the gaps, and once.
 //! - An object of at most `SMALL_OBJECT_BLOCKS` blocks is read whole: its first read fetches
 //!   every block (those it needs at once, the others as prefetch) and every read goes through
 //!   the blocks, so a JAR whose central directory is read first (at the end) costs its blocks'
@@ -384,7 +385,8 @@ mod tests {
         check_pieces(&h, &d, 5 * MIB + 4096, SCAN_MIN_RUN - 8192).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (_, before) = fetched(&s);
-        assert_eq!(before, SCAN_MIN_RUN - 8192, "exact until the run is a scan");
+        // Whole 16 KiB pages (the read's ends rounded out) until the run is a scan.
+        assert_eq!(before, SCAN_MIN_RUN, "pages until the run is a scan");
         check_pieces(&h, &d, 5 * MIB + SCAN_MIN_RUN - 4096, 256 << 10).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let (_, after) = fetched(&s);
@@ -510,25 +512,26 @@ mod tests {
         let mut read = 0u64;
         for _ in 0..50 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let off = (x >> 11) % (meta.size - 8192);
-            check(&h, &d, off, 4096).await;
-            read += 4096;
+            let off = (x >> 11) % (meta.size - (64 << 10));
+            check(&h, &d, off, 64 << 10).await;
+            read += 64 << 10;
         }
+        // 16 KiB pages: an unaligned 64 KiB read fetches at most 80 KiB.
         let fetched = s.inner().get_bytes.load(Ordering::Relaxed);
-        assert!(fetched <= 2 * read, "fetched {fetched} for {read} read");
+        assert!(4 * fetched <= 5 * read, "fetched {fetched} for {read} read");
     }
 
     #[tokio::test]
-    async fn a_block_read_at_random_twice_is_cached_whole() {
+    async fn a_region_read_at_random_again_costs_no_request() {
         let (s, r, meta, d) = setup(64 * BS as usize).await;
         let footer = meta.size - 10_000;
         for _ in 0..5 {
             let h = r.handle(meta.clone()); // a new open each time, like many executors
             check(&h, &d, footer, 8).await;
         }
-        // First touch: 8 bytes; second: the whole last block; then from the cache.
-        assert_eq!(s.inner().gets.load(Ordering::Relaxed), 2);
-        assert_eq!(s.inner().get_bytes.load(Ordering::Relaxed), 8 + BS);
+        // First touch: the 16 KiB page around the 8 bytes; then from the memory tier.
+        assert_eq!(s.inner().gets.load(Ordering::Relaxed), 1);
+        assert_eq!(s.inner().get_bytes.load(Ordering::Relaxed), crate::tier::PAGE_SIZE);
     }
 
     #[tokio::test]

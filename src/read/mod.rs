@@ -1,8 +1,9 @@
 //! Reading object bytes for open files: aligned blocks through the tier chain (`tier`), each
 //! block fetched at most once with one ranged GET pinned to the ETag seen at open (`If-Match`);
 //! per handle, telling a scan (contiguous reads, even reordered) from a skip (forward jumps that
-//! leave gaps) and prefetching only for scans (`handle`); exact ranged GETs for every other
-//! read, which is not worth a whole block.
+//! leave gaps) and prefetching only for scans (`handle`); every other read is not worth a whole
+//! block and is fetched by 16 KiB pages (`tier::PAGE_SIZE`), which the memory tier keeps, so a
+//! random read made again costs no request.
 //!
 //! Invariant: a returned buffer holds exactly the requested bytes of the object version named
 //! by the `ObjectMeta`, or the read fails. A block of unexpected length is an error, never data.
@@ -16,7 +17,7 @@ use tokio::sync::Semaphore;
 
 pub use handle::ReadHandle;
 
-use crate::object::{BlockId, ByteRange, ObjectMeta, SourceId, block_range};
+use crate::object::{ByteRange, ObjectMeta, SourceId, block_range};
 use crate::store::{ObjectStore, StoreError};
 use crate::tier::TierChain;
 use crate::tier::memory::MemoryTier;
@@ -47,19 +48,13 @@ pub struct BlockReader {
     /// Bounds prefetch GETs in flight (and so the memory they hold) across every handle.
     prefetch_slots: Arc<Semaphore>,
     /// Bounds bytes being fetched at once: the memory tier's in-flight slots, also taken by the
-    /// exact ranges of random reads, which bypass the tiers.
+    /// page fetches of random reads, which do not go through `Tier::get`.
     in_flight: Arc<Semaphore>,
-    /// 64 KiB regions a random read touched once (and fetched only in part).
-    touched: moka::sync::Cache<(BlockId, u64), ()>,
     /// Largest read-ahead window of one handle, in blocks; shared out between the handles
     /// scanning at the same time (`sequential_handles`).
     max_window: u64,
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
 }
-
-/// Random reads of one 64 KiB region twice make it hot; random reads elsewhere in a large
-/// file rarely share a region, so they stay exact.
-const TOUCH_REGION_BITS: u32 = 16;
 
 /// Default prefetch GETs in flight: enough to hide ~20 ms of S3 latency per 1 MiB block at
 /// several hundred MB/s, few enough to be polite to the bucket and bound memory.
@@ -79,8 +74,6 @@ impl BlockReader {
             block_size,
             prefetch_slots: Arc::new(Semaphore::new(DEFAULT_PREFETCH_CONCURRENCY)),
             in_flight,
-            // Remembering 64k blocks costs a few MiB at most.
-            touched: moka::sync::Cache::new(1 << 16),
             max_window,
             sequential_handles: Arc::default(),
         }
@@ -127,15 +120,21 @@ impl BlockReader {
     }
 
     /// Reads exactly `[offset, offset+len)` for a random access: from the tiers when every
-    /// block it touches is cached, otherwise with one ranged GET of just those bytes (not kept,
-    /// so a random 64 KiB read does not cost a 1 MiB GET). A region read at random a second
-    /// time is read through whole cached blocks instead.
+    /// block it touches is cached, else from the pages the tiers hold (a page is served out of
+    /// a whole block too), else the missing pages are fetched (one ranged GET per contiguous
+    /// run of them, pinned to the ETag) and kept by the memory tier: a random 64 KiB read costs
+    /// at most 80 KiB, once, and not a 1 MiB block.
     pub async fn read_random(&self, obj: &ObjectMeta, offset: u64, len: u32) -> Result<Bytes, ReadError> {
         if offset >= obj.size || len == 0 {
             return Ok(Bytes::new());
         }
         let end = (offset + u64::from(len)).min(obj.size);
         let (first, last) = (offset / self.block_size, (end - 1) / self.block_size);
+        let range = ByteRange::new(offset, end);
+        // Pages first: in memory, no I/O (whole blocks in memory answer here too).
+        if let Some(b) = self.chain.cached_range(obj, range).await {
+            return Ok(b);
+        }
         let mut cached = Vec::new();
         for i in first..=last {
             match self.chain.peek(&self.chain.block(obj, i)).await {
@@ -146,15 +145,8 @@ impl BlockReader {
         if cached.len() as u64 == last - first + 1 {
             return Ok(self.join_blocks(obj, offset, end, first, &cached));
         }
-        // The same region read at random a second time is hot (a Parquet footer every
-        // executor reads, say): fetch and cache its blocks whole, in every tier.
-        let region = (self.chain.block(obj, first).id, offset >> TOUCH_REGION_BITS);
-        if self.touched.contains_key(&region) {
-            return self.read(obj, offset, len).await;
-        }
-        self.touched.insert(region, ());
         let _slot = self.in_flight.acquire().await.expect("semaphore is never closed");
-        Ok(self.chain.get_uncached(obj, ByteRange::new(offset, end)).await?)
+        Ok(self.chain.get_range(obj, range).await?)
     }
 
     /// The bytes `[offset, end)` out of consecutive blocks starting at block `first`.
@@ -275,5 +267,116 @@ mod tests {
         s.fail_next(1, StoreError::Timeout);
         assert!(r.read(&meta, 0, 10).await.is_err());
         assert_eq!(&r.read(&meta, 0, 10).await.unwrap()[..], &d[..10]);
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    /// 200 random 64 KiB reads (unaligned) of a `size`-byte object.
+    fn random_64k(size: u64) -> Vec<u64> {
+        let mut x = 7u64;
+        (0..200)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 17) % (size - (64 << 10))
+            })
+            .collect()
+    }
+
+    fn fetched(s: &FaultStore<MemoryStore>) -> (u64, u64) {
+        (
+            s.inner().gets.load(Ordering::Relaxed),
+            s.inner().get_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn random_reads_are_cached_from_the_first_pass() {
+        let (s, meta, d) = setup(64 * MIB as usize).await;
+        let r = BlockReader::memory_only(s.clone(), MIB, 64 * MIB);
+        let offsets = random_64k(meta.size);
+        for &off in &offsets {
+            let got = r.read_random(&meta, off, 64 << 10).await.unwrap();
+            assert!(got[..] == d[off as usize..off as usize + (64 << 10)], "at {off}");
+        }
+        let (gets, bytes) = fetched(&s);
+        let read = 200 * (64 << 10);
+        assert!(2 * bytes <= 3 * read, "first pass fetched {bytes} for {read} read");
+        assert!(gets <= 200, "{gets} GETs: at most one per read");
+        for &off in &offsets {
+            let got = r.read_random(&meta, off, 64 << 10).await.unwrap();
+            assert!(got[..] == d[off as usize..off as usize + (64 << 10)], "again at {off}");
+        }
+        assert_eq!(fetched(&s), (gets, bytes), "the second pass makes no request");
+        // A read inside pages fetched by two different reads, across a block boundary too.
+        let got = r.read_random(&meta, offsets[0] + 1000, 60_000).await.unwrap();
+        assert!(got[..] == d[offsets[0] as usize + 1000..offsets[0] as usize + 61_000]);
+        assert_eq!(fetched(&s), (gets, bytes));
+    }
+
+    #[tokio::test]
+    async fn pages_fetch_only_what_is_missing_and_the_tail_page_is_short() {
+        let (s, meta, d) = setup(3 * MIB as usize + 5000).await;
+        let r = BlockReader::memory_only(s.clone(), MIB, 64 * MIB);
+        let page = crate::tier::PAGE_SIZE;
+        // Pages 1 and 3 of block 0, then a read over pages 0..=4: pages 0, 2 and 4 are fetched,
+        // in three GETs of one page each.
+        r.read_random(&meta, page + 10, 100).await.unwrap();
+        r.read_random(&meta, 3 * page + 10, 100).await.unwrap();
+        assert_eq!(fetched(&s), (2, 2 * page));
+        let got = r.read_random(&meta, 5, (5 * page - 10) as u32).await.unwrap();
+        assert!(got[..] == d[5..5 * page as usize - 5]);
+        assert_eq!(fetched(&s), (5, 5 * page));
+        // The object's last page is short (5000 bytes), and reads past the end stop there.
+        let got = r.read_random(&meta, meta.size - 100, 4096).await.unwrap();
+        assert!(got[..] == d[d.len() - 100..]);
+        assert_eq!(fetched(&s), (6, 5 * page + 5000));
+        let got = r.read_random(&meta, meta.size - 4000, 4000).await.unwrap();
+        assert!(got[..] == d[d.len() - 4000..]);
+        assert_eq!(fetched(&s), (6, 5 * page + 5000));
+    }
+
+    #[tokio::test]
+    async fn a_page_is_never_served_for_another_version() {
+        let (s, meta, d) = setup(4 * MIB as usize).await;
+        let r = BlockReader::memory_only(s.clone(), MIB, 64 * MIB);
+        let off = MIB + 12_345;
+        assert!(r.read_random(&meta, off, 50_000).await.unwrap()[..] == d[off as usize..off as usize + 50_000]);
+        let d2: Vec<u8> = d.iter().map(|b| b ^ 0x5a).collect();
+        s.inner().put("obj", d2.clone());
+        let meta2 = s.inner().head("obj").await.unwrap();
+        assert_ne!(meta.etag, meta2.etag);
+        let before = fetched(&s).0;
+        let got = r.read_random(&meta2, off, 50_000).await.unwrap();
+        assert!(
+            got[..] == d2[off as usize..off as usize + 50_000],
+            "new version's bytes"
+        );
+        assert!(fetched(&s).0 > before, "fetched for the new ETag");
+        // The old version's pages still answer its handles; its missing pages fail.
+        assert!(r.read_random(&meta, off, 50_000).await.unwrap()[..] == d[off as usize..off as usize + 50_000]);
+        assert_eq!(r.read_random(&meta, 0, 100).await, Err(ReadError::Changed));
+    }
+
+    #[tokio::test]
+    async fn pages_stay_within_the_memory_budget() {
+        let (s, meta, d) = setup(64 * MIB as usize).await;
+        let memory = Arc::new(MemoryTier::new(16 * MIB, MIB));
+        let in_flight = memory.in_flight();
+        let chain = TierChain::new(SourceId::new(None, "test", ""), MIB, s.clone()).with(memory.clone());
+        let r = BlockReader::new(Arc::new(chain), in_flight, 16 * MIB);
+        let mut x = 3u64;
+        for _ in 0..600 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let off = (x >> 17) % (meta.size - (64 << 10));
+            let got = r.read_random(&meta, off, 64 << 10).await.unwrap();
+            assert!(got[..] == d[off as usize..off as usize + (64 << 10)], "at {off}");
+        }
+        // 600 reads fetched ~40 MiB of pages; the tier keeps at most its capacity (16 MiB less
+        // the 4 blocks in flight), each page's overhead counted.
+        let (_, bytes) = fetched(&s);
+        assert!(bytes > 32 * MIB, "{bytes}");
+        let held = memory.held_bytes().await;
+        assert!(held <= 12 * MIB, "held {held}");
+        assert!(held >= 6 * MIB, "held {held}: the budget is used");
     }
 }

@@ -2,9 +2,13 @@
 //! reads of one block cost one trip below. Concurrent misses of one block are coalesced
 //! (single-flight): N readers of a cold block send one request below.
 //!
-//! Memory bound: the cache's capacity plus the blocks in flight (being fetched from below, at
-//! most `in_flight` of them, 4 to 64) fit in the configured memory, apart from the minimum of
-//! 4 blocks in flight and one cached block.
+//! It also keeps the pages (`PAGE_SIZE` pieces of a block) that random reads fetched, in the
+//! same LRU under their own keys, so blocks and pages share one budget; a page weighs its bytes
+//! plus `PAGE_OVERHEAD` for its entry. A page is also served out of a whole block held here.
+//!
+//! Memory bound: the cache's capacity (blocks and pages together) plus the blocks in flight
+//! (being fetched from below, at most `in_flight` of them, 4 to 64) fit in the configured
+//! memory, apart from the minimum of 4 blocks in flight and one cached block.
 
 use std::sync::Arc;
 
@@ -14,13 +18,24 @@ use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 use tokio::sync::Semaphore;
 
-use super::{Below, Tier};
+use super::{Below, PageRef, Tier};
 use crate::metrics::MemoryTierMetrics;
 use crate::object::{BlockId, BlockRef};
 use crate::store::StoreError;
 
+/// What the LRU holds: whole blocks, and pages of blocks (random reads).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Block(BlockId),
+    Page(BlockId, u64),
+}
+
+/// The weight of a page's entry beyond its bytes (key, moka's bookkeeping), so that many small
+/// pages cannot hold much more memory than the bound says.
+pub const PAGE_OVERHEAD: u32 = 256;
+
 pub struct MemoryTier {
-    blocks: Cache<BlockId, Bytes>,
+    blocks: Cache<Key, Bytes>,
     /// Bounds blocks being fetched from below at once (demand and prefetch), and the exact
     /// ranges of random reads, which the read layer takes from here too.
     in_flight: Arc<Semaphore>,
@@ -34,7 +49,13 @@ impl MemoryTier {
         let in_flight = (memory_bytes / 4 / block_size).clamp(4, 64);
         let blocks = Cache::builder()
             .max_capacity(memory_bytes.saturating_sub(in_flight * block_size).max(block_size))
-            .weigher(|_: &BlockId, b: &Bytes| b.len().try_into().unwrap_or(u32::MAX))
+            .weigher(|k: &Key, b: &Bytes| {
+                let len: u32 = b.len().try_into().unwrap_or(u32::MAX);
+                match k {
+                    Key::Block(_) => len,
+                    Key::Page(..) => len.saturating_add(PAGE_OVERHEAD),
+                }
+            })
             // Plain LRU: a prefetched block, seen once, must not be refused admission in
             // favour of older, more often read blocks (TinyLFU's default).
             .eviction_policy(EvictionPolicy::lru())
@@ -62,6 +83,13 @@ impl MemoryTier {
     fn hit(&self, b: &Bytes) {
         self.metrics.hits.inc();
         self.metrics.hit_bytes.inc_by(b.len() as u64);
+    }
+
+    /// Bytes held (blocks and pages, with the pages' overhead), after pending inserts and
+    /// evictions are applied.
+    pub async fn held_bytes(&self) -> u64 {
+        self.blocks.run_pending_tasks().await;
+        self.blocks.weighted_size()
     }
 
     /// The slots that bound bytes in flight; a reader fetching anything outside the chain
@@ -94,12 +122,12 @@ impl Tier for MemoryTier {
     }
 
     async fn peek(&self, block: &BlockRef, below: Below<'_>) -> Option<Bytes> {
-        if let Some(b) = self.blocks.get(&block.id).await {
+        if let Some(b) = self.blocks.get(&Key::Block(block.id.clone())).await {
             self.hit(&b);
             return Some(b);
         }
         let b = below.peek(block).await?;
-        self.blocks.insert(block.id.clone(), b.clone()).await;
+        self.blocks.insert(Key::Block(block.id.clone()), b.clone()).await;
         self.count_held().await;
         Some(b)
     }
@@ -107,7 +135,7 @@ impl Tier for MemoryTier {
     async fn get(&self, block: &BlockRef, below: Below<'_>) -> Result<Bytes, StoreError> {
         let entry = self
             .blocks
-            .entry(block.id.clone())
+            .entry(Key::Block(block.id.clone()))
             .or_try_insert_with(async {
                 self.metrics.misses.inc();
                 let _slot = self.in_flight.acquire().await.expect("semaphore is never closed");
@@ -125,6 +153,33 @@ impl Tier for MemoryTier {
     }
 
     fn holds(&self, block: &BlockRef) -> bool {
-        self.blocks.contains_key(&block.id)
+        self.blocks.contains_key(&Key::Block(block.id.clone()))
+    }
+
+    async fn page(&self, page: &PageRef) -> Option<Bytes> {
+        let b = match self.blocks.get(&Key::Page(page.block.clone(), page.index)).await {
+            Some(b) => b,
+            None => {
+                let block = self.blocks.get(&Key::Block(page.block.clone())).await?;
+                let from = page.index * super::PAGE_SIZE;
+                let to = from + page.len();
+                if to > block.len() as u64 {
+                    return None;
+                }
+                block.slice(from as usize..to as usize)
+            }
+        };
+        self.hit(&b);
+        Some(b)
+    }
+
+    async fn keep_page(&self, page: &PageRef, bytes: Bytes) {
+        if bytes.len() as u64 != page.len() {
+            return;
+        }
+        self.blocks
+            .insert(Key::Page(page.block.clone(), page.index), bytes)
+            .await;
+        self.count_held().await;
     }
 }

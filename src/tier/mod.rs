@@ -30,7 +30,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::object::{BlockRef, ByteRange, ObjectMeta, SourceId};
+use crate::object::{BlockId, BlockRef, ByteRange, ObjectMeta, SourceId};
 use crate::store::{ObjectStore, StoreError};
 
 /// One cache tier of the chain.
@@ -50,6 +50,41 @@ pub trait Tier: Send + Sync + 'static {
     /// `false` when it cannot tell cheaply. Used to skip needless prefetches.
     fn holds(&self, _block: &BlockRef) -> bool {
         false
+    }
+
+    /// The page, if this tier keeps it (as a page, or inside a whole block it holds): exactly
+    /// `page.len()` bytes, or `None`. Never reaches below. Tiers that keep no pages say `None`.
+    async fn page(&self, _page: &PageRef) -> Option<Bytes> {
+        None
+    }
+
+    /// Keeps a page the chain fetched from the origin for a random read (exactly `page.len()`
+    /// bytes). Tiers that keep no pages ignore it.
+    async fn keep_page(&self, _page: &PageRef, _bytes: Bytes) {}
+}
+
+/// Pages are the grain at which random reads are fetched and kept: an unaligned 64 KiB read
+/// touches at most five of them (80 KiB). Every valid block size is a multiple of it.
+pub const PAGE_SIZE: u64 = 16 << 10;
+
+/// Page `index` of a block (bytes `[index * PAGE_SIZE, ...)` of the block, shorter only at the
+/// end of the object), named by the block's id, so a page never outlives its object version,
+/// source or block size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageRef {
+    pub block: BlockId,
+    pub index: u64,
+    /// The bytes of the object this page covers.
+    pub range: ByteRange,
+}
+
+impl PageRef {
+    pub fn len(&self) -> u64 {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
     }
 }
 
@@ -141,10 +176,95 @@ impl TierChain {
         )
     }
 
-    /// Exactly `range` of `obj` from the origin, kept by no tier: for random reads, where a
-    /// whole block would cost more than the bytes asked for.
-    pub async fn get_uncached(&self, obj: &ObjectMeta, range: ByteRange) -> Result<Bytes, StoreError> {
-        get_exact(self.origin.as_ref(), &obj.key, range, &obj.etag).await
+    /// The pages of `obj` that cover `range`, in order.
+    pub fn pages(&self, obj: &ObjectMeta, range: ByteRange) -> Vec<PageRef> {
+        if range.is_empty() {
+            return Vec::new();
+        }
+        let end = range.end.min(obj.size);
+        let mut pages = Vec::new();
+        let mut at = range.start - range.start % PAGE_SIZE;
+        while at < end {
+            let block = self.block(obj, at / self.block_size);
+            let index = (at - block.range.start) / PAGE_SIZE;
+            let page_end = (at + PAGE_SIZE).min(block.range.end);
+            pages.push(PageRef {
+                block: block.id,
+                index,
+                range: ByteRange::new(at, page_end),
+            });
+            at = page_end;
+        }
+        pages
+    }
+
+    /// A page from the nearest tier that has it (checked for length), without I/O below.
+    async fn cached_page(&self, page: &PageRef) -> Option<Bytes> {
+        for tier in &self.tiers {
+            if let Some(b) = tier.page(page).await
+                && b.len() as u64 == page.len()
+            {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    /// Exactly `range` of `obj` if the tiers hold every page of it (as pages or whole blocks),
+    /// without any request.
+    pub async fn cached_range(&self, obj: &ObjectMeta, range: ByteRange) -> Option<Bytes> {
+        let pages = self.pages(obj, range);
+        let mut got = Vec::with_capacity(pages.len());
+        for p in &pages {
+            got.push(self.cached_page(p).await?);
+        }
+        Some(join_pages(range, &pages, &got))
+    }
+
+    /// Exactly `range` of `obj` for a random read: the pages the tiers hold, and the missing
+    /// ones fetched from the origin (one ranged GET, pinned to the ETag, per contiguous run of
+    /// missing pages, all at once) and kept by the tiers that keep pages. A page costs at most
+    /// `PAGE_SIZE` bytes more than asked for at each end of the range.
+    pub async fn get_range(&self, obj: &ObjectMeta, range: ByteRange) -> Result<Bytes, StoreError> {
+        let pages = self.pages(obj, range);
+        let mut got: Vec<Option<Bytes>> = Vec::with_capacity(pages.len());
+        for p in &pages {
+            got.push(self.cached_page(p).await);
+        }
+        // Runs of missing pages that are contiguous in the object: (first page, last page).
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, g) in got.iter().enumerate() {
+            if g.is_some() {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((_, last)) if *last + 1 == i => *last = i,
+                _ => runs.push((i, i)),
+            }
+        }
+        let fetched = futures::future::try_join_all(runs.iter().map(|&(a, b)| {
+            let span = ByteRange::new(pages[a].range.start, pages[b].range.end);
+            async move {
+                let bytes = get_exact(self.origin.as_ref(), &obj.key, span, &obj.etag).await?;
+                self.origin_blocks.fetch_add(1, Ordering::Relaxed);
+                self.origin_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                Ok::<_, StoreError>(bytes)
+            }
+        }))
+        .await?;
+        for (&(a, b), bytes) in runs.iter().zip(fetched) {
+            let base = pages[a].range.start;
+            for i in a..=b {
+                let r = pages[i].range;
+                let page = bytes.slice((r.start - base) as usize..(r.end - base) as usize);
+                for tier in &self.tiers {
+                    tier.keep_page(&pages[i], page.clone()).await;
+                }
+                got[i] = Some(page);
+            }
+        }
+        let got: Vec<Bytes> = got.into_iter().map(|g| g.expect("every page was fetched")).collect();
+        Ok(join_pages(range, &pages, &got))
     }
 
     fn get_from<'a>(&'a self, i: usize, block: &'a BlockRef) -> BoxFuture<'a, Result<Bytes, StoreError>> {
@@ -183,6 +303,27 @@ impl TierChain {
             .await
         })
     }
+}
+
+/// The bytes `range` (clipped to the pages' end, the object's end) out of its `pages`.
+fn join_pages(range: ByteRange, pages: &[PageRef], got: &[Bytes]) -> Bytes {
+    let Some(last) = pages.last() else {
+        return Bytes::new();
+    };
+    let end = range.end.min(last.range.end);
+    let slice = |p: &PageRef, b: &Bytes| {
+        let from = range.start.max(p.range.start) - p.range.start;
+        let to = end.min(p.range.end) - p.range.start;
+        b.slice(from as usize..to as usize)
+    };
+    if pages.len() == 1 {
+        return slice(&pages[0], &got[0]);
+    }
+    let mut out = bytes::BytesMut::with_capacity((end - range.start) as usize);
+    for (p, b) in pages.iter().zip(got) {
+        out.extend_from_slice(&slice(p, b));
+    }
+    out.freeze()
 }
 
 /// A ranged GET from the origin, pinned to `etag`, that returns exactly `range.len()` bytes or
