@@ -1,5 +1,6 @@
-//! Fast reads through a real mount: prefetch under every access pattern (byte-exact), FUSE
-//! passthrough of fully cached objects (reads that never reach the daemon) and its fallback,
+//! Fast reads through a real mount: prefetch under every access pattern (byte-exact), random
+//! reads cached by pages from the first pass, FUSE passthrough of fully cached objects (reads that
+//! never reach the daemon) and its fallback,
 //! and the memory bound under many concurrent readers.
 
 mod common;
@@ -123,6 +124,53 @@ fn cold_sequential_read_with_prefetch_fetches_each_block_once() {
         let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
         assert_eq!((a % MIB as u64, b - a + 1), (0, MIB as u64), "{range}");
     }
+}
+
+#[test]
+fn random_reads_are_cached_from_the_first_pass() {
+    use std::os::fd::AsRawFd;
+    let s = server();
+    let body = data(64 * MIB, 6);
+    s.put(BUCKET, "table.parquet", body.clone());
+    let m = Mount::new(&s, BUCKET, &[]);
+    let f = fs::File::open(m.join("table.parquet")).unwrap();
+    // No kernel read-ahead: each pread reaches the daemon as it is.
+    // SAFETY: fadvise on a valid descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let mut x = 11u64;
+    let offsets: Vec<usize> = (0..200)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 17) as usize % (body.len() - (64 << 10))
+        })
+        .collect();
+    let pass = || {
+        let mut buf = vec![0u8; 64 << 10];
+        for &off in &offsets {
+            f.read_exact_at(&mut buf, off as u64).unwrap();
+            assert!(buf[..] == body[off..off + (64 << 10)], "at {off}");
+        }
+        // Drop the kernel's page cache, so that the next pass reads through FUSE again.
+        // SAFETY: fadvise on a valid descriptor.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    };
+    s.reset_counts();
+    pass();
+    let first = s.counts();
+    let read = 200 * (64 << 10) as u64;
+    assert!(
+        2 * first.get_bytes <= 3 * read,
+        "first pass fetched {} for {read} read",
+        first.get_bytes
+    );
+    s.reset_counts();
+    pass();
+    assert_eq!(
+        s.counts().get,
+        0,
+        "the second pass is served from memory: {:?}",
+        s.counts()
+    );
 }
 
 #[test]
