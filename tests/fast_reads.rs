@@ -1,7 +1,7 @@
 //! Fast reads through a real mount: prefetch under every access pattern (byte-exact), random
-//! reads cached by pages from the first pass, FUSE passthrough of fully cached objects (reads that
-//! never reach the daemon) and its fallback,
-//! and the memory bound under many concurrent readers.
+//! reads cached by pages from the first pass, FUSE passthrough of fully cached objects (reads
+//! that never reach the daemon) and its fallback, and the memory bound under many concurrent
+//! readers.
 
 mod common;
 

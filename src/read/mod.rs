@@ -336,6 +336,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn pages_come_out_of_whole_blocks_in_memory() {
+        let (s, meta, d) = setup(4 * MIB as usize).await;
+        let r = BlockReader::memory_only(s.clone(), MIB, 64 * MIB);
+        r.read(&meta, MIB, 10).await.unwrap();
+        assert_eq!(fetched(&s), (1, MIB));
+        // The end of block 1 (held whole) and the start of block 2 (two pages fetched).
+        let off = 2 * MIB - 30_000;
+        let got = r.read_random(&meta, off, 60_000).await.unwrap();
+        assert!(got[..] == d[off as usize..off as usize + 60_000]);
+        assert_eq!(fetched(&s), (2, MIB + 2 * crate::tier::PAGE_SIZE));
+        let got = r.read_random(&meta, off + 1, 60_000).await.unwrap();
+        assert!(got[..] == d[off as usize + 1..off as usize + 60_001]);
+        assert_eq!(fetched(&s), (2, MIB + 2 * crate::tier::PAGE_SIZE));
+    }
+
+    #[tokio::test]
     async fn a_page_is_never_served_for_another_version() {
         let (s, meta, d) = setup(4 * MIB as usize).await;
         let r = BlockReader::memory_only(s.clone(), MIB, 64 * MIB);

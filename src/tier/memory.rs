@@ -173,13 +173,13 @@ impl Tier for MemoryTier {
         Some(b)
     }
 
-    async fn keep_page(&self, page: &PageRef, bytes: Bytes) {
-        if bytes.len() as u64 != page.len() {
-            return;
+    async fn keep_pages(&self, pages: &[(PageRef, Bytes)]) {
+        for (page, bytes) in pages {
+            if bytes.len() as u64 == page.len() {
+                let key = Key::Page(page.block.clone(), page.index);
+                self.blocks.insert(key, bytes.clone()).await;
+            }
         }
-        self.blocks
-            .insert(Key::Page(page.block.clone(), page.index), bytes)
-            .await;
         self.count_held().await;
     }
 }

@@ -58,9 +58,9 @@ pub trait Tier: Send + Sync + 'static {
         None
     }
 
-    /// Keeps a page the chain fetched from the origin for a random read (exactly `page.len()`
-    /// bytes). Tiers that keep no pages ignore it.
-    async fn keep_page(&self, _page: &PageRef, _bytes: Bytes) {}
+    /// Keeps pages the chain fetched from the origin for a random read (each exactly
+    /// `page.len()` bytes). Tiers that keep no pages ignore them.
+    async fn keep_pages(&self, _pages: &[(PageRef, Bytes)]) {}
 }
 
 /// Pages are the grain at which random reads are fetched and kept: an unaligned 64 KiB read
@@ -252,16 +252,18 @@ impl TierChain {
             }
         }))
         .await?;
+        let mut keep = Vec::new();
         for (&(a, b), bytes) in runs.iter().zip(fetched) {
             let base = pages[a].range.start;
             for i in a..=b {
                 let r = pages[i].range;
                 let page = bytes.slice((r.start - base) as usize..(r.end - base) as usize);
-                for tier in &self.tiers {
-                    tier.keep_page(&pages[i], page.clone()).await;
-                }
+                keep.push((pages[i].clone(), page.clone()));
                 got[i] = Some(page);
             }
+        }
+        for tier in &self.tiers {
+            tier.keep_pages(&keep).await;
         }
         let got: Vec<Bytes> = got.into_iter().map(|g| g.expect("every page was fetched")).collect();
         Ok(join_pages(range, &pages, &got))
