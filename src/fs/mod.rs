@@ -26,7 +26,7 @@ use tracing::warn;
 pub use error::FsError;
 use inode::{InodeTable, Node};
 
-use crate::meta::{DirListing, Entry, Namespace};
+use crate::meta::{Brief, DirListing, Entry, Namespace};
 use crate::object::{AssembledFiles, ObjectMeta};
 use crate::read::{BlockReader, ReadError, ReadHandle};
 
@@ -198,11 +198,15 @@ impl Fs {
     }
 
     fn file_attr(&self, ino: u64, meta: &ObjectMeta, valid_for: Option<Duration>) -> Attr {
+        self.file_attr_of(ino, meta.size, meta.last_modified, valid_for)
+    }
+
+    fn file_attr_of(&self, ino: u64, size: u64, mtime: std::time::SystemTime, valid_for: Option<Duration>) -> Attr {
         Attr {
             ino,
             kind: FileKind::File,
-            size: meta.size,
-            mtime: meta.last_modified,
+            size,
+            mtime,
             perm: self.settings.file_mode,
             uid: self.settings.uid,
             gid: self.settings.gid,
@@ -367,13 +371,13 @@ impl Fs {
     /// inode will have (a plain `readdir` entry is no lookup; `stat` gets the real one).
     pub fn readdir(&self, fh: u64, offset: u64) -> Result<impl Iterator<Item = DirEntry> + '_, FsError> {
         let h = self.dir_handle(fh)?;
-        Ok((offset..DOTS + h.listing.entries.len() as u64).map(move |i| {
+        Ok((offset..DOTS + h.listing.len() as u64).map(move |i| {
             let (ino, kind, name) = match i {
                 0 => (h.node.ino, FileKind::Dir, Arc::<str>::from(".")),
                 1 => (h.node.parent, FileKind::Dir, Arc::<str>::from("..")),
                 _ => {
-                    let (name, entry) = &h.listing.entries[(i - DOTS) as usize];
-                    let kind = entry_kind(entry);
+                    let (name, brief) = h.listing.brief((i - DOTS) as usize);
+                    let kind = brief_kind(brief);
                     let ino =
                         (self.inodes.known(h.node.ino, name, kind)).unwrap_or_else(|| self.inodes.unused_number());
                     (ino, kind, name.clone())
@@ -394,17 +398,17 @@ impl Fs {
     pub fn readdirplus(&self, fh: u64, offset: u64) -> Result<impl Iterator<Item = DirEntryPlus> + '_, FsError> {
         let h = self.dir_handle(fh)?;
         let valid_for = self.ns.listing_valid_for(&h.listing);
-        Ok((offset..DOTS + h.listing.entries.len() as u64).map(move |i| {
+        Ok((offset..DOTS + h.listing.len() as u64).map(move |i| {
             let (attr, name, counted) = match i {
                 0 => (self.dir_attr(h.node.ino, valid_for), Arc::<str>::from("."), false),
                 1 => (self.dir_attr(h.node.parent, valid_for), Arc::<str>::from(".."), false),
                 _ => {
-                    let (name, entry) = &h.listing.entries[(i - DOTS) as usize];
+                    let (name, brief) = h.listing.brief((i - DOTS) as usize);
                     // The listing's name is shared, not copied.
-                    let node = self.inodes.lookup(&h.node, name.clone(), entry_kind(entry));
-                    let attr = match entry {
-                        Entry::Dir => self.dir_attr(node.ino, valid_for),
-                        Entry::File(meta) => self.file_attr(node.ino, meta, valid_for),
+                    let node = self.inodes.lookup(&h.node, name.clone(), brief_kind(brief));
+                    let attr = match brief {
+                        Brief::Dir => self.dir_attr(node.ino, valid_for),
+                        Brief::File { size, modified } => self.file_attr_of(node.ino, size, modified, valid_for),
                     };
                     (attr, name.clone(), true)
                 }
@@ -450,10 +454,10 @@ impl Fs {
     }
 }
 
-fn entry_kind(entry: &Entry) -> FileKind {
-    match entry {
-        Entry::Dir => FileKind::Dir,
-        Entry::File(_) => FileKind::File,
+fn brief_kind(brief: Brief) -> FileKind {
+    match brief {
+        Brief::Dir => FileKind::Dir,
+        Brief::File { .. } => FileKind::File,
     }
 }
 

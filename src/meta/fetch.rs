@@ -91,10 +91,7 @@ impl Fetcher {
                 return Ok(None);
             }
         }
-        Ok(Some(Arc::new(DirListing {
-            entries: entries.finish(),
-            fetched,
-        })))
+        Ok(Some(Arc::new(DirListing::new(dir, entries.finish(), fetched))))
     }
 }
 
@@ -154,8 +151,8 @@ mod tests {
         s.put("d/sub/a", "y");
         let f = Fetcher::new(s.clone());
         let whole = f.listing("d/", Instant::now(), None).await.unwrap().unwrap();
-        assert_eq!(whole.entries.len(), 2501);
-        assert_eq!(whole.get("sub"), Some(&Entry::Dir));
+        assert_eq!(whole.len(), 2501);
+        assert_eq!(whole.get("sub"), Some(Entry::Dir));
         assert_eq!(counts(&s), (3, 0), "three pages of 1,000");
         assert!(f.listing("d/", Instant::now(), Some(2)).await.unwrap().is_none());
         assert_eq!(counts(&s), (5, 0), "stops after two pages");

@@ -29,6 +29,7 @@
 mod error;
 mod fetch;
 mod format;
+mod listing;
 mod names;
 pub mod persist;
 mod ttl;
@@ -42,6 +43,7 @@ use moka::future::Cache;
 use tracing::{info, warn};
 
 pub use error::MetaError;
+pub use listing::{Brief, DirListing};
 pub use persist::MetaStore;
 
 use crate::config::Ttl;
@@ -71,22 +73,6 @@ pub struct Resolved {
 
 /// The names of a directory and what they are, sorted by name.
 pub type Entries = Vec<(Arc<str>, Entry)>;
-
-/// A full directory listing, sorted by name.
-#[derive(Debug)]
-pub struct DirListing {
-    pub entries: Entries,
-    pub fetched: Instant,
-}
-
-impl DirListing {
-    pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|(n, _)| (**n).cmp(name))
-            .ok()
-            .map(|i| &self.entries[i].1)
-    }
-}
 
 /// Default bounds of the in-memory metadata caches (entries): a few hundred bytes each, so
 /// about 200 MiB at the worst; past them the least recently used entries are refetched.
@@ -121,7 +107,7 @@ impl Namespace {
             .build();
         let dirs = Cache::builder()
             .max_capacity(MAX_LISTED_ENTRIES)
-            .weigher(|_: &Arc<str>, l: &Arc<DirListing>| l.entries.len().clamp(1, u32::MAX as usize) as u32)
+            .weigher(|_: &Arc<str>, l: &Arc<DirListing>| l.len().clamp(1, u32::MAX as usize) as u32)
             .expire_after(ListingExpiry(ttls.positive))
             .build();
         Namespace {
@@ -219,7 +205,7 @@ impl Namespace {
     fn answer_from(&self, listing: &DirListing, name: &str) -> Option<Resolved> {
         match listing.get(name) {
             Some(e) => Some(Resolved {
-                entry: Some(e.clone()),
+                entry: Some(e),
                 fetched: listing.fetched,
             }),
             // A listing proves a name absent only for as long as the negative TTL.
@@ -413,7 +399,7 @@ impl Namespace {
             return (None, None);
         };
         let listing = found.and_then(|(at, entries)| {
-            restore(at, self.ttls.positive).map(|fetched| Arc::new(DirListing { entries, fetched }))
+            restore(at, self.ttls.positive).map(|fetched| Arc::new(DirListing::new(dir, entries, fetched)))
         });
         (Some(generation), listing)
     }
@@ -425,7 +411,7 @@ impl Namespace {
         {
             let (d, l, wall) = (dir.to_string(), listing.clone(), stamp.wall);
             self.on_disk(move |p| {
-                p.save_listing(g, &d, wall, &l.entries);
+                p.save_listing(g, &d, wall, &l.entries());
                 Some(())
             })
             .await;
@@ -721,7 +707,7 @@ mod tests {
             assert_eq!(&r.entry, want, "{dir}{name}");
             assert_eq!(second.valid_for(&r), None);
         }
-        assert_eq!(second.list_dir("d/").await.unwrap().entries, listing.entries);
+        assert_eq!(second.list_dir("d/").await.unwrap().entries(), listing.entries());
         assert_eq!(s.requests(), before, "everything came from disk");
     }
 
@@ -757,11 +743,11 @@ mod tests {
         let ns = persisted(&s, &cache, ttl, ttl);
         assert_eq!(size(&ns.lookup("d/", "a").await.unwrap()), Some(1));
         assert_eq!(size(&ns.lookup("", "x").await.unwrap()), Some(1));
-        assert_eq!(ns.list_dir("d/").await.unwrap().entries.len(), 1);
+        assert_eq!(ns.list_dir("d/").await.unwrap().len(), 1);
         assert!(s.requests() > 0);
         let (at, entries) = m.load_listing(g, "d/").unwrap();
         assert!(at > thirty_ago + Duration::from_secs(25));
-        assert_eq!(entries[0].1, ns.list_dir("d/").await.unwrap().entries[0].1);
+        assert_eq!(entries[0].1, ns.list_dir("d/").await.unwrap().entries()[0].1);
         let (at, entry) = m.load_lookup(g, "x").unwrap();
         assert!(at > thirty_ago + Duration::from_secs(25) && entry.is_some());
     }
@@ -790,7 +776,7 @@ mod tests {
         assert_eq!(size(&ns.lookup("d/", "new").await.unwrap()), Some(1));
         // The listing itself is still fresh under the indefinite TTL.
         let before = s.requests();
-        assert!(ns.list_dir("d/").await.unwrap().entries.is_empty());
+        assert!(ns.list_dir("d/").await.unwrap().is_empty());
         assert_eq!(s.requests(), before);
     }
 
@@ -837,11 +823,11 @@ mod tests {
         ns.invalidate("", "top").await;
         let other = persisted(&s, &cache, ind, ind);
         assert_eq!(size(&other.lookup("", "top").await.unwrap()), Some(2));
-        assert_eq!(other.list_dir("d/").await.unwrap().entries.len(), 1, "not invalidated");
+        assert_eq!(other.list_dir("d/").await.unwrap().len(), 1, "not invalidated");
         ns.invalidate_all();
         assert_eq!(size(&ns.lookup("", "top").await.unwrap()), Some(2));
         let third = persisted(&s, &cache, ind, ind);
-        assert_eq!(third.list_dir("d/").await.unwrap().entries.len(), 2);
+        assert_eq!(third.list_dir("d/").await.unwrap().len(), 2);
     }
 
     #[tokio::test]

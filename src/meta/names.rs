@@ -181,7 +181,7 @@ mod tests {
         let ns = Namespace::new(s.clone(), Ttl::Indefinite, Ttl::Indefinite).one_name_at_a_time();
         let root = ns.list_dir("").await.unwrap();
         assert_eq!(
-            kinds(&root.entries),
+            kinds(&root.entries()),
             vec![
                 ("a.jar", false),
                 ("bad", true),
@@ -192,8 +192,8 @@ mod tests {
             ]
         );
         // "bad/" holds only "bad//k", whose empty segment hides it.
-        assert!(ns.list_dir("bad/").await.unwrap().entries.is_empty());
-        assert!(ns.list_dir("empty/").await.unwrap().entries.is_empty());
-        assert_eq!(kinds(&ns.list_dir("c/").await.unwrap().entries), vec![("d", false)]);
+        assert!(ns.list_dir("bad/").await.unwrap().is_empty());
+        assert!(ns.list_dir("empty/").await.unwrap().is_empty());
+        assert_eq!(kinds(&ns.list_dir("c/").await.unwrap().entries()), vec![("d", false)]);
     }
 }
