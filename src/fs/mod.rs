@@ -377,10 +377,10 @@ impl Fs {
                 1 => (h.node.parent, FileKind::Dir, Arc::<str>::from("..")),
                 _ => {
                     let (name, brief) = h.listing.brief((i - DOTS) as usize);
-                    let kind = brief_kind(brief);
+                    let (kind, name) = (brief_kind(brief), Arc::<str>::from(name));
                     let ino =
-                        (self.inodes.known(h.node.ino, name, kind)).unwrap_or_else(|| self.inodes.unused_number());
-                    (ino, kind, name.clone())
+                        (self.inodes.known(h.node.ino, &name, kind)).unwrap_or_else(|| self.inodes.unused_number());
+                    (ino, kind, name)
                 }
             };
             DirEntry {
@@ -404,7 +404,7 @@ impl Fs {
                 1 => (self.dir_attr(h.node.parent, valid_for), Arc::<str>::from(".."), false),
                 _ => {
                     let (name, brief) = h.listing.brief((i - DOTS) as usize);
-                    // The listing's name is shared, not copied.
+                    let name = Arc::<str>::from(name);
                     let node = self.inodes.lookup(&h.node, name.clone(), brief_kind(brief));
                     let attr = match brief {
                         Brief::Dir => self.dir_attr(node.ino, valid_for),
