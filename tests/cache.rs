@@ -372,18 +372,6 @@ fn cache_directory_problems_are_clear_errors() {
     );
 }
 
-fn metric(port: u16, series: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    r.lines()
-        .filter(|l| l.starts_with(series))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 /// Another process holding every lock of the cache directory (the fetch stripes, the shard
 /// and ledger locks, and `evict.lock`) and never letting go, as a stopped or stuck daemon
 /// would: a cold read through the mount waits at most the documented deadline (5 s) per

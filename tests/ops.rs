@@ -116,23 +116,6 @@ fn warm_names_the_objects_that_failed() {
     assert!(err.contains("--include"), "{err}");
 }
 
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let status = r.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, r.split_once("\r\n\r\n").unwrap().1.to_string())
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[test]
 fn metrics_and_health_follow_known_reads() {
     let s = server();
@@ -142,33 +125,33 @@ fn metrics_and_health_follow_known_reads() {
     let addr = format!("127.0.0.1:{port}");
     let c = cache.path().to_str().unwrap();
     let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr, "--no-passthrough"]);
-    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
-    assert_eq!(http_get(port, "/nope").0, 404);
+    assert_eq!(http_status_body(port, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_status_body(port, "/nope").0, 404);
     let (key, body) = &objects[3];
     assert!(fs::read(m.join(key)).unwrap() == *body);
-    let (_, text) = http_get(port, "/metrics");
+    let (_, text) = http_status_body(port, "/metrics");
     let nblocks = body.len().div_ceil(1 << 20) as f64;
-    assert_eq!(metric(&text, "s3cachefs_cache_misses_total"), nblocks);
-    assert_eq!(metric(&text, "s3cachefs_cache_hits_total"), 0.0);
+    assert_eq!(metric_sum(&text, "s3cachefs_cache_misses_total"), nblocks);
+    assert_eq!(metric_sum(&text, "s3cachefs_cache_hits_total"), 0.0);
     assert_eq!(
-        metric(
+        metric_sum(
             &text,
             "s3cachefs_s3_requests_total{operation=\"GetObject\",status=\"206\"}"
         ),
         nblocks
     );
-    assert_eq!(metric(&text, "s3cachefs_s3_bytes_total"), body.len() as f64);
-    assert_eq!(metric(&text, "s3cachefs_read_bytes_total"), body.len() as f64);
-    assert!(metric(&text, "s3cachefs_cache_size_bytes") >= body.len() as f64);
-    assert!(metric(&text, "s3cachefs_fuse_operations_total{operation=\"read\"}") >= 1.0);
+    assert_eq!(metric_sum(&text, "s3cachefs_s3_bytes_total"), body.len() as f64);
+    assert_eq!(metric_sum(&text, "s3cachefs_read_bytes_total"), body.len() as f64);
+    assert!(metric_sum(&text, "s3cachefs_cache_size_bytes") >= body.len() as f64);
+    assert!(metric_sum(&text, "s3cachefs_fuse_operations_total{operation=\"read\"}") >= 1.0);
     drop(m);
     // A second mount on the warm cache: hits, no S3 bytes.
     let m = Mount::new(&s, BUCKET, &["--cache", c, "--metrics-addr", &addr, "--no-passthrough"]);
     assert!(fs::read(m.join(key)).unwrap() == *body);
-    let (_, text) = http_get(port, "/metrics");
-    assert_eq!(metric(&text, "s3cachefs_cache_hits_total"), nblocks);
-    assert_eq!(metric(&text, "s3cachefs_cache_hit_bytes_total"), body.len() as f64);
-    assert_eq!(metric(&text, "s3cachefs_s3_bytes_total"), 0.0);
+    let (_, text) = http_status_body(port, "/metrics");
+    assert_eq!(metric_sum(&text, "s3cachefs_cache_hits_total"), nblocks);
+    assert_eq!(metric_sum(&text, "s3cachefs_cache_hit_bytes_total"), body.len() as f64);
+    assert_eq!(metric_sum(&text, "s3cachefs_s3_bytes_total"), 0.0);
     let out = command().args(["stats", "--metrics-addr", &addr]).output().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{summary}");
@@ -194,21 +177,21 @@ fn healthz_answers_503_when_the_mountpoint_no_longer_answers() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut m = Mount::new(&s, BUCKET, &["--metrics-addr", &addr]);
-    assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_status_body(port, "/healthz"), (200, "ok\n".into()));
     let (key, body) = &objects[2];
     let f = fs::File::open(m.join(key)).unwrap();
     let ok = Command::new("umount").arg("-l").arg(m.path()).status().unwrap();
     assert!(ok.success());
-    let (status, text) = http_get(port, "/healthz");
+    let (status, text) = http_status_body(port, "/healthz");
     assert_eq!(
         status, 503,
         "a detached mount's empty directory is not a healthy mount: {text}"
     );
     fs::remove_dir(m.path()).unwrap();
-    let (status, text) = http_get(port, "/healthz");
+    let (status, text) = http_status_body(port, "/healthz");
     assert_eq!(status, 503, "{text}");
     // The daemon is alive: it serves metrics and the file still open on the detached mount.
-    assert_eq!(http_get(port, "/metrics").0, 200);
+    assert_eq!(http_status_body(port, "/metrics").0, 200);
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut &f, &mut got).unwrap();
     assert!(got == *body);
@@ -325,11 +308,7 @@ fn stale_mount_of_a_user_s_killed_daemon_is_cleared_through_fusermount() {
     // As nobody (std drops root's supplementary groups when it sets the uid).
     let nobody = |program: &Path| {
         let mut c = Command::new(program);
-        c.env_clear()
-            .envs(command().get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .stdin(std::process::Stdio::null())
-            .uid(NOBODY)
-            .gid(NOBODY);
+        hermetic(&mut c).uid(NOBODY).gid(NOBODY);
         c
     };
     let mut first = nobody(&exe);
@@ -514,15 +493,8 @@ exec "$@""#;
     c.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(dir)
         .arg(common::bin())
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", "AKIDTESTKEY")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .stdin(std::process::Stdio::null());
+        .args(args);
+    hermetic(&mut c);
     run_with_timeout(c, Duration::from_secs(60))
 }
 

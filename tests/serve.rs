@@ -248,23 +248,6 @@ impl Drop for Serve {
     }
 }
 
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).unwrap();
-    let status = r.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, r.split_once("\r\n\r\n").unwrap().1.to_string())
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 #[test]
 fn serve_mounts_two_buckets_with_one_cache_one_metrics_endpoint_and_unmounts_both_on_sigterm() {
     let s = TestServer::start();
@@ -279,7 +262,8 @@ fn serve_mounts_two_buckets_with_one_cache_one_metrics_endpoint_and_unmounts_bot
     let root = d.path().join("mnt/s3"); // created by serve
     let cache = d.path().join("cache");
     let records = d.path().join("records");
-    let addr = format!("127.0.0.1:{}", free_port());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
     let mut srv = Serve::start(
         &s,
         &root,
@@ -303,11 +287,11 @@ fn serve_mounts_two_buckets_with_one_cache_one_metrics_endpoint_and_unmounts_bot
     assert_eq!(s.counts_for("jars-bucket").get, 2);
     assert_eq!(s.counts_for("data-bucket").get, 1);
     // One endpoint for both: one registry counts the reads of both sources.
-    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".into()));
-    let (_, text) = http_get(&addr, "/metrics");
-    assert_eq!(metric(&text, "s3cachefs_cache_misses_total"), 3.0);
+    assert_eq!(http_status_body(port, "/healthz"), (200, "ok\n".into()));
+    let (_, text) = http_status_body(port, "/metrics");
+    assert_eq!(metric_sum(&text, "s3cachefs_cache_misses_total"), 3.0);
     assert_eq!(
-        metric(&text, "s3cachefs_read_bytes_total"),
+        metric_sum(&text, "s3cachefs_read_bytes_total"),
         (jar.len() + hot.len()) as f64
     );
     // One cache directory holds the blocks of both.

@@ -29,6 +29,13 @@ pub fn bin() -> &'static str {
 /// files, no instance metadata (which would reach outside this machine).
 pub fn command() -> Command {
     let mut c = Command::new(bin());
+    hermetic(&mut c);
+    c
+}
+
+/// Gives `c` the hermetic settings of [`command`] (for a command that runs the binary through
+/// another program or from another path).
+pub fn hermetic(c: &mut Command) -> &mut Command {
     c.env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("AWS_ACCESS_KEY_ID", "AKIDTESTKEY")
@@ -36,8 +43,7 @@ pub fn command() -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent/aws-config")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        .stdin(Stdio::null());
-    c
+        .stdin(Stdio::null())
 }
 
 /// The access key of [`command`].
@@ -326,6 +332,12 @@ pub fn http_status_body(port: u16, path: &str) -> (u16, String) {
     s.read_to_string(&mut r).unwrap();
     let status = r.split(' ').nth(1).unwrap().parse().unwrap();
     (status, r.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+/// The sum of every sample of `series` (a name, or a name with labels) in the `/metrics` of
+/// the daemon at 127.0.0.1:`port`.
+pub fn metric(port: u16, series: &str) -> f64 {
+    metric_sum(&http_status_body(port, "/metrics").1, series)
 }
 
 /// The sum of every sample of `series` (a name, or a name with labels) in Prometheus text.
