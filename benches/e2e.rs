@@ -50,7 +50,10 @@ const SCENARIOS: [(&str, &str); 14] = [
         "seq",
         "read the large file sequentially through a fresh mount, empty cache",
     ),
-    ("random", "random 64 KiB preads of the large file through a fresh mount, then the same again"),
+    (
+        "random",
+        "random 64 KiB preads of the large file through a fresh mount, then the same again",
+    ),
     (
         "columnar",
         "a Parquet-like read of 3 of 24 columns of a 256 MiB file through a fresh mount, twice",

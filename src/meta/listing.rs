@@ -189,10 +189,12 @@ impl Etag {
     fn unpack(&self) -> Arc<str> {
         match self {
             Etag::Md5(bytes) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut s = String::with_capacity(34);
                 s.push('"');
                 for b in bytes {
-                    s.push_str(&format!("{b:02x}"));
+                    s.push(HEX[usize::from(b >> 4)] as char);
+                    s.push(HEX[usize::from(b & 15)] as char);
                 }
                 s.push('"');
                 s.into()
@@ -246,6 +248,15 @@ mod tests {
         ));
         let root = DirListing::new("", vec![file("", "top", "\"x\"")], Instant::now());
         assert_eq!(root.entries(), vec![file("", "top", "\"x\"")]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_etag_comes_back_byte_for_byte(etag in "\\PC{0,40}", md5 in proptest::array::uniform16(0u8..)) {
+            for e in [etag, format!("\"{}\"", md5.iter().map(|b| format!("{b:02x}")).collect::<String>())] {
+                proptest::prop_assert_eq!(&*Etag::pack(e.as_str().into()).unpack(), e.as_str());
+            }
+        }
     }
 
     #[test]
