@@ -327,3 +327,28 @@ impl DiskCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::SourceId;
+
+    /// The exact bytes of a v1 page file header. If this test fails, the format changed: bump
+    /// PAGES_VERSION (old page files are then refetched, never misread).
+    #[test]
+    fn golden_bytes_v1() {
+        let id = BlockId {
+            source: SourceId::new(Some("s3"), "b", ""),
+            key: "k".into(),
+            etag: "\"e\"".into(),
+            index: 2,
+            block_size: 1 << 20,
+        };
+        let h = encode(&id, 2 * PAGE_SIZE, &[None, Some(0x0102_0304)]).unwrap();
+        let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "533343465350475301000000520000000200000000000000000010000000000000800000000000000200000000000000040073337c6201006b030022652200000000000000000100000004030201ed50f87f"
+        );
+    }
+}
