@@ -141,6 +141,10 @@ pub trait DiskSpace: Send + Sync {
     fn release(&self, bytes: u64);
 }
 
+/// Pages are the grain at which random reads are fetched and kept: an unaligned 64 KiB read
+/// touches at most five of them (80 KiB). Every valid block size is a multiple of it.
+pub const PAGE_SIZE: u64 = 16 << 10;
+
 /// Bytes a file of `len` bytes occupies on a filesystem with 4 KiB blocks.
 pub fn alloc_size(len: u64) -> u64 {
     len.div_ceil(4096) * 4096

@@ -161,6 +161,72 @@ fn random_reads_are_cached_from_the_first_pass() {
     );
 }
 
+/// Random reads of `f` at `offsets` (64 KiB each), checked against `body`, then the kernel's
+/// page cache of `f` dropped so that the next pass reads through FUSE again.
+fn random_pass(f: &fs::File, body: &[u8], offsets: &[usize]) {
+    use std::os::fd::AsRawFd;
+    // No kernel read-ahead: each pread reaches the daemon as it is.
+    // SAFETY: fadvise on a valid descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    let mut buf = vec![0u8; 64 << 10];
+    for &off in offsets {
+        f.read_exact_at(&mut buf, off as u64).unwrap();
+        assert!(buf[..] == body[off..off + (64 << 10)], "at {off}");
+    }
+    // SAFETY: fadvise on a valid descriptor.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
+#[test]
+fn random_reads_are_kept_on_disk_across_a_remount() {
+    let s = server();
+    let body = data(64 * MIB, 7);
+    s.put(BUCKET, "table.parquet", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let mut x = 13u64;
+    let offsets: Vec<usize> = (0..200)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 17) as usize % (body.len() - (64 << 10))
+        })
+        .collect();
+    let mount = || {
+        let port = free_port();
+        let m = Mount::new(
+            &s,
+            BUCKET,
+            &[
+                "--cache",
+                cache.path().to_str().unwrap(),
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ],
+        );
+        (m, port)
+    };
+    {
+        let (m, port) = mount();
+        s.reset_counts();
+        random_pass(&fs::File::open(m.join("table.parquet")).unwrap(), &body, &offsets);
+        let fetched = s.counts().get_bytes;
+        assert!(fetched > 0);
+        // Every fetched page is written to its page file, in the background.
+        wait_for("the pages on disk", || {
+            metric(port, "s3cachefs_cache_written_bytes_total") == fetched as f64
+        });
+    }
+    let (m, _port) = mount();
+    s.reset_counts();
+    random_pass(&fs::File::open(m.join("table.parquet")).unwrap(), &body, &offsets);
+    assert_eq!(
+        s.counts().get,
+        0,
+        "after a remount, the pages come from the disk cache: {:?}\n{}",
+        s.counts(),
+        m.log()
+    );
+}
+
 #[test]
 fn fully_cached_files_pass_through_to_the_kernel() {
     let s = server();

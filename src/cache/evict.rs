@@ -552,13 +552,18 @@ impl DiskCache {
             let m = e.metadata();
             let name = e.file_name();
             let ok = if area == 0 {
-                m.is_file() && is_block_name(&name)
+                // A page file whose block file exists is superseded (a writer removes it; a
+                // race between two can leave it).
+                m.is_file()
+                    && (is_block_name(&name) || super::pages::is_page_name(&name) && !superseded(&entries, &name))
             } else {
                 m.is_file() && self.full_entry_ok(&e.path(), m, now)
             };
             if ok {
                 total += m.blocks() * 512;
                 files += 1;
+            } else if area == 0 && m.is_file() && super::pages::is_page_name(&name) {
+                let _ = self.dir.remove_file(&e.path());
             } else if self.dir.metadata(&e.path()).is_ok() {
                 self.discard(&e.path(), "foreign file in the cache");
             }
@@ -617,6 +622,12 @@ fn maintain(weak: Weak<DiskCache>) {
         }
         wake.wait(MAINTAIN_EVERY);
     }
+}
+
+/// Whether the page file `name` has its block file among `entries`.
+fn superseded(entries: &[crate::cachedir::DirEntry], name: &std::ffi::OsStr) -> bool {
+    let block = name.to_str().and_then(|n| n.strip_suffix(".p"));
+    block.is_some_and(|b| entries.iter().any(|e| e.file_name() == b))
 }
 
 pub(super) fn is_block_name(name: &std::ffi::OsStr) -> bool {

@@ -34,6 +34,7 @@ pub(crate) fn touch(file: &std::fs::File) {
 #[cfg(test)]
 use evict::is_block_name;
 mod full;
+mod pages;
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -238,7 +239,10 @@ impl DiskCache {
     }
 
     fn locate(&self, block: &BlockRef) -> Location {
-        let id = &block.id;
+        self.locate_id(&block.id, block.len())
+    }
+
+    fn locate_id(&self, id: &BlockId, len: u64) -> Location {
         let (hex, num) = format::object_hash(&id.source, &id.key, &id.etag, id.block_size);
         let index = id.index;
         let mix = num ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -252,8 +256,32 @@ impl DiskCache {
             object: hex,
             stripe: mix,
             id: id.clone(),
-            len: block.len(),
+            len,
         }
+    }
+
+    /// Page `index` (`len` bytes) of block `id` (`block_len` bytes), if the disk holds it: from
+    /// the block file (verified whole), the object's assembled file, or the block's page file.
+    pub async fn page(self: &Arc<Self>, id: &BlockId, block_len: u64, index: u64, len: u64) -> Option<Bytes> {
+        let loc = Arc::new(self.locate_id(id, block_len));
+        self.blocking(&loc, move |c, l| {
+            if let Some(b) = c.read_block(l) {
+                let from = (index * crate::object::PAGE_SIZE) as usize;
+                let to = from + len as usize;
+                return (to <= b.len()).then(|| b.slice(from..to));
+            }
+            c.read_page(l, index, len)
+        })
+        .await
+        .flatten()
+    }
+
+    /// Keeps pages of block `id` (`block_len` bytes), each `(index, bytes)`, in its page file,
+    /// on a blocking thread: the caller does not wait for the write.
+    pub fn keep_pages(self: &Arc<Self>, id: &BlockId, block_len: u64, pages: Vec<(u64, Bytes)>) {
+        let loc = self.locate_id(id, block_len);
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || cache.merge_pages(&loc, &pages));
     }
 
     /// The block if it is on disk (verified), without fetching it.
@@ -470,6 +498,8 @@ impl DiskCache {
         match result {
             Ok(Some(_)) => {
                 self.stats.written_bytes.inc_by(data.len() as u64);
+                // The block file holds every page: its page file is superseded.
+                self.remove_pages(loc);
             }
             Ok(None) => {}
             Err(e) => {

@@ -582,3 +582,131 @@ async fn a_truncated_ledger_is_rebuilt_and_reconciled() {
     assert_eq!(c.usage(), du(d.path()), "exact again after reconciliation");
     assert_eq!(fetches.load(Ordering::SeqCst), 4);
 }
+
+/// Page `i` of block `index` of `o` (its expected bytes).
+fn page_bytes(o: &ObjectMeta, index: u64, i: u64) -> Bytes {
+    let b = content(o, index);
+    let from = (i * crate::object::PAGE_SIZE) as usize;
+    b.slice(from..(from + crate::object::PAGE_SIZE as usize).min(b.len()))
+}
+
+/// Writes pages `which` of block `index` of `o` to its page file (as `keep_pages` does, but
+/// waiting for it).
+fn keep(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, which: &[u64]) {
+    let b = block(o, index);
+    let pages = which.iter().map(|&i| (i, page_bytes(o, index, i))).collect::<Vec<_>>();
+    c.merge_pages(&c.locate(&b), &pages);
+}
+
+async fn page(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, i: u64) -> Option<Bytes> {
+    let b = block(o, index);
+    let len = page_bytes(o, index, i).len() as u64;
+    c.page(&b.id, b.len(), i, len).await
+}
+
+fn page_file(c: &DiskCache, o: &ObjectMeta, index: u64) -> PathBuf {
+    pages::page_path(&c.locate(&block(o, index)).path)
+}
+
+#[tokio::test]
+async fn pages_are_merged_kept_across_instances_and_never_served_damaged() {
+    let d = tempfile::tempdir().unwrap();
+    // Block 1 is the last one: 2 full pages and a short one.
+    let o = obj("t.parquet", "\"e\"", BS + 2 * crate::object::PAGE_SIZE + 100);
+    {
+        let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+        keep(&c, &o, 0, &[0, 2]);
+        keep(&c, &o, 0, &[3]);
+        keep(&c, &o, 1, &[2]);
+        assert_eq!(c.usage(), du(d.path()), "the ledger counts page files as written");
+    }
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+    for i in [0, 2, 3] {
+        assert_eq!(page(&c, &o, 0, i).await, Some(page_bytes(&o, 0, i)), "page {i}");
+    }
+    assert_eq!(page(&c, &o, 0, 1).await, None);
+    assert_eq!(page(&c, &o, 1, 2).await, Some(page_bytes(&o, 1, 2)));
+    assert_eq!(page(&c, &o, 1, 0).await, None);
+    // Another ETag never matches.
+    assert_eq!(page(&c, &obj("t.parquet", "\"f\"", o.size), 0, 0).await, None);
+    assert_eq!(c.stats().corrupt.get(), 0);
+
+    // A flipped byte in a page: that page is not served, the file is removed.
+    let path = page_file(&c, &o, 0);
+    let f = fs::OpenOptions::new().write(true).read(true).open(&path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, len - 10).unwrap();
+    f.write_all_at(&[b[0] ^ 1], len - 10).unwrap();
+    drop(f);
+    assert_eq!(page(&c, &o, 0, 3).await, None);
+    assert_eq!(c.stats().corrupt.get(), 1);
+    assert!(!path.exists());
+    // A flipped byte in the page table.
+    keep(&c, &o, 0, &[0]);
+    let f = fs::OpenOptions::new().write(true).read(true).open(&path).unwrap();
+    let hlen = u32::from_le_bytes({
+        let mut h = [0u8; 4];
+        f.read_exact_at(&mut h, 12).unwrap();
+        h
+    }) as u64;
+    f.read_exact_at(&mut b, hlen - 8).unwrap();
+    f.write_all_at(&[b[0] ^ 0x80], hlen - 8).unwrap();
+    drop(f);
+    assert_eq!(page(&c, &o, 0, 0).await, None);
+    assert_eq!(c.stats().corrupt.get(), 2);
+    // A page file cut short.
+    keep(&c, &o, 0, &[0, 1]);
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+    drop(f);
+    assert_eq!(page(&c, &o, 0, 1).await, None);
+    assert_eq!(c.stats().corrupt.get(), 3);
+    c.scan_and_evict(u64::MAX);
+    assert_eq!(c.usage(), du(d.path()));
+}
+
+#[tokio::test]
+async fn a_block_file_supersedes_the_page_file() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("t.parquet", "\"e\"", 2 * BS);
+    keep(&c, &o, 1, &[1]);
+    let path = page_file(&c, &o, 1);
+    assert!(path.exists());
+    assert_eq!(get(&c, &o, 1, &fetches).await, content(&o, 1));
+    assert!(!path.exists(), "the block file replaces the page file");
+    assert_eq!(c.usage(), du(d.path()), "and its bytes leave the ledger");
+    // Pages now come from the block file, and are not written again.
+    assert_eq!(page(&c, &o, 1, 3).await, Some(page_bytes(&o, 1, 3)));
+    keep(&c, &o, 1, &[2]);
+    assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn reconciliation_keeps_and_counts_page_files() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("t.parquet", "\"e\"", 8 * BS);
+    for i in 0..6 {
+        keep(&c, &o, i, &[i % 4]);
+    }
+    // A page file left beside its block file (two writers racing) is superseded.
+    let stale = fs::read(page_file(&c, &o, 5)).unwrap();
+    assert_eq!(get(&c, &o, 5, &fetches).await, content(&o, 5));
+    fs::write(page_file(&c, &o, 5), stale).unwrap();
+    let (usage, files) = c.scan_and_evict(u64::MAX);
+    assert_eq!(files, 6, "5 page files and a block file");
+    assert!(!page_file(&c, &o, 5).exists());
+    assert_eq!(usage, du(d.path()));
+    assert_eq!(c.stats().corrupt.get(), 0);
+    for i in 0..5 {
+        assert_eq!(page(&c, &o, i, i % 4).await, Some(page_bytes(&o, i, i % 4)));
+    }
+    // Evicted like block files.
+    c.scan_and_evict(0);
+    assert_eq!(page(&c, &o, 0, 0).await, None);
+    assert_eq!(c.usage(), du(d.path()));
+}

@@ -3,13 +3,17 @@
 //! process sharing the cache directory (the cache's stripe lock), then stored. Whatever a tier
 //! below finds on a `peek` is stored here too, so the next reader on this node reads it
 //! locally.
+//!
+//! Pages of random reads are kept in page files (`cache::pages`), merged on a blocking thread
+//! the read does not wait for; a page is served from the block file, the assembled file or the
+//! page file.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Below, Tier};
+use super::{Below, PageRef, Tier};
 use crate::cache::DiskCache;
 use crate::object::BlockRef;
 use crate::store::StoreError;
@@ -39,5 +43,23 @@ impl Tier for DiskTier {
 
     async fn get(&self, block: &BlockRef, below: Below<'_>) -> Result<Bytes, StoreError> {
         self.0.get_or_fetch(block, below.get(block)).await
+    }
+
+    async fn page(&self, page: &PageRef) -> Option<Bytes> {
+        self.0.page(&page.block, page.block_len, page.index, page.len()).await
+    }
+
+    /// Hands the pages to a blocking thread, one merge per block; the read does not wait.
+    async fn keep_pages(&self, pages: &[(PageRef, Bytes)]) {
+        let mut i = 0;
+        while i < pages.len() {
+            let first = &pages[i].0;
+            let mut group = Vec::new();
+            while i < pages.len() && pages[i].0.block == first.block {
+                group.push((pages[i].0.index, pages[i].1.clone()));
+                i += 1;
+            }
+            self.0.keep_pages(&first.block, first.block_len, group);
+        }
     }
 }

@@ -63,9 +63,7 @@ pub trait Tier: Send + Sync + 'static {
     async fn keep_pages(&self, _pages: &[(PageRef, Bytes)]) {}
 }
 
-/// Pages are the grain at which random reads are fetched and kept: an unaligned 64 KiB read
-/// touches at most five of them (80 KiB). Every valid block size is a multiple of it.
-pub const PAGE_SIZE: u64 = 16 << 10;
+pub use crate::object::PAGE_SIZE;
 
 /// Page `index` of a block (bytes `[index * PAGE_SIZE, ...)` of the block, shorter only at the
 /// end of the object), named by the block's id, so a page never outlives its object version,
@@ -76,6 +74,8 @@ pub struct PageRef {
     pub index: u64,
     /// The bytes of the object this page covers.
     pub range: ByteRange,
+    /// The length of the page's block (shorter than the block size only at the object's end).
+    pub block_len: u64,
 }
 
 impl PageRef {
@@ -188,22 +188,31 @@ impl TierChain {
             let block = self.block(obj, at / self.block_size);
             let index = (at - block.range.start) / PAGE_SIZE;
             let page_end = (at + PAGE_SIZE).min(block.range.end);
+            let block_len = block.len();
             pages.push(PageRef {
                 block: block.id,
                 index,
                 range: ByteRange::new(at, page_end),
+                block_len,
             });
             at = page_end;
         }
         pages
     }
 
-    /// A page from the nearest tier that has it (checked for length), without I/O below.
+    /// A page from the nearest tier that has it (checked for length), without I/O below; the
+    /// tiers above the one that had it keep it.
     async fn cached_page(&self, page: &PageRef) -> Option<Bytes> {
-        for tier in &self.tiers {
+        for (i, tier) in self.tiers.iter().enumerate() {
             if let Some(b) = tier.page(page).await
                 && b.len() as u64 == page.len()
             {
+                if i > 0 {
+                    let keep = [(page.clone(), b.clone())];
+                    for above in &self.tiers[..i] {
+                        above.keep_pages(&keep).await;
+                    }
+                }
                 return Some(b);
             }
         }
