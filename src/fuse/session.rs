@@ -65,9 +65,18 @@ impl Mounted {
         }
     }
 
-    /// Serves requests until the filesystem is unmounted.
+    /// Serves requests until the filesystem is unmounted. The kernel ends a session with
+    /// `ENODEV`, or with `ECONNABORTED` when its teardown of the connection (the unmount of a
+    /// lazily detached mount, or an abort through `/sys/fs/fuse/connections`) races a request
+    /// being read: both end the session, neither is a failure of the daemon.
     pub fn run(self) -> io::Result<()> {
-        self.session.run()
+        match self.session.run() {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                tracing::info!(mountpoint = %self.mountpoint.display(), "the kernel closed the FUSE connection");
+                Ok(())
+            }
+            r => r,
+        }
     }
 }
 
