@@ -116,32 +116,13 @@ fn cold_sequential_read_with_prefetch_fetches_each_block_once() {
 
 #[test]
 fn random_reads_are_cached_from_the_first_pass() {
-    use std::os::fd::AsRawFd;
     let s = server();
     let body = data(64 * MIB, 6);
     s.put(BUCKET, "table.parquet", body.clone());
     let m = Mount::new(&s, BUCKET, &[]);
     let f = fs::File::open(m.join("table.parquet")).unwrap();
-    // No kernel read-ahead: each pread reaches the daemon as it is.
-    // SAFETY: fadvise on a valid descriptor.
-    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-    let mut x = 11u64;
-    let offsets: Vec<usize> = (0..200)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 17) as usize % (body.len() - (64 << 10))
-        })
-        .collect();
-    let pass = || {
-        let mut buf = vec![0u8; 64 << 10];
-        for &off in &offsets {
-            f.read_exact_at(&mut buf, off as u64).unwrap();
-            assert!(buf[..] == body[off..off + (64 << 10)], "at {off}");
-        }
-        // Drop the kernel's page cache, so that the next pass reads through FUSE again.
-        // SAFETY: fadvise on a valid descriptor.
-        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    };
+    let offsets = random_offsets(11, body.len() - (64 << 10));
+    let pass = || random_pass(&f, &body, &offsets);
     s.reset_counts();
     pass();
     let first = s.counts();
@@ -159,6 +140,17 @@ fn random_reads_are_cached_from_the_first_pass() {
         "the second pass is served from memory: {:?}",
         s.counts()
     );
+}
+
+/// 200 pseudo-random offsets below `below`, the same for the same `seed`.
+fn random_offsets(seed: u64, below: usize) -> Vec<usize> {
+    let mut x = seed;
+    (0..200)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (x >> 17) as usize % below
+        })
+        .collect()
 }
 
 /// Random reads of `f` at `offsets` (64 KiB each), checked against `body`, then the kernel's
@@ -183,13 +175,7 @@ fn random_reads_are_kept_on_disk_across_a_remount() {
     let body = data(64 * MIB, 7);
     s.put(BUCKET, "table.parquet", body.clone());
     let cache = tempfile::tempdir().unwrap();
-    let mut x = 13u64;
-    let offsets: Vec<usize> = (0..200)
-        .map(|_| {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (x >> 17) as usize % (body.len() - (64 << 10))
-        })
-        .collect();
+    let offsets = random_offsets(13, body.len() - (64 << 10));
     let mount = || {
         let port = free_port();
         let m = Mount::new(

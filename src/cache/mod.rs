@@ -24,6 +24,14 @@ mod evict;
 use crate::blockfmt as format;
 pub use coord::LockError;
 
+/// What [`DiskCache::open_own`] found.
+enum Opened {
+    File(std::fs::File),
+    Absent,
+    /// Not to be trusted; already counted and removed.
+    Rejected,
+}
+
 /// Sets a cache file's access and modification times to now: its last access, which eviction
 /// orders by. Best effort: a file that cannot be touched is only evicted a little early.
 pub(crate) fn touch(file: &std::fs::File) {
@@ -381,24 +389,12 @@ impl DiskCache {
     fn load_block(&self, loc: &Location) -> Option<Bytes> {
         let id = &loc.id;
         let expected = format::file_len(id, loc.len);
-        let mut file = match self.dir.open_read(&loc.path, true) {
-            Ok(f) => f,
+        let mut file = match self.open_own(&loc.path, true) {
+            Opened::File(f) => f,
             // Blocks of an assembled object live in its full file.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.read_from_full(loc),
-            // No shard directory (a symlink in its place is removed here): the block is absent,
-            // or in the object's assembled file.
-            Err(_) if !self.real_parents(&loc.path) => return self.read_from_full(loc),
-            Err(e) => {
-                // ELOOP (a symlink planted in the cache), EACCES, ...: never trusted.
-                self.reject(&loc.path, &format!("cannot open: {e}"));
-                return None;
-            }
+            Opened::Absent => return self.read_from_full(loc),
+            Opened::Rejected => return None,
         };
-        let meta = file.metadata().ok()?;
-        if !cachedir::is_own_file(&meta) {
-            self.reject(&loc.path, "not a regular file owned by this user");
-            return None;
-        }
         let mut buf = Vec::with_capacity(expected as usize);
         if let Err(e) = (&mut file).take(expected + 1).read_to_end(&mut buf) {
             self.warn(format_args!("cannot read cached block {}: {e}", loc.path.display()));
@@ -414,6 +410,30 @@ impl DiskCache {
                 self.reject(&loc.path, &e.to_string());
                 None
             }
+        }
+    }
+
+    /// Opens cache file `path` (`O_NOFOLLOW`, `O_NONBLOCK` if `nonblock`) and checks it is a
+    /// regular file of this user. Anything else is never trusted: counted, logged and removed.
+    fn open_own(&self, path: &Path, nonblock: bool) -> Opened {
+        let file = match self.dir.open_read(path, nonblock) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Opened::Absent,
+            // No shard directory (a symlink in its place is removed here): absent.
+            Err(_) if !self.real_parents(path) => return Opened::Absent,
+            Err(e) => {
+                // ELOOP (a symlink planted in the cache), EACCES, ...: never trusted.
+                self.reject(path, &format!("cannot open: {e}"));
+                return Opened::Rejected;
+            }
+        };
+        match file.metadata() {
+            Ok(meta) if cachedir::is_own_file(&meta) => Opened::File(file),
+            Ok(_) => {
+                self.reject(path, "not a regular file owned by this user");
+                Opened::Rejected
+            }
+            Err(_) => Opened::Rejected,
         }
     }
 

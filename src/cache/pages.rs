@@ -191,20 +191,9 @@ impl DiskCache {
             return None;
         }
         let path = page_path(&loc.path);
-        let file = match self.dir.open_read(&path, true) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(_) if !self.real_parents(&path) => return None,
-            Err(e) => {
-                self.reject(&path, &format!("cannot open: {e}"));
-                return None;
-            }
-        };
-        let meta = file.metadata().ok()?;
-        if !cachedir::is_own_file(&meta) {
-            self.reject(&path, "not a regular file owned by this user");
+        let super::Opened::File(file) = self.open_own(&path, true) else {
             return None;
-        }
+        };
         let read = read_header(&file, &loc.id, loc.len).and_then(|(table, data)| match table[index as usize] {
             Some(crc) => read_page_at(&file, data, index, len, crc).map(Some),
             None => Ok(None),
