@@ -118,7 +118,17 @@ pub struct DiskCache {
     rng: Mutex<u64>,
     /// A reconciliation is due (the ledger was rebuilt).
     reconcile_needed: AtomicBool,
+    /// Pages waiting for their merge, in KiB ([`PAGE_QUEUE_KIB`]), and merges running
+    /// ([`PAGE_MERGES`]): their memory is outside the memory tier's budget, so both are bounded.
+    page_queue: Arc<tokio::sync::Semaphore>,
+    page_merges: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most page bytes (KiB) waiting for their merge; past it, pages are not written to disk
+/// (they stay in memory).
+const PAGE_QUEUE_KIB: u32 = 8 << 10;
+/// The most merges running at once; each reads one page file (at most about one block).
+const PAGE_MERGES: usize = 2;
 
 /// Where one block lives and what it must say about itself.
 struct Location {
@@ -219,6 +229,8 @@ impl DiskCache {
             shard_list: Mutex::new(None),
             rng: Mutex::new(seed),
             reconcile_needed: AtomicBool::new(rebuilt),
+            page_queue: Arc::new(tokio::sync::Semaphore::new(PAGE_QUEUE_KIB as usize)),
+            page_merges: Arc::new(tokio::sync::Semaphore::new(PAGE_MERGES)),
             cfg,
         }))
     }
@@ -276,7 +288,9 @@ impl DiskCache {
             if let Some(b) = c.read_block(l) {
                 let from = (index * crate::object::PAGE_SIZE) as usize;
                 let to = from + len as usize;
-                return (to <= b.len()).then(|| b.slice(from..to));
+                // A copy, not a slice: the tiers above keep the page, and a slice would keep
+                // the whole block alive while counting as one page.
+                return (to <= b.len()).then(|| Bytes::copy_from_slice(&b[from..to]));
             }
             c.read_page(l, index, len)
         })
@@ -285,11 +299,28 @@ impl DiskCache {
     }
 
     /// Keeps pages of block `id` (`block_len` bytes), each `(index, bytes)`, in its page file,
-    /// on a blocking thread: the caller does not wait for the write.
+    /// in the background: the caller does not wait for the write. Best effort: while
+    /// [`PAGE_QUEUE_KIB`] of pages wait for their merge, more are not written (they stay in
+    /// memory).
     pub fn keep_pages(self: &Arc<Self>, id: &BlockId, block_len: u64, pages: Vec<(u64, Bytes)>) {
+        let kib = pages.iter().map(|(_, b)| b.len()).sum::<usize>().div_ceil(1024);
+        let kib = kib.clamp(1, PAGE_QUEUE_KIB as usize) as u32;
+        let Ok(queued) = self.page_queue.clone().try_acquire_many_owned(kib) else {
+            debug!(key = %id.key, index = id.index, "page merges behind; pages kept in memory only");
+            return;
+        };
         let loc = self.locate_id(id, block_len);
         let cache = self.clone();
-        tokio::task::spawn_blocking(move || cache.merge_pages(&loc, &pages));
+        tokio::spawn(async move {
+            let Ok(_running) = cache.page_merges.clone().acquire_owned().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                cache.merge_pages(&loc, &pages);
+                drop(queued);
+            })
+            .await;
+        });
     }
 
     /// The block if it is on disk (verified), without fetching it.
