@@ -424,6 +424,13 @@ impl CacheDir {
         Ok(File::from(rustix::fs::openat(&dir, name, flags, Mode::empty())?))
     }
 
+    /// Opens existing file `path` for reading and writing (`O_NOFOLLOW`, `O_NONBLOCK`).
+    pub fn open_write(&self, path: &Path) -> io::Result<File> {
+        let (dir, name, _) = self.parent_of(path, None)?;
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::openat(&dir, name, flags, Mode::empty())?))
+    }
+
     /// Opens (creating, 0600) a file for reading and writing, such as a control file.
     pub fn open_private(&self, path: &Path) -> io::Result<File> {
         let (dir, name, _) = self.parent_of(path, None)?;

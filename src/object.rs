@@ -71,6 +71,8 @@ pub struct BlockId {
 pub struct BlockRef {
     pub id: BlockId,
     pub range: ByteRange,
+    /// The size of the whole object (where the disk cache puts the block in the object's file).
+    pub object_size: u64,
 }
 
 impl BlockRef {
@@ -85,6 +87,7 @@ impl BlockRef {
                 index,
             },
             range: block_range(index, block_size, obj.size),
+            object_size: obj.size,
         }
     }
 

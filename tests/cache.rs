@@ -14,14 +14,22 @@ use s3cachefs::cachedir::{Area, area_path};
 
 const MIB: usize = 1 << 20;
 
-fn block_files(cache: &Path) -> Vec<std::path::PathBuf> {
+/// The files in the shard directories of `area`.
+fn files(cache: &Path, area: Area) -> Vec<std::path::PathBuf> {
     let mut out = vec![];
-    for shard in fs::read_dir(area_path(cache, Area::Blocks)).unwrap() {
+    for shard in fs::read_dir(area_path(cache, area)).unwrap() {
         for f in fs::read_dir(shard.unwrap().path()).unwrap() {
             out.push(f.unwrap().path());
         }
     }
     out.sort();
+    out
+}
+
+/// The object files (their data, not their indexes).
+fn object_files(cache: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = files(cache, Area::Full);
+    out.retain(|p| p.extension().is_none());
     out
 }
 
@@ -90,7 +98,9 @@ fn remount_with_the_same_cache_makes_no_gets() {
         "after remount every block comes from disk: {:?}",
         s.counts()
     );
-    assert_eq!(block_files(cache.path()).len() as u64, blocks);
+    // Every block went into its object's file: one file per object, no block file.
+    assert_eq!(object_files(cache.path()).len(), objects.len());
+    assert!(files(cache.path(), Area::Blocks).is_empty());
     // Private to the daemon's user: its own version directory (the given directory is left as
     // it was made).
     assert_eq!(
@@ -100,7 +110,7 @@ fn remount_with_the_same_cache_makes_no_gets() {
             & 0o777,
         0o700
     );
-    for f in block_files(cache.path()) {
+    for f in files(cache.path(), Area::Full) {
         assert_eq!(fs::metadata(f).unwrap().mode() & 0o777, 0o600);
     }
 }
@@ -226,9 +236,9 @@ fn corrupt_truncated_and_junk_files_are_detected_and_refetched() {
         let m = Mount::new(&s, BUCKET, &["--cache", &c, "--no-passthrough"]);
         read_all(&m, &objects);
     }
-    let files = block_files(cache.path());
-    assert!(files.len() >= 3);
-    // Flip a byte in one block, truncate another, put junk in place of a third.
+    let files = object_files(cache.path());
+    assert_eq!(files.len(), 3);
+    // Flip a byte in one object file, truncate another, put junk in place of a third.
     let mut b = fs::read(&files[0]).unwrap();
     let n = b.len();
     b[n / 2] ^= 0xff;

@@ -1080,7 +1080,9 @@ fn full_file_count(cache: &Path) -> usize {
 #[test]
 fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
     let s = server();
-    let as_blocks = varied_objects("sym/blocks", 6, 6000);
+    // Up to 4 MiB + 3 bytes: more than a quarter of the first mount's bound, so that object is
+    // kept as block files (the others go into object files).
+    let as_blocks = varied_objects("sym/blocks", 8, 6000);
     let assembled = varied_objects("sym/full", 4, 6100);
     let fresh = varied_objects("sym/new", 9, 6200);
     let fresh2 = varied_objects("sym/new2", 9, 6300);
@@ -1090,14 +1092,19 @@ fn symlinks_and_other_users_files_in_the_cache_are_never_followed_or_written() {
     let cache = tempfile::tempdir().unwrap();
     let c = cache.path().to_str().unwrap();
     {
-        let m = Mount::new(&s, BUCKET, &["--cache", c, "--no-passthrough"]);
+        let m = Mount::new(
+            &s,
+            BUCKET,
+            &["--cache", c, "--no-passthrough", "--max-cache-size", "16MiB"],
+        );
         read_all_ok(&m, &as_blocks);
     }
+    assert!(!files_under(&area_path(cache.path(), Area::Blocks)).is_empty());
     {
         let m = Mount::new(&s, BUCKET, &["--cache", c]);
         read_all_ok(&m, &assembled);
-        wait_for("assembled files", Duration::from_secs(20), || {
-            full_file_count(cache.path()) == 2 * assembled.len()
+        wait_for("object files", Duration::from_secs(20), || {
+            full_file_count(cache.path()) == 2 * (as_blocks.len() - 1 + assembled.len())
         });
     }
     // Outside the cache: copies of every cache file (valid blocks, if anyone followed a link
@@ -1444,7 +1451,8 @@ fn symlink_round(s: &TestServer, pristine: &Path, plant: &[PathBuf], want: &Expe
 #[test]
 fn symlinks_planted_at_every_level_of_the_cache_never_lead_outside_it() {
     let s = server();
-    let blocks = varied_objects("lv/a", 4, 6400);
+    // Up to 4 MiB + 3 bytes: kept as block files under the first mount's bound (see below).
+    let blocks = varied_objects("lv/a", 8, 6400);
     let assembled = varied_objects("lv/b", 3, 6500);
     put_all(&s, &blocks);
     put_all(&s, &assembled);
@@ -1478,15 +1486,24 @@ fn symlinks_planted_at_every_level_of_the_cache_never_lead_outside_it() {
         let m = Mount::new(
             &s,
             BUCKET,
-            &["--cache", p, "--metadata-ttl", "indefinite", "--no-passthrough"],
+            &[
+                "--cache",
+                p,
+                "--metadata-ttl",
+                "indefinite",
+                "--no-passthrough",
+                // A quarter of it is less than the largest object: that one takes block files.
+                "--max-cache-size",
+                "16MiB",
+            ],
         );
         want.check(&m);
     }
     {
         let m = Mount::new(&s, BUCKET, &["--cache", p, "--metadata-ttl", "indefinite"]);
         read_all_ok(&m, &assembled);
-        wait_for("assembled files", Duration::from_secs(20), || {
-            full_file_count(&pristine) == 2 * assembled.len()
+        wait_for("object files", Duration::from_secs(20), || {
+            full_file_count(&pristine) == 2 * (blocks.len() - 1 + assembled.len())
         });
     }
     let entries = cache_entries(&pristine);
@@ -1501,10 +1518,8 @@ fn symlinks_planted_at_every_level_of_the_cache_never_lead_outside_it() {
         has(name, 2, &|e| e == format!("v1/{name}"));
     }
     has("block file", 4, &|e| e.starts_with("v1/blocks/"));
-    has("assembled file", 4, &|e| {
-        e.starts_with("v1/full/") && !e.ends_with(".idx")
-    });
-    has("assembled file index", 4, &|e| {
+    has("object file", 4, &|e| e.starts_with("v1/full/") && !e.ends_with(".idx"));
+    has("object file index", 4, &|e| {
         e.starts_with("v1/full/") && e.ends_with(".idx")
     });
     has("remembered identity", 3, &|e| e.starts_with("v1/identities/"));

@@ -88,6 +88,7 @@ pub fn build_chain(
                 block_size: plan.block_size,
                 source: plan.source.clone(),
                 lock_wait: crate::cache::LOCK_WAIT,
+                object_files: true,
             },
             metrics,
         )?),

@@ -1,13 +1,16 @@
 //! The disk block cache: object data kept on local disk (NVMe) across daemon restarts and
 //! shared by every s3cachefs process that names the same directory.
 //!
-//! - One file per block, `v1/blocks/<shard>/<object hash>.<index>`, holding a checksummed,
-//!   self-describing header and the bytes (`format`). The object hash covers the store
-//!   (endpoint and bucket), key, ETag and block size, so a changed object never matches old
-//!   blocks. 4,096 shards keep every directory small (a few hundred entries per TiB cached).
-//! - Writes go to `v1/tmp/` and are renamed into place: a crashed writer never leaves a file
-//!   that validates. Every read verifies the header and both checksums; anything that does
-//!   not validate is counted, removed and fetched again from S3.
+//! - One file per object, `v1/full/<shard>/<object hash>`: each block is written at its offset
+//!   as it is fetched, and recorded (present, crc32c) in the object's index after (`full`); once
+//!   every block is in, the file is the whole object, for FUSE passthrough. Objects larger than a
+//!   quarter of the bound keep one file per block, `v1/blocks/<shard>/<object hash>.<index>`,
+//!   with a checksummed, self-describing header (`format`). The object hash covers the store
+//!   (endpoint, bucket, partition), key, ETag and block size, so a changed object never matches
+//!   old blocks. 4,096 shards keep every directory small.
+//! - New files are written in `v1/tmp/` and renamed into place: a crashed writer never leaves a
+//!   file that validates. Every read verifies what it reads (checksums, header fields);
+//!   anything that does not validate is counted, removed and fetched again from S3.
 //! - A cold block is fetched under a cross-process stripe lock (`coord::Locks`), then the
 //!   cache is checked again: N processes missing the same block issue one GET. A waiter gives
 //!   up at a deadline (`DiskCacheSettings::lock_wait`) and fetches the block itself.
@@ -81,6 +84,10 @@ pub struct DiskCacheSettings {
     /// The longest wait for a lock another thread or process holds (a block being fetched, a
     /// shard directory, the ledger); past it the read goes on without it ([`LOCK_WAIT`]).
     pub lock_wait: Duration,
+    /// Write blocks into their object's file (`full`), as the daemon does. `false`: every
+    /// block in a block file, the path objects larger than a quarter of the bound take (tests
+    /// of that path use it).
+    pub object_files: bool,
 }
 
 /// The default for [`DiskCacheSettings::lock_wait`]: long enough for another process to fetch
@@ -138,6 +145,9 @@ struct Location {
     stripe: u64,
     id: BlockId,
     len: u64,
+    /// The whole object's size, when the reader knows it: a block is then written into the
+    /// object's file (`full`).
+    object_size: Option<u64>,
 }
 
 use crate::object::alloc_size;
@@ -259,7 +269,10 @@ impl DiskCache {
     }
 
     fn locate(&self, block: &BlockRef) -> Location {
-        self.locate_id(&block.id, block.len())
+        Location {
+            object_size: Some(block.object_size),
+            ..self.locate_id(&block.id, block.len())
+        }
     }
 
     fn locate_id(&self, id: &BlockId, len: u64) -> Location {
@@ -277,6 +290,7 @@ impl DiskCache {
             stripe: mix,
             id: id.clone(),
             len,
+            object_size: None,
         }
     }
 
@@ -416,15 +430,19 @@ impl DiskCache {
         Some(data)
     }
 
-    /// Reads and verifies one block, without counting it as a hit.
+    /// Reads and verifies one block, without counting it as a hit: from its object's file,
+    /// else from its block file.
     fn load_block(&self, loc: &Location) -> Option<Bytes> {
+        self.read_from_full(loc).or_else(|| self.load_block_file(loc))
+    }
+
+    /// Reads and verifies one block file.
+    fn load_block_file(&self, loc: &Location) -> Option<Bytes> {
         let id = &loc.id;
         let expected = format::file_len(id, loc.len);
         let mut file = match self.open_own(&loc.path, true) {
             Opened::File(f) => f,
-            // Blocks of an assembled object live in its full file.
-            Opened::Absent => return self.read_from_full(loc),
-            Opened::Rejected => return None,
+            Opened::Absent | Opened::Rejected => return None,
         };
         let mut buf = Vec::with_capacity(expected as usize);
         if let Err(e) = (&mut file).take(expected + 1).read_to_end(&mut buf) {
@@ -502,57 +520,20 @@ impl DiskCache {
         }
     }
 
-    /// Stores one block (best effort: failures are counted and logged, never returned).
+    /// Stores one block (best effort: failures are counted and logged, never returned): in
+    /// its object's file, or in a block file (`full::writes_to_object` says which).
     fn write_block(&self, loc: &Location, data: &Bytes) {
-        let header = match format::encode_header(&loc.id, data) {
-            Ok(h) => h,
-            Err(e) => {
-                debug!(key = %loc.id.key, "not caching block: {e}");
-                return;
-            }
+        let result = match self.writes_to_object(loc) {
+            Some(size) => self.write_to_object(loc, size, data),
+            None => self.write_block_file(loc, data),
         };
-        // A new shard directory takes space too: reserve it with the block. (A symlink in its
-        // place is removed here: the shard is then created as a real directory.)
-        let new_shard = !self.real_parents(&loc.path);
-        let size = alloc_size((header.len() + data.len()) as u64) + if new_shard { DIR_BYTES } else { 0 };
-        let Some(reservation) = self.reserve(size) else {
-            self.stats.skipped_full.inc();
-            self.warn(format_args!(
-                "disk cache is full (bound or free space); serving without caching"
-            ));
-            return;
-        };
-        let Some((cell, _)) = self.cell_of(&loc.path) else {
-            return;
-        };
-        let result = (|| -> io::Result<Option<i64>> {
-            let mut tmp = self.dir.temp(&self.dir.area(Area::Tmp), "tmp", None)?;
-            tmp.file().write_all(&header)?;
-            tmp.file().write_all(data)?;
-            let bytes = tmp.file().metadata()?.blocks() * 512;
-            // The shard directory's lock only while the file is renamed into place and
-            // accounted for (it keeps a reconciliation of that shard exact).
-            let _g = match self.locks.shard(cell, self.short_wait()) {
-                Ok(g) => g,
-                Err(LockError::Timeout) => {
-                    self.lock_failed("lock a disk cache shard to store a block", LockError::Timeout);
-                    return Ok(None);
-                }
-                Err(LockError::Io(e)) => return Err(e),
-            };
-            // Creates the shard directory if it is missing, never through a symlink.
-            let placed = tmp.place(&loc.path, Some(&self.dir.area(Area::Blocks)))?;
-            let delta = (bytes + placed.dirs_created as u64 * DIR_BYTES) as i64 - placed.replaced.unwrap_or(0) as i64;
-            reservation.commit(Cell::Shard(cell), delta);
-            Ok(Some(delta))
-        })();
         match result {
-            Ok(Some(_)) => {
+            Ok(true) => {
                 self.stats.written_bytes.inc_by(data.len() as u64);
-                // The block file holds every page: its page file is superseded.
+                // The block is cached whole: its page file is superseded.
                 self.remove_pages(loc);
             }
-            Ok(None) => {}
+            Ok(false) => {}
             Err(e) => {
                 self.stats.write_failures.inc();
                 self.warn(format_args!(
@@ -560,6 +541,66 @@ impl DiskCache {
                 ));
             }
         }
+    }
+
+    /// Stores one block in its own block file. Whether it was stored.
+    fn write_block_file(&self, loc: &Location, data: &Bytes) -> io::Result<bool> {
+        let header = match format::encode_header(&loc.id, data) {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(key = %loc.id.key, "not caching block: {e}");
+                return Ok(false);
+            }
+        };
+        // A new shard directory takes space too: reserve it with the block. (A symlink in its
+        // place is removed here: the shard is then created as a real directory.)
+        let new_shard = !self.real_parents(&loc.path);
+        let size = alloc_size((header.len() + data.len()) as u64) + if new_shard { DIR_BYTES } else { 0 };
+        let Some(reservation) = self.reserve_to_store(size) else {
+            return Ok(false);
+        };
+        let Some((cell, _)) = self.cell_of(&loc.path) else {
+            return Ok(false);
+        };
+        let mut tmp = self.dir.temp(&self.dir.area(Area::Tmp), "tmp", None)?;
+        tmp.file().write_all(&header)?;
+        tmp.file().write_all(data)?;
+        let bytes = tmp.file().metadata()?.blocks() * 512;
+        // The shard directory's lock only while the file is renamed into place and accounted
+        // for (it keeps a reconciliation of that shard exact).
+        let Some(_g) = self.lock_shard_to_store(cell, "a block")? else {
+            return Ok(false);
+        };
+        // Creates the shard directory if it is missing, never through a symlink.
+        let placed = tmp.place(&loc.path, Some(&self.dir.area(Area::Blocks)))?;
+        let delta = (bytes + placed.dirs_created as u64 * DIR_BYTES) as i64 - placed.replaced.unwrap_or(0) as i64;
+        reservation.commit(Cell::Shard(cell), delta);
+        Ok(true)
+    }
+
+    /// Takes the lock of shard directory `cell` to place or record a file there; `None` when
+    /// it was not free in time (counted and logged: the write is given up).
+    fn lock_shard_to_store(&self, cell: usize, what: &str) -> io::Result<Option<coord::LockGuard>> {
+        match self.locks.shard(cell, self.short_wait()) {
+            Ok(g) => Ok(Some(g)),
+            Err(LockError::Timeout) => {
+                self.lock_failed(&format!("lock a disk cache shard to store {what}"), LockError::Timeout);
+                Ok(None)
+            }
+            Err(LockError::Io(e)) => Err(e),
+        }
+    }
+
+    /// Reserves `size` bytes for a write; `None` (counted, logged) when the cache is full.
+    fn reserve_to_store(&self, size: u64) -> Option<evict::Reservation<'_>> {
+        let r = self.reserve(size);
+        if r.is_none() {
+            self.stats.skipped_full.inc();
+            self.warn(format_args!(
+                "disk cache is full (bound or free space); serving without caching"
+            ));
+        }
+        r
     }
 
     fn warn(&self, msg: std::fmt::Arguments) {

@@ -6,11 +6,12 @@
 //! block) asked for, that the origin was asked exactly when the model says the block is not
 //! cached, and that the files on disk are exactly the ones the model expects.
 //!
-//! The model follows the cache's documented behaviour: a damaged block file is dropped on its
-//! next read (and a read falls back to the object's assembled file only once the block file is
-//! gone); an assembled file is checked block by block on daemon reads and whole once per
-//! process and file before it is handed out for passthrough, and any failed check drops the
-//! data file and its index together. A file this process has verified is not checked again
+//! The model follows the cache's documented behaviour: every block is written into its
+//! object's file (the model's objects are small); the file is checked block by block on daemon
+//! reads and whole once per process and file before it is handed out for passthrough (only once
+//! every block is present), and a failed check of a block's bytes, of the file's length or of the
+//! index's header drops the data file and its index together, while a damaged entry of the index
+//! only makes that block absent (it is fetched and written again). A file this process has verified is not checked again
 //! (it is the kernel that reads it), so damage done to it afterwards reaches passthrough readers;
 //! the model expects exactly that, and nothing else that does not match the origin.
 //!
@@ -46,6 +47,7 @@ fn config(dir: &Path) -> DiskCacheSettings {
         block_size: BS,
         source: source(),
         lock_wait: LOCK_WAIT,
+        object_files: true,
     }
 }
 
@@ -102,11 +104,13 @@ impl Damage {
     }
 }
 
-/// An assembled file and its index.
+/// An object file and its index.
 #[derive(Clone, Debug, Default)]
 struct FullModel {
     data: Damage,
     idx: Damage,
+    /// Blocks written into it.
+    present: std::collections::BTreeSet<u64>,
     /// Verified whole by this process (`open_assembled`), so not checked again until restart.
     verified: bool,
 }
@@ -180,12 +184,50 @@ impl Model {
         self.held.entry(v).or_default()
     }
 
-    /// A verified read of block `i` (`load_block`): the block file if there is one (dropped if
-    /// damaged, with no fallback), else the assembled file (dropped whole if its index, its
-    /// length or this block's bytes are damaged). Whether the read finds the block.
+    /// The length of the index's header (where the accounted bytes are; the entries follow
+    /// them, 8 bytes each, after 16 bytes).
+    fn header_len(&self, v: VKey) -> u64 {
+        let m = &self.version(v).meta;
+        (8 + 4 + 8 + 8 + 8 + 4 + 6 + source().as_str().len() + m.key.len() + m.etag.len()) as u64
+    }
+
+    /// Whether the index's header is intact (else the object file is dropped when read).
+    fn index_ok(&self, v: VKey) -> bool {
+        let hl = self.header_len(v);
+        self.held
+            .get(&v)
+            .and_then(|h| h.full.as_ref())
+            .is_some_and(|f| !f.idx.truncated && !f.idx.in_range(0, hl))
+    }
+
+    /// Whether the index says block `i` is present (written, its entry undamaged).
+    fn entry_ok(&self, v: VKey, i: u64) -> bool {
+        let at = self.header_len(v) + 16 + 8 * i;
+        self.held
+            .get(&v)
+            .and_then(|h| h.full.as_ref())
+            .is_some_and(|f| f.present.contains(&i) && !f.idx.in_range(at, at + 8))
+    }
+
+    /// A verified read of block `i` (`load_block`): the object file (dropped whole if its
+    /// length, its index's header or this block's bytes are damaged; a damaged entry is an
+    /// absent block), else the block file if there is one (dropped if damaged). Whether the
+    /// read finds the block.
     fn load(&mut self, v: VKey, i: u64) -> bool {
         let r = block_range(i, BS, self.version(v).meta.size);
+        let (index_ok, entry_ok) = (self.index_ok(v), self.entry_ok(v, i));
         let held = self.held(v);
+        if let Some(full) = &held.full {
+            if full.data.truncated || !index_ok {
+                held.full = None;
+            } else if entry_ok {
+                if full.data.in_range(r.start, r.end) {
+                    held.full = None;
+                } else {
+                    return true;
+                }
+            }
+        }
         if let Some(d) = held.blocks.get(&i) {
             if d.any() {
                 held.blocks.remove(&i);
@@ -193,42 +235,57 @@ impl Model {
             }
             return true;
         }
-        let Some(full) = &held.full else { return false };
-        if full.data.truncated || full.idx.any() || full.data.in_range(r.start, r.end) {
-            held.full = None;
-            return false;
-        }
-        true
+        false
     }
 
-    /// `assemble`: true if an assembled file exists afterwards.
-    fn assemble(&mut self, v: VKey) -> bool {
-        let n = self.version(v).blocks();
+    /// A block written into the object file (created if missing), as after a miss or a `put`.
+    fn write(&mut self, v: VKey, i: u64) {
+        let r = block_range(i, BS, self.version(v).meta.size);
+        let hl = self.header_len(v);
+        let (index_ok, entry_ok) = (self.index_ok(v), self.entry_ok(v, i));
         let held = self.held(v);
-        if held.full.is_some() {
-            return true;
+        let Some(full) = held.full.as_mut() else {
+            held.full = Some(FullModel {
+                present: [i].into(),
+                ..FullModel::default()
+            });
+            return;
+        };
+        if full.data.truncated || !index_ok {
+            held.full = None; // rejected, not written
+        } else if !entry_ok {
+            // The block's bytes, its entry and the accounted bytes are written over.
+            full.data.flips.retain(|&p, _| !(r.start..r.end).contains(&p));
+            let entry = hl + 16 + 8 * i;
+            full.idx
+                .flips
+                .retain(|&p, _| !(entry..entry + 8).contains(&p) && !(hl..hl + 16).contains(&p));
+            full.present.insert(i);
         }
-        if !(0..n).all(|i| held.blocks.contains_key(&i)) {
-            return false;
-        }
-        for i in 0..n {
-            if held.blocks[&i].any() {
-                held.blocks.remove(&i);
-                return false;
-            }
-        }
-        held.blocks.clear();
-        held.full = Some(FullModel::default());
-        true
+    }
+
+    /// Whether every block of the object file is present.
+    fn complete(&self, v: VKey) -> bool {
+        (0..self.version(v).blocks()).all(|i| self.entry_ok(v, i))
+    }
+
+    /// `assemble`: whether the index says every block is present afterwards (there are no
+    /// block files to move: every object of the model is small).
+    fn assemble(&mut self, v: VKey) -> bool {
+        self.index_ok(v) && self.complete(v)
     }
 
     /// `open_assembled` and a read of the whole file: the bytes expected, or `None`.
     fn open_assembled(&mut self, v: VKey) -> Option<Vec<u8>> {
         let version = self.version(v).clone();
+        let (index_ok, complete) = (self.index_ok(v), self.complete(v));
         let held = self.held(v);
         let full = held.full.as_mut()?;
-        if full.data.truncated || full.idx.any() {
+        if full.data.truncated || !index_ok {
             held.full = None;
+            return None;
+        }
+        if !complete {
             return None;
         }
         if !full.verified {
@@ -418,7 +475,7 @@ impl Harness {
             prop_assert_eq!(asked, 1, "a block not cached was not fetched once: {:?} {}", v, i);
             if current {
                 prop_assert!(got.as_ref() == Ok(&want), "wrong bytes for fetched block {:?} {}", v, i);
-                self.model.held(v).blocks.insert(i, Damage::default());
+                self.model.write(v, i);
             } else {
                 prop_assert!(
                     got.is_err(),
@@ -479,7 +536,7 @@ impl Harness {
                 let version = self.model.version(v).clone();
                 let i = block % version.blocks();
                 self.cache.put(&version.block(i), version.bytes(i)).await;
-                self.model.held(v).blocks.insert(i, Damage::default());
+                self.model.write(v, i);
             }
             Op::Change { obj, size, seed } => self.model.change(obj, size, seed),
             Op::EvictAll => {
@@ -743,25 +800,15 @@ fn a_new_file_on_a_reused_inode_is_verified_again() {
             assemble: true,
         },
         Op::OpenAssembled { obj: 0, back: 0 },
-        Op::Put {
-            obj: 0,
-            back: 0,
-            block: 0,
-        },
-        Op::Put {
-            obj: 0,
-            back: 0,
-            block: 1,
-        },
-        Op::Put {
-            obj: 0,
-            back: 0,
-            block: 2,
-        },
-        // The data file (after the three block files), cut short and dropped by the next open.
-        Op::Truncate { pick: 3, pos: 0 },
+        // The data file, cut short and dropped by the next open.
+        Op::Truncate { pick: 0, pos: 0 },
         Op::OpenAssembled { obj: 0, back: 0 },
-        Op::Assemble { obj: 0, back: 0 },
+        // Written again, perhaps on the same inode number.
+        Op::ReadAll {
+            obj: 0,
+            back: 0,
+            assemble: true,
+        },
         Op::Flip {
             pick: 0,
             pos: 5,

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::coord::{Cell, LockError};
+use super::coord::Cell;
 use super::{DIR_BYTES, DiskCache, FormatError, Location, alloc_size, touch};
 use crate::cachedir::{self, Area};
 use crate::object::{BlockId, PAGE_SIZE};
@@ -281,13 +281,8 @@ impl DiskCache {
                 }
             }
             let bytes = tmp.file().metadata()?.blocks() * 512;
-            let _g = match self.locks.shard(cell, self.short_wait()) {
-                Ok(g) => g,
-                Err(LockError::Timeout) => {
-                    self.lock_failed("lock a disk cache shard to store pages", LockError::Timeout);
-                    return Ok(false);
-                }
-                Err(LockError::Io(e)) => return Err(e),
+            let Some(_g) = self.lock_shard_to_store(cell, "pages")? else {
+                return Ok(false);
             };
             let placed = tmp.place(&path, Some(&self.dir.area(Area::Blocks)))?;
             let delta = (bytes + placed.dirs_created as u64 * DIR_BYTES) as i64 - placed.replaced.unwrap_or(0) as i64;

@@ -24,6 +24,15 @@ fn cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
         block_size: BS,
         source: SourceId::new(Some("test"), "bucket", ""),
         lock_wait: LOCK_WAIT,
+        object_files: false,
+    }
+}
+
+/// As the daemon runs it: blocks written into their object's file.
+fn objects_cfg(dir: &Path, max: Option<u64>) -> DiskCacheSettings {
+    DiskCacheSettings {
+        object_files: true,
+        ..cfg(dir, max)
     }
 }
 
@@ -505,7 +514,7 @@ async fn a_stalled_lock_holder_costs_a_read_one_deadline() {
 #[tokio::test]
 async fn verified_files_are_told_apart_on_a_reused_inode_and_pruned() {
     let d = tempfile::tempdir().unwrap();
-    let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
     let fetches = AtomicUsize::new(0);
     let o = obj("whole", "\"e\"", 2 * BS + 5);
     for i in 0..3 {
@@ -708,5 +717,145 @@ async fn reconciliation_keeps_and_counts_page_files() {
     // Evicted like block files.
     c.scan_and_evict(0);
     assert_eq!(page(&c, &o, 0, 0).await, None);
+    assert_eq!(c.usage(), du(d.path()));
+}
+
+/// Every file under `area` (recursively).
+fn files_in(root: &Path, area: Area) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![area_path(root, area)];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() { dirs.push(p) } else { out.push(p) }
+        }
+    }
+    out
+}
+
+/// Blocks go straight into one sparse file per object: no block file, no assembly, each byte
+/// written once; the ledger counts what the file takes as it grows, and the file is handed out
+/// whole once every block is in.
+#[tokio::test]
+async fn blocks_are_written_once_into_their_object_file() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("data/t.jar", "\"e\"", 3 * BS + 100);
+    assert_eq!(get(&c, &o, 2, &fetches).await, content(&o, 2));
+    let (hash, _) = c.assembled_hash(&o);
+    let path = c.full_path(&hash);
+    let m = fs::metadata(&path).unwrap();
+    assert_eq!(m.len(), o.size);
+    assert!(m.blocks() * 512 < o.size, "sparse until every block is in");
+    assert!(
+        c.open_assembled(&o).is_none(),
+        "not handed out while blocks are missing"
+    );
+    assert_eq!(c.usage(), du(d.path()), "the ledger counts the file as it grows");
+    for i in [0, 3, 1, 2] {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 4, "each block fetched once");
+    assert_eq!(c.stats().written_bytes.get(), o.size, "each byte written once");
+    assert!(files_in(d.path(), Area::Blocks).is_empty(), "no block file");
+    assert_eq!(files_in(d.path(), Area::Full).len(), 2, "the data file and its index");
+    assert_eq!(c.usage(), du(d.path()));
+    let mut whole = Vec::new();
+    c.open_assembled(&o).unwrap().read_to_end(&mut whole).unwrap();
+    let want: Vec<u8> = (0..4).flat_map(|i| content(&o, i).to_vec()).collect();
+    assert_eq!(whole, want);
+    assert!(c.assemble(&o).unwrap(), "complete: nothing to assemble");
+    // A new instance (a restart) reads every block from the file, and reconciliation agrees
+    // with the ledger.
+    drop(c);
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    for i in 0..4 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 4);
+    let before = c.usage();
+    c.scan_and_evict(u64::MAX);
+    assert_eq!((before, c.usage()), (du(d.path()), du(d.path())));
+}
+
+/// Several processes writing blocks of one object at once: the file ends complete and right,
+/// and the ledger exact, with no reconciliation.
+#[tokio::test]
+async fn concurrent_writers_of_one_object_file_keep_it_whole_and_counted() {
+    let d = tempfile::tempdir().unwrap();
+    let o = obj("data/big.parquet", "\"e\"", 24 * BS);
+    let caches: Vec<_> = (0..4)
+        .map(|_| DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap())
+        .collect();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (n, c) in caches.iter().enumerate() {
+        let (c, o, fetches) = (c.clone(), o.clone(), fetches.clone());
+        tasks.push(tokio::spawn(async move {
+            // Each writer goes through the blocks in its own order.
+            for k in 0..24u64 {
+                let i = (k * (2 * n as u64 + 1)) % 24;
+                assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = &caches[0];
+    assert_eq!(c.usage(), du(d.path()), "the ledger is exact without a reconciliation");
+    let mut whole = Vec::new();
+    c.open_assembled(&o).unwrap().read_to_end(&mut whole).unwrap();
+    let want: Vec<u8> = (0..24).flat_map(|i| content(&o, i).to_vec()).collect();
+    assert!(whole == want);
+}
+
+/// Block files of a small object (left by an earlier version, which assembled objects by
+/// copying) are moved into the object file, and a damaged entry of the index only makes its
+/// block absent: it is fetched and written again, and the rest of the file is kept.
+#[tokio::test]
+async fn block_files_are_moved_in_and_a_damaged_entry_is_refetched() {
+    let d = tempfile::tempdir().unwrap();
+    let o = obj("data/old.jar", "\"e\"", 2 * BS + 7);
+    let fetches = AtomicUsize::new(0);
+    {
+        let c = DiskCache::open_for_test(cfg(d.path(), None)).unwrap();
+        for i in 0..3 {
+            get(&c, &o, i, &fetches).await;
+        }
+        assert_eq!(files_in(d.path(), Area::Blocks).len(), 3);
+    }
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    assert!(c.assemble(&o).unwrap());
+    assert!(files_in(d.path(), Area::Blocks).is_empty(), "moved, not copied");
+    assert_eq!(c.usage(), du(d.path()));
+    // Damage block 1's entry in the index.
+    let (hash, _) = c.assembled_hash(&o);
+    let idx = c.full_path(&hash).with_extension("idx");
+    let mut b = fs::read(&idx).unwrap();
+    let at = b.len() - 8 * 3 + 8 + 2;
+    b[at] ^= 0x40;
+    fs::write(&idx, &b).unwrap();
+    assert!(c.open_assembled(&o).is_none(), "a block is missing now");
+    for i in 0..3 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        4,
+        "only the block whose entry was damaged"
+    );
+    assert_eq!(c.stats().corrupt.get(), 0, "absent, not corrupt");
+    assert!(c.open_assembled(&o).is_some());
+    // A damaged byte of the data is caught: the file goes, and its blocks come from S3.
+    let data = c.full_path(&hash);
+    let f = fs::OpenOptions::new().write(true).open(&data).unwrap();
+    f.write_all_at(b"X", BS + 3).unwrap();
+    drop(f);
+    assert_eq!(get(&c, &o, 1, &fetches).await, content(&o, 1));
+    assert_eq!(c.stats().corrupt.get(), 1);
+    assert_eq!(fetches.load(Ordering::SeqCst), 5);
+    c.scan_and_evict(u64::MAX);
     assert_eq!(c.usage(), du(d.path()));
 }

@@ -80,6 +80,7 @@ fn disk_tier() -> Made {
             block_size: BS,
             source: source(),
             lock_wait: crate::cache::LOCK_WAIT,
+            object_files: true,
         },
         &Metrics::new(),
     )
