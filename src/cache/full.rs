@@ -35,6 +35,13 @@ use crate::cachedir::{Area, hex_shard, is_own_file};
 use crate::object::{AssembledFiles, BlockRef, ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
+/// A file's (device, inode), and what tells it from a later file given that inode number
+/// (`file_identity`).
+pub(super) type FileKey = (u64, u64);
+pub(super) type FileTag = (u64, u64, u64);
+
+/// The most object files whose blocks this process is tracking as written by itself.
+const WRITTEN_HERE_MAX: usize = 4096;
 /// Version 2: a fixed header, then the bytes accounted and one entry per block, each written in
 /// place and checked on its own. A version 1 index (every block present, written whole by the
 /// assembly of earlier versions) is still read.
@@ -265,6 +272,7 @@ impl DiskCache {
     /// Forgets that the object file `meta` describes was verified (it is being removed).
     pub(super) fn forget_verified(&self, meta: &fs::Metadata) {
         self.verified_full.invalidate(&(meta.dev(), meta.ino()));
+        self.written_here.lock().unwrap().remove(&(meta.dev(), meta.ino()));
     }
 
     /// Whether an entry of a `full/` shard directory belongs there (reconciliation): an
@@ -433,7 +441,34 @@ impl DiskCache {
         idx.write_all_at(&entry(id.index, Some(crc)), index.entry_at(id.index))?;
         idx.write_all_at(&accounted_record(allocated), index.accounted_at())?;
         reservation.commit(Cell::Shard(cell), grown);
+        self.written_here(&file, id.index, index.crcs.len());
         Ok(true)
+    }
+
+    /// Notes that this process wrote block `i` (of `n`) of the object file `file`, from bytes
+    /// whose crc it computed itself. Once it has written every block of that file, the file
+    /// counts as verified (as if `open_assembled` had read it back), so the first open after a
+    /// cold read does not read the whole file again. A block another process wrote keeps the
+    /// file unverified here.
+    fn written_here(&self, file: &File, i: u64, n: usize) {
+        let Ok(meta) = file.metadata() else { return };
+        let (key, tag) = file_identity(file, &meta);
+        let mut written = self.written_here.lock().unwrap();
+        if written.len() >= WRITTEN_HERE_MAX && !written.contains_key(&key) {
+            written.clear(); // those files are verified on open instead
+        }
+        let (t, blocks) = written.entry(key).or_insert_with(|| (tag, vec![false; n]));
+        if *t != tag || blocks.len() != n {
+            *t = tag;
+            *blocks = vec![false; n];
+        }
+        if let Some(b) = blocks.get_mut(i as usize) {
+            *b = true;
+        }
+        if blocks.iter().all(|&b| b) {
+            written.remove(&key);
+            self.verified_full.insert(key, tag);
+        }
     }
 
     /// The index of `loc`'s object file, opened for writing, if it is a valid version 2 index
@@ -587,7 +622,7 @@ impl DiskCache {
 /// time (statx; ext4, xfs, btrfs, tmpfs) and size. Where the filesystem has neither a
 /// generation nor a birth time, the change time stands in: then a file is verified again
 /// after every open (its access time is set on open, which changes it), never trusted wrongly.
-fn file_identity(file: &File, meta: &fs::Metadata) -> ((u64, u64), (u64, u64, u64)) {
+fn file_identity(file: &File, meta: &fs::Metadata) -> (FileKey, FileTag) {
     let mut generation: libc::c_long = 0;
     // SAFETY: a valid descriptor, and room for the long the ioctl writes.
     let generation = if unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETVERSION, &mut generation) } == 0 {

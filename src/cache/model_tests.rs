@@ -111,6 +111,9 @@ struct FullModel {
     idx: Damage,
     /// Blocks written into it.
     present: std::collections::BTreeSet<u64>,
+    /// Blocks this process (since its last restart) wrote into it: once it wrote every block,
+    /// the file counts as verified.
+    written: std::collections::BTreeSet<u64>,
     /// Verified whole by this process (`open_assembled`), so not checked again until restart.
     verified: bool,
 }
@@ -244,23 +247,32 @@ impl Model {
         let hl = self.header_len(v);
         let (index_ok, entry_ok) = (self.index_ok(v), self.entry_ok(v, i));
         let held = self.held(v);
-        let Some(full) = held.full.as_mut() else {
-            held.full = Some(FullModel {
-                present: [i].into(),
-                ..FullModel::default()
-            });
-            return;
-        };
-        if full.data.truncated || !index_ok {
-            held.full = None; // rejected, not written
-        } else if !entry_ok {
-            // The block's bytes, its entry and the accounted bytes are written over.
-            full.data.flips.retain(|&p, _| !(r.start..r.end).contains(&p));
-            let entry = hl + 16 + 8 * i;
-            full.idx
-                .flips
-                .retain(|&p, _| !(entry..entry + 8).contains(&p) && !(hl..hl + 16).contains(&p));
-            full.present.insert(i);
+        match held.full.as_mut() {
+            None => {
+                held.full = Some(FullModel {
+                    present: [i].into(),
+                    written: [i].into(),
+                    ..FullModel::default()
+                })
+            }
+            Some(full) if full.data.truncated || !index_ok => held.full = None, // rejected, not written
+            Some(full) if !entry_ok => {
+                // The block's bytes, its entry and the accounted bytes are written over.
+                full.data.flips.retain(|&p, _| !(r.start..r.end).contains(&p));
+                let entry = hl + 16 + 8 * i;
+                full.idx
+                    .flips
+                    .retain(|&p, _| !(entry..entry + 8).contains(&p) && !(hl..hl + 16).contains(&p));
+                full.present.insert(i);
+                full.written.insert(i);
+            }
+            Some(_) => return, // already there: nothing written
+        }
+        let n = self.version(v).blocks();
+        if let Some(full) = self.held(v).full.as_mut()
+            && full.written.len() as u64 == n
+        {
+            full.verified = true;
         }
     }
 
@@ -594,6 +606,7 @@ impl Harness {
                 self.cache = DiskCache::open(cfg, &Metrics::new()).unwrap();
                 for full in self.model.held.values_mut().filter_map(|h| h.full.as_mut()) {
                     full.verified = false;
+                    full.written.clear();
                 }
             }
             Op::Assemble { obj, back } => self.assemble(self.model.pick(obj, back)).await?,
