@@ -85,6 +85,7 @@ struct Index {
 /// check (torn by a crash) is an absent block, and accounted bytes that do not check are taken as
 /// the file's size on disk (reconciliation corrects the ledger).
 impl Index {
+    #[cfg(test)]
     fn complete(&self) -> bool {
         self.crcs.iter().all(Option::is_some)
     }
@@ -115,23 +116,53 @@ impl Index {
     }
 
     /// Where the accounted bytes are (the header's length).
+    #[cfg(test)]
     fn accounted_at(&self) -> u64 {
         self.header().len() as u64
     }
 
+    #[cfg(test)]
     fn entry_at(&self, i: u64) -> u64 {
         self.accounted_at() + 16 + 8 * i
     }
 
+    #[cfg(test)]
     fn decode(b: &[u8]) -> Option<Index> {
+        if b.get(8..12)? == 1u32.to_le_bytes() {
+            return Index::decode_v1(b);
+        }
+        let (mut index, header_len, n) = Index::decode_header(b)?;
+        let mut pos = header_len;
+        // The exact length: a file cut short (or grown) is not an index.
+        if (b.len() - pos) as u64 != 16 + n.checked_mul(8)? {
+            return None;
+        }
+        index.accounted = accounted_from(take_at(b, &mut pos, 16)?);
+        index.crcs = (0..n)
+            .map(|i| Some(entry_from(i, take_at(b, &mut pos, 8)?)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(index)
+    }
+
+    /// The length a version 2 header has, from its first bytes (at least 28 + 3 × 2 + the
+    /// strings' lengths), without checking it.
+    fn header_len_from(b: &[u8]) -> Option<usize> {
+        let mut pos = 28usize;
+        for _ in 0..3 {
+            let n = u16::from_le_bytes(take_at(b, &mut pos, 2)?.try_into().ok()?) as usize;
+            pos += n;
+        }
+        Some(pos + 12)
+    }
+
+    /// A version 2 header (`b` may go on past it): the index with no entries, the header's
+    /// length and the number of blocks.
+    fn decode_header(b: &[u8]) -> Option<(Index, usize, u64)> {
         let mut pos = 0usize;
         if take_at(b, &mut pos, 8)? != MAGIC {
             return None;
         }
         let version = u32::from_le_bytes(take_at(b, &mut pos, 4)?.try_into().ok()?);
-        if version == 1 {
-            return Index::decode_v1(b);
-        }
         if version != VERSION {
             return None;
         }
@@ -148,37 +179,20 @@ impl Index {
         if crc32c::crc32c(&b[..header_end]) != crc || block_size == 0 || n != size.div_ceil(block_size) {
             return None;
         }
-        // The exact length: a file cut short (or grown) is not an index.
-        if (b.len() - pos) as u64 != 16 + n.checked_mul(8)? {
-            return None;
-        }
-        let rec = take_at(b, &mut pos, 16)?;
-        let accounted = u64::from_le_bytes(rec[..8].try_into().ok()?);
-        let accounted = if rec[..] == accounted_record(accounted)[..] {
-            accounted
-        } else {
-            u64::MAX // not known: see `write_to_object`
-        };
-        let crcs = (0..n)
-            .map(|i| {
-                let e: [u8; 8] = take_at(b, &mut pos, 8)?.try_into().ok()?;
-                let crc = u32::from_le_bytes(e[..4].try_into().ok()?);
-                Some((e == entry(i, Some(crc))).then_some(crc))
-            })
-            .collect::<Option<Vec<_>>>()?;
         let etag = strings.pop()?;
         let key = strings.pop()?;
         let store = strings.pop()?;
-        Some(Index {
+        let index = Index {
             version,
             store,
             key,
             etag,
             size,
             block_size,
-            accounted,
-            crcs,
-        })
+            accounted: u64::MAX,
+            crcs: Vec::new(),
+        };
+        Some((index, pos, n))
     }
 
     /// Version 1: the same fields up to N, then N crcs, then a crc32c of everything before it.
@@ -231,6 +245,111 @@ fn take_at<'a>(b: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
     let s = b.get(*pos..pos.checked_add(n)?)?;
     *pos += n;
     Some(s)
+}
+
+/// The accounted bytes a record says; `u64::MAX` (not known, see `write_to_object`) when it
+/// does not check.
+fn accounted_from(rec: &[u8]) -> u64 {
+    let Some(v) = rec.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) else {
+        return u64::MAX;
+    };
+    if *rec == accounted_record(v)[..] { v } else { u64::MAX }
+}
+
+/// Block `i`'s crc from its entry, if the entry says present and checks.
+fn entry_from(i: u64, e: &[u8]) -> Option<u32> {
+    let crc = u32::from_le_bytes(e.get(..4)?.try_into().ok()?);
+    (*e == entry(i, Some(crc))[..]).then_some(crc)
+}
+
+/// An index file, open: its header read and checked, its entries read when asked for, a few
+/// bytes each (`pread`), so reading or writing one block costs the same whatever the object's
+/// size. A version 1 index is read whole.
+struct IndexFile {
+    file: File,
+    /// The header's fields; for version 1, every entry too.
+    head: Index,
+    header_len: u64,
+    n: u64,
+}
+
+impl IndexFile {
+    fn open(file: File) -> Option<IndexFile> {
+        let len = file.metadata().ok()?.len();
+        let mut b = vec![0u8; len.min(4096) as usize];
+        file.read_exact_at(&mut b, 0).ok()?;
+        if b.get(8..12)? == 1u32.to_le_bytes() {
+            let mut all = Vec::new();
+            (&file).take(16 << 20).read_to_end(&mut all).ok()?;
+            let head = Index::decode_v1(&all)?;
+            let n = head.crcs.len() as u64;
+            return Some(IndexFile {
+                file,
+                head,
+                header_len: 0,
+                n,
+            });
+        }
+        // A header longer than the first read (long keys): read up to the longest a header
+        // can be (three strings of at most 65,535 bytes).
+        let hl = match Index::header_len_from(&b) {
+            Some(hl) if hl <= b.len() => hl,
+            _ if len > b.len() as u64 => {
+                b = vec![0u8; len.min(40 + 3 * (2 + u16::MAX as u64)) as usize];
+                file.read_exact_at(&mut b, 0).ok()?;
+                Index::header_len_from(&b)?
+            }
+            _ => return None,
+        };
+        let b = b.get(..hl)?;
+        let (head, header_len, n) = Index::decode_header(b)?;
+        // The exact length: a file cut short (or grown) is not an index.
+        if len != header_len as u64 + 16 + n.checked_mul(8)? {
+            return None;
+        }
+        Some(IndexFile {
+            file,
+            head,
+            header_len: header_len as u64,
+            n,
+        })
+    }
+
+    /// Block `i`'s crc32c, if the index says it is present.
+    fn entry(&self, i: u64) -> Option<u32> {
+        if i >= self.n {
+            return None;
+        }
+        if self.head.version == 1 {
+            return *self.head.crcs.get(i as usize)?;
+        }
+        let mut e = [0u8; 8];
+        self.file.read_exact_at(&mut e, self.header_len + 16 + 8 * i).ok()?;
+        entry_from(i, &e)
+    }
+
+    /// Every block's crc32c, if present (`None`: the file cannot be read).
+    fn entries(&self) -> Option<Vec<Option<u32>>> {
+        if self.head.version == 1 {
+            return Some(self.head.crcs.clone());
+        }
+        let mut b = vec![0u8; 8 * self.n as usize];
+        self.file.read_exact_at(&mut b, self.header_len + 16).ok()?;
+        Some(b.chunks(8).enumerate().map(|(i, e)| entry_from(i as u64, e)).collect())
+    }
+
+    fn complete(&self) -> bool {
+        self.entries().is_some_and(|e| e.iter().all(Option::is_some))
+    }
+
+    /// The bytes of the data file the ledger counts (`u64::MAX`: not known).
+    fn accounted(&self) -> u64 {
+        let mut rec = [0u8; 16];
+        if self.head.version == 1 || self.file.read_exact_at(&mut rec, self.header_len).is_err() {
+            return u64::MAX;
+        }
+        accounted_from(&rec)
+    }
 }
 
 /// The accounted-bytes record: the value and its crc32c.
@@ -299,15 +418,13 @@ impl DiskCache {
         true
     }
 
-    /// Reads the index at `idx_path`; `None` if absent or not valid.
-    fn read_index(&self, idx_path: &Path) -> Option<Index> {
+    /// Opens the index at `idx_path` (its header checked); `None` if absent or not valid.
+    fn read_index(&self, idx_path: &Path) -> Option<IndexFile> {
         let f = self.dir.open_read(idx_path, true).ok()?;
         if !f.metadata().is_ok_and(|m| is_own_file(&m)) {
             return None;
         }
-        let mut b = Vec::new();
-        f.take(16 << 20).read_to_end(&mut b).ok()?;
-        Index::decode(&b)
+        IndexFile::open(f)
     }
 
     /// Whether `i` describes the object (`key`, `etag`, `size`) in this cache.
@@ -317,7 +434,7 @@ impl DiskCache {
 
     /// Opens an object's data file and its index, checking that both describe `want` (key,
     /// ETag, size). `None` when absent or not valid (an invalid one is removed).
-    fn open_full(&self, object: &str, store: &str, key: &str, etag: &str, size: u64) -> Option<(File, Index)> {
+    fn open_full(&self, object: &str, store: &str, key: &str, etag: &str, size: u64) -> Option<(File, IndexFile)> {
         let path = self.full_path(object);
         let file = match self.dir.open_read(&path, true) {
             Ok(f) => f,
@@ -331,9 +448,9 @@ impl DiskCache {
         };
         let meta = file.metadata().ok()?;
         let index = self.read_index(&path.with_extension("idx"));
-        let valid = index
-            .as_ref()
-            .is_some_and(|i| self.index_matches(i, store, key, etag, size) && meta.len() == size && is_own_file(&meta));
+        let valid = index.as_ref().is_some_and(|i| {
+            self.index_matches(&i.head, store, key, etag, size) && meta.len() == size && is_own_file(&meta)
+        });
         if !valid {
             self.reject_full(&path, "object file does not match its index");
             return None;
@@ -351,11 +468,11 @@ impl DiskCache {
         };
         let id = &loc.id;
         let (file, index) = self.open_full(&loc.object, id.source.as_str(), &id.key, &id.etag, size)?;
-        let r = block_range(id.index, self.cfg.block_size, index.size);
+        let r = block_range(id.index, self.cfg.block_size, index.head.size);
         if r.len() != loc.len {
             return None;
         }
-        let want = (*index.crcs.get(id.index as usize)?)?;
+        let want = index.entry(id.index)?;
         let mut buf = vec![0u8; r.len() as usize];
         file.read_exact_at(&mut buf, r.start).ok()?;
         if crc32c::crc32c(&buf) != want {
@@ -365,6 +482,19 @@ impl DiskCache {
         // Last access, for LRU eviction.
         super::touch(&file);
         Some(Bytes::from(buf))
+    }
+
+    /// Whether the object file of `loc` says it holds that block (its bytes are not read).
+    pub(super) fn object_file_holds(&self, loc: &Location) -> bool {
+        let id = &loc.id;
+        self.read_index(&self.full_path(&loc.object).with_extension("idx"))
+            .is_some_and(|i| {
+                i.head.store == id.source.as_str()
+                    && *i.head.key == *id.key
+                    && *i.head.etag == *id.etag
+                    && i.head.block_size == id.block_size
+                    && i.entry(id.index).is_some()
+            })
     }
 
     /// Whether block `loc` goes into its object's file rather than a block file: the object's
@@ -402,7 +532,7 @@ impl DiskCache {
             return Ok(false);
         }
         match self.writable_index(&idx_path, loc, size)? {
-            Some((_, index)) if index.crcs[id.index as usize].is_none() => {}
+            Some(index) if index.entry(id.index).is_none() => {}
             Some(_) => return Ok(true), // already there
             None => {
                 self.reject_full(&path, "object file does not match its index");
@@ -425,23 +555,25 @@ impl DiskCache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         }
-        let Some((idx, index)) = self.writable_index(&idx_path, loc, size)? else {
+        let Some(index) = self.writable_index(&idx_path, loc, size)? else {
             self.reject_full(&path, "object file does not match its index");
             return Ok(false);
         };
         let allocated = file.metadata()?.blocks() * 512;
         // Unknown (a record torn by a crash): count no growth; reconciliation sets the shard's
         // cell to what its files take.
-        let grown = if index.accounted == u64::MAX {
-            0
-        } else {
-            allocated as i64 - index.accounted as i64
+        let grown = match index.accounted() {
+            u64::MAX => 0,
+            accounted => allocated as i64 - accounted as i64,
         };
         // The block's entry, then the accounted bytes: each in place, each checked on its own.
-        idx.write_all_at(&entry(id.index, Some(crc)), index.entry_at(id.index))?;
-        idx.write_all_at(&accounted_record(allocated), index.accounted_at())?;
+        let at = index.header_len;
+        index
+            .file
+            .write_all_at(&entry(id.index, Some(crc)), at + 16 + 8 * id.index)?;
+        index.file.write_all_at(&accounted_record(allocated), at)?;
         reservation.commit(Cell::Shard(cell), grown);
-        self.written_here(&file, id.index, index.crcs.len());
+        self.written_here(&file, id.index, index.n as usize);
         Ok(true)
     }
 
@@ -474,24 +606,20 @@ impl DiskCache {
     /// The index of `loc`'s object file, opened for writing, if it is a valid version 2 index
     /// of the object (`Some` with every block present for a version 1 index, never written).
     /// `None` when it is not valid or absent.
-    fn writable_index(&self, idx_path: &Path, loc: &Location, size: u64) -> io::Result<Option<(File, Index)>> {
+    fn writable_index(&self, idx_path: &Path, loc: &Location, size: u64) -> io::Result<Option<IndexFile>> {
         let f = match self.dir.open_write(idx_path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let m = f.metadata()?;
-        let mut b = Vec::new();
-        (&f).take(16 << 20).read_to_end(&mut b)?;
         let id = &loc.id;
-        Ok(Index::decode(&b)
-            .filter(|i| {
-                is_own_file(&m)
-                    && self.index_matches(i, id.source.as_str(), &id.key, &id.etag, size)
-                    && (id.index as usize) < i.crcs.len()
-                    && (i.version == VERSION || i.complete())
-            })
-            .map(|i| (f, i)))
+        Ok(IndexFile::open(f).filter(|i| {
+            is_own_file(&m)
+                && self.index_matches(&i.head, id.source.as_str(), &id.key, &id.etag, size)
+                && id.index < i.n
+                && (i.head.version == VERSION || i.complete())
+        }))
     }
 
     /// Creates the object file of `loc` (sparse, `size` bytes, no block present) and its index,
@@ -548,14 +676,15 @@ impl DiskCache {
     pub fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
         let (object, _) = self.assembled_hash(obj);
         let (file, index) = self.open_full(&object, self.cfg.source.as_str(), &obj.key, &obj.etag, obj.size)?;
-        if !index.complete() {
+        let crcs = index.entries()?;
+        if !crcs.iter().all(Option::is_some) {
             return None;
         }
         let meta = file.metadata().ok()?;
         let (key, tag) = file_identity(&file, &meta);
         if self.verified_full.get(&key) != Some(tag) {
             let mut buf = vec![0u8; self.cfg.block_size as usize];
-            for (i, want) in index.crcs.iter().enumerate() {
+            for (i, want) in crcs.iter().enumerate() {
                 let r = block_range(i as u64, self.cfg.block_size, obj.size);
                 let b = &mut buf[..r.len() as usize];
                 if file.read_exact_at(b, r.start).is_err() || Some(crc32c::crc32c(b)) != *want {
@@ -581,10 +710,12 @@ impl DiskCache {
         }
         let (object, _) = self.assembled_hash(obj);
         let path = self.full_path(&object);
-        let present = |i: u64| -> bool {
-            self.read_index(&path.with_extension("idx"))
-                .is_some_and(|x| x.crcs.get(i as usize).is_some_and(Option::is_some))
-        };
+        let idx_path = path.with_extension("idx");
+        let present = self.read_index(&idx_path).and_then(|x| x.entries()).unwrap_or_default();
+        if present.len() as u64 == n && present.iter().all(Option::is_some) {
+            return Ok(true); // the usual case: written whole as it was read
+        }
+        let present = |i: u64| present.get(i as usize).is_some_and(Option::is_some);
         let mut moves = Vec::new();
         for i in 0..n {
             let block = BlockRef::new(&self.cfg.source, obj, self.cfg.block_size, i);
@@ -610,9 +741,7 @@ impl DiskCache {
         if !moves.is_empty() {
             debug!(key = %obj.key, blocks = moves.len(), "block files moved into the object file");
         }
-        Ok(self
-            .read_index(&path.with_extension("idx"))
-            .is_some_and(|i| i.complete()))
+        Ok(self.read_index(&idx_path).is_some_and(|i| i.complete()))
     }
 }
 
@@ -728,6 +857,32 @@ mod tests {
         let other = b[e0..e0 + 8].to_vec();
         b[e1..e1 + 8].copy_from_slice(&other);
         assert_eq!(Index::decode(&b).unwrap().crcs[1], None);
+    }
+
+    /// An open index reads what a whole decode reads, a few bytes per entry, also when its
+    /// header is longer than the first read; a file of the wrong length is not an index.
+    #[test]
+    fn index_file_reads_entries_in_place() {
+        for key in ["k".to_string(), "k".repeat(5000)] {
+            let mut i = sample();
+            i.key = key;
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("x.idx");
+            fs::write(&p, i.encode()).unwrap();
+            let f = IndexFile::open(File::open(&p).unwrap()).unwrap();
+            assert_eq!((f.head.key.as_str(), f.n), (i.key.as_str(), 3));
+            assert_eq!(f.entries().unwrap(), i.crcs);
+            assert_eq!(
+                (0..4).map(|b| f.entry(b)).collect::<Vec<_>>(),
+                vec![Some(1), None, Some(3), None]
+            );
+            assert_eq!(f.accounted(), 8192);
+            assert!(!f.complete());
+            let mut longer = i.encode();
+            longer.push(0);
+            fs::write(&p, &longer).unwrap();
+            assert!(IndexFile::open(File::open(&p).unwrap()).is_none());
+        }
     }
 
     #[test]

@@ -27,6 +27,12 @@ mod evict;
 use crate::blockfmt as format;
 pub use coord::LockError;
 
+/// What [`DiskCache::page`] found: the whole block holding the page, or the page alone.
+pub enum FoundPage {
+    Block(Bytes),
+    Page(Bytes),
+}
+
 /// What [`DiskCache::open_own`] found.
 enum Opened {
     File(std::fs::File),
@@ -298,19 +304,16 @@ impl DiskCache {
         }
     }
 
-    /// Page `index` (`len` bytes) of block `id` (`block_len` bytes), if the disk holds it: from
-    /// the block file (verified whole), the object's assembled file, or the block's page file.
-    pub async fn page(self: &Arc<Self>, id: &BlockId, block_len: u64, index: u64, len: u64) -> Option<Bytes> {
+    /// Page `index` (`len` bytes) of block `id` (`block_len` bytes), if the disk holds it:
+    /// the whole block when it is cached whole (its object file or block file, verified), else
+    /// the page from the block's page file.
+    pub async fn page(self: &Arc<Self>, id: &BlockId, block_len: u64, index: u64, len: u64) -> Option<FoundPage> {
         let loc = Arc::new(self.locate_id(id, block_len));
         self.blocking(&loc, move |c, l| {
             if let Some(b) = c.read_block(l) {
-                let from = (index * crate::object::PAGE_SIZE) as usize;
-                let to = from + len as usize;
-                // A copy, not a slice: the tiers above keep the page, and a slice would keep
-                // the whole block alive while counting as one page.
-                return (to <= b.len()).then(|| Bytes::copy_from_slice(&b[from..to]));
+                return Some(FoundPage::Block(b));
             }
-            c.read_page(l, index, len)
+            c.read_page(l, index, len).map(FoundPage::Page)
         })
         .await
         .flatten()

@@ -224,7 +224,8 @@ impl DiskCache {
                 return;
             }
         };
-        if self.dir.metadata(&loc.path).is_ok() {
+        // Cached whole already: its pages are not kept apart.
+        if self.dir.metadata(&loc.path).is_ok() || self.object_file_holds(loc) {
             return;
         }
         let path = page_path(&loc.path);

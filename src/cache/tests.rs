@@ -610,7 +610,13 @@ fn keep(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, which: &[u64]) {
 async fn page(c: &Arc<DiskCache>, o: &ObjectMeta, index: u64, i: u64) -> Option<Bytes> {
     let b = block(o, index);
     let len = page_bytes(o, index, i).len() as u64;
-    c.page(&b.id, b.len(), i, len).await
+    match c.page(&b.id, b.len(), i, len).await? {
+        FoundPage::Page(p) => Some(p),
+        FoundPage::Block(b) => {
+            let from = (i * crate::object::PAGE_SIZE) as usize;
+            Some(b.slice(from..from + len as usize))
+        }
+    }
 }
 
 fn page_file(c: &DiskCache, o: &ObjectMeta, index: u64) -> PathBuf {

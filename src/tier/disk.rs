@@ -13,8 +13,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{Below, PageRef, Tier};
-use crate::cache::DiskCache;
+use super::{Below, PageHit, PageRef, Tier};
+use crate::cache::{DiskCache, FoundPage};
 use crate::object::BlockRef;
 use crate::store::StoreError;
 
@@ -45,8 +45,13 @@ impl Tier for DiskTier {
         self.0.get_or_fetch(block, below.get(block)).await
     }
 
-    async fn page(&self, page: &PageRef) -> Option<Bytes> {
-        self.0.page(&page.block, page.block_len, page.index, page.len()).await
+    async fn page(&self, page: &PageRef) -> Option<PageHit> {
+        Some(
+            match self.0.page(&page.block, page.block_len, page.index, page.len()).await? {
+                FoundPage::Block(b) => PageHit::Block(b),
+                FoundPage::Page(p) => PageHit::Page(p),
+            },
+        )
     }
 
     /// Hands the pages to a blocking thread, one merge per block; the read does not wait.

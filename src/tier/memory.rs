@@ -156,7 +156,7 @@ impl Tier for MemoryTier {
         self.blocks.contains_key(&Key::Block(block.id.clone()))
     }
 
-    async fn page(&self, page: &PageRef) -> Option<Bytes> {
+    async fn page(&self, page: &PageRef) -> Option<super::PageHit> {
         let b = match self.blocks.get(&Key::Page(page.block.clone(), page.index)).await {
             Some(b) => b,
             None => {
@@ -170,7 +170,13 @@ impl Tier for MemoryTier {
             }
         };
         self.hit(&b);
-        Some(b)
+        Some(super::PageHit::Page(b))
+    }
+
+    /// Kept as a block: later reads of the block, and of its other pages, hit here.
+    async fn keep_block(&self, block: &BlockId, bytes: Bytes) {
+        self.blocks.insert(Key::Block(block.clone()), bytes).await;
+        self.count_held().await;
     }
 
     async fn keep_pages(&self, pages: &[(PageRef, Bytes)]) {

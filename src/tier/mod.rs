@@ -52,18 +52,32 @@ pub trait Tier: Send + Sync + 'static {
         false
     }
 
-    /// The page, if this tier keeps it (as a page, or inside a whole block it holds): exactly
-    /// `page.len()` bytes, or `None`. Never reaches below. Tiers that keep no pages say `None`.
-    async fn page(&self, _page: &PageRef) -> Option<Bytes> {
+    /// The page, if this tier keeps it: the page (exactly `page.len()` bytes), or the whole
+    /// block holding it (exactly `page.block_len` bytes), which the tiers above then keep whole,
+    /// so the block's other pages are read from them. Never reaches below. Tiers that keep no
+    /// pages say `None`.
+    async fn page(&self, _page: &PageRef) -> Option<PageHit> {
         None
     }
 
     /// Keeps pages the chain fetched from the origin for a random read (each exactly
     /// `page.len()` bytes). Tiers that keep no pages ignore them.
     async fn keep_pages(&self, _pages: &[(PageRef, Bytes)]) {}
+
+    /// Keeps a whole block a tier below found for a page (exactly the block's bytes). Tiers that
+    /// keep no pages ignore it.
+    async fn keep_block(&self, _block: &BlockId, _bytes: Bytes) {}
 }
 
 pub use crate::object::PAGE_SIZE;
+
+/// What a tier found for a page (`Tier::page`).
+pub enum PageHit {
+    /// The page's bytes.
+    Page(Bytes),
+    /// The whole block holding the page.
+    Block(Bytes),
+}
 
 /// Page `index` of a block (bytes `[index * PAGE_SIZE, ...)` of the block, shorter only at the
 /// end of the object), named by the block's id, so a page never outlives its object version,
@@ -204,17 +218,28 @@ impl TierChain {
     /// tiers above the one that had it keep it.
     async fn cached_page(&self, page: &PageRef) -> Option<Bytes> {
         for (i, tier) in self.tiers.iter().enumerate() {
-            if let Some(b) = tier.page(page).await
-                && b.len() as u64 == page.len()
-            {
-                if i > 0 {
-                    let keep = [(page.clone(), b.clone())];
-                    for above in &self.tiers[..i] {
-                        above.keep_pages(&keep).await;
+            let (b, block) = match tier.page(page).await {
+                Some(PageHit::Page(b)) => (b, None),
+                Some(PageHit::Block(block)) if block.len() as u64 == page.block_len => {
+                    let from = (page.index * PAGE_SIZE).min(page.block_len) as usize;
+                    let to = (from as u64 + page.len()).min(page.block_len) as usize;
+                    (block.slice(from..to), Some(block))
+                }
+                _ => continue,
+            };
+            if b.len() as u64 != page.len() {
+                continue;
+            }
+            if i > 0 {
+                let keep = [(page.clone(), b.clone())];
+                for above in &self.tiers[..i] {
+                    match &block {
+                        Some(block) => above.keep_block(&page.block, block.clone()).await,
+                        None => above.keep_pages(&keep).await,
                     }
                 }
-                return Some(b);
             }
+            return Some(b);
         }
         None
     }

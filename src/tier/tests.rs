@@ -380,3 +380,41 @@ async fn memory_tier_counts_hits_misses_and_bytes() {
     assert_eq!(m.misses.get(), 2);
     assert_eq!(m.bytes.get(), 2 * BS as i64);
 }
+
+/// A page found inside a whole block on disk makes the memory tier keep that block: the block's
+/// other pages are then read from memory, not each from disk (which reads and checks the whole
+/// block every time).
+#[tokio::test]
+async fn a_block_found_on_disk_for_a_page_is_kept_whole_in_memory() {
+    const BIG: u64 = 4 * PAGE_SIZE;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DiskCache::open(
+        DiskCacheSettings {
+            dir: dir.path().to_path_buf(),
+            max_size: None,
+            min_free_percent: 0.0,
+            block_size: BIG,
+            source: source(),
+            lock_wait: crate::cache::LOCK_WAIT,
+            object_files: true,
+        },
+        &Metrics::new(),
+    )
+    .unwrap();
+    let disk: Arc<dyn Tier> = Arc::new(DiskTier::new(cache.clone()));
+    let body = data(2 * BIG as usize, 9);
+    let (origin, meta) = origin_with("t.parquet", &body);
+    let on_disk = TierChain::new(source(), BIG, origin.clone()).with(disk.clone());
+    on_disk.get(&on_disk.block(&meta, 0)).await.unwrap();
+    assert_eq!(gets(&origin), 1);
+    let hits = cache.stats().hits.get();
+    let memory: Arc<dyn Tier> = Arc::new(MemoryTier::new(1 << 20, BIG));
+    let c = TierChain::new(source(), BIG, origin.clone()).with(memory).with(disk);
+    for p in 0..4 {
+        let r = ByteRange::new(p * PAGE_SIZE + 100, (p + 1) * PAGE_SIZE - 100);
+        let got = c.cached_range(&meta, r).await.unwrap();
+        assert!(got[..] == body[r.start as usize..r.end as usize], "page {p}");
+    }
+    assert_eq!(cache.stats().hits.get() - hits, 1, "one read of the block from disk");
+    assert_eq!(gets(&origin), 1);
+}
