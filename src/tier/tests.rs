@@ -72,20 +72,24 @@ fn shared_tier() -> Made {
 
 fn disk_tier() -> Made {
     let dir = tempfile::tempdir().unwrap();
-    let cache = DiskCache::open(
+    let cache = disk_cache(dir.path(), BS);
+    Made::new(Arc::new(DiskTier::new(cache)), dir)
+}
+
+fn disk_cache(dir: &std::path::Path, block_size: u64) -> Arc<DiskCache> {
+    DiskCache::open(
         DiskCacheSettings {
-            dir: dir.path().to_path_buf(),
+            dir: dir.to_path_buf(),
             max_size: None,
             min_free_percent: 0.0,
-            block_size: BS,
+            block_size,
             source: source(),
             lock_wait: crate::cache::LOCK_WAIT,
             object_files: true,
         },
         &Metrics::new(),
     )
-    .unwrap();
-    Made::new(Arc::new(DiskTier::new(cache)), dir)
+    .unwrap()
 }
 
 fn source() -> SourceId {
@@ -388,19 +392,7 @@ async fn memory_tier_counts_hits_misses_and_bytes() {
 async fn a_block_found_on_disk_for_a_page_is_kept_whole_in_memory() {
     const BIG: u64 = 4 * PAGE_SIZE;
     let dir = tempfile::tempdir().unwrap();
-    let cache = DiskCache::open(
-        DiskCacheSettings {
-            dir: dir.path().to_path_buf(),
-            max_size: None,
-            min_free_percent: 0.0,
-            block_size: BIG,
-            source: source(),
-            lock_wait: crate::cache::LOCK_WAIT,
-            object_files: true,
-        },
-        &Metrics::new(),
-    )
-    .unwrap();
+    let cache = disk_cache(dir.path(), BIG);
     let disk: Arc<dyn Tier> = Arc::new(DiskTier::new(cache.clone()));
     let body = data(2 * BIG as usize, 9);
     let (origin, meta) = origin_with("t.parquet", &body);
