@@ -57,7 +57,7 @@ struct Args {
     #[arg(long)]
     no_restart: bool,
     /// Set the kernel read-ahead of each mount to this many KiB (its bdi's read_ahead_kb) after
-    /// mounting [default: what the daemon asked for at FUSE init, the block size]
+    /// mounting [default: the kernel's choice, printed at each mount]
     #[arg(long)]
     read_ahead_kb: Option<u64>,
     /// Python interpreter with pyspark and pyarrow
