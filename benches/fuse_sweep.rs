@@ -41,9 +41,11 @@ use support::sys::{self, CpuSnapshot};
 use support::workload::{self, BUCKET, Offsets};
 
 /// One knob at a time around the default. Names are what `--only` takes.
-const SETTINGS: [(&str, &str); 14] = [
+const SETTINGS: [(&str, &str); 15] = [
     ("default", ""),
     ("ra-128k", "--fuse-read-ahead=128KiB"),
+    ("ra-256k", "--fuse-read-ahead=256KiB"),
+    ("ra-512k", "--fuse-read-ahead=512KiB"),
     ("ra-1m", "--fuse-read-ahead=1MiB"),
     ("ra-4m", "--fuse-read-ahead=4MiB"),
     ("ra-16m", "--fuse-read-ahead=16MiB"),
@@ -55,7 +57,6 @@ const SETTINGS: [(&str, &str); 14] = [
     ("threads-2", "--fuse-threads=2"),
     ("threads-8", "--fuse-threads=8"),
     ("clonefd-off", "--fuse-clone-fd=false"),
-    ("clonefd-on", "--fuse-clone-fd=true"),
 ];
 
 #[derive(Parser, Debug)]

@@ -308,7 +308,9 @@ fn negative_attr() -> FileAttr {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Read-ahead as large as one block: the kernel asks for whole blocks when streaming.
+        // Read-ahead as large as one block (at most 1 MiB, the largest FUSE request): the kernel
+        // asks for whole blocks when streaming. INIT can only lower the kernel's own (128 KiB);
+        // `session::mount` raises it once the mount is live.
         let read_ahead = self.tuning.read_ahead.unwrap_or(self.max_read);
         if let Err(nearest) = config.set_max_readahead(read_ahead) {
             let _ = config.set_max_readahead(nearest);

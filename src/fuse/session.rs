@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::FuseAdapter;
 
@@ -25,9 +25,10 @@ pub struct MountOptions {
 /// FUSE connection parameters; `None` is the default chosen by measurement.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tuning {
-    /// The kernel's read-ahead on the mount, in bytes. The kernel starts a FUSE mount's backing
-    /// device at its own default (`read_ahead_kb` 128) and INIT can only lower it, so a larger
-    /// value is written to `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb` once the mount is live.
+    /// The kernel's read-ahead on the mount, in bytes [default: the block size, at most 1 MiB].
+    /// The kernel starts a FUSE mount's backing device at its own default (`read_ahead_kb` 128)
+    /// and INIT can only lower it, so the value is written to
+    /// `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb` once the mount is live.
     pub read_ahead: Option<u32>,
     /// Largest read request, in bytes (mount option `max_read=`); the kernel's own bound is
     /// `fs.fuse.max_pages_limit` pages (256: 1 MiB).
@@ -52,6 +53,7 @@ pub struct Mounted {
 /// has been answered).
 pub fn mount(mut adapter: FuseAdapter, mountpoint: &Path, opts: &MountOptions) -> io::Result<Mounted> {
     adapter.tuning = opts.tuning;
+    let read_ahead = opts.tuning.read_ahead.unwrap_or(adapter.max_read);
     // Before the mount: once it exists, a stat of it waits for the session to serve it.
     let canonical = mountpoint.canonicalize()?;
     let mut config = Config::default();
@@ -79,11 +81,15 @@ pub fn mount(mut adapter: FuseAdapter, mountpoint: &Path, opts: &MountOptions) -
     let notifier = adapter.notifier_slot();
     let session = Session::new(adapter, mountpoint, &config)?;
     let _ = notifier.set(session.notifier());
-    if let Some(bytes) = opts.tuning.read_ahead {
-        match set_read_ahead(&canonical, bytes) {
-            Ok(kib) => tracing::info!(mountpoint = %mountpoint.display(), "kernel read-ahead {kib} KiB"),
-            Err(e) => warn!(mountpoint = %mountpoint.display(), "cannot set the kernel read-ahead: {e}"),
+    // The kernel's read-ahead, raised from its 128 KiB (measured: a 1 MiB read-ahead halves the
+    // FUSE read requests' count and the columnar reads' GETs; docs/BENCHMARKS.md, "FUSE
+    // parameters"). Only root may; others keep the kernel's.
+    match set_read_ahead(&canonical, read_ahead) {
+        Ok(kib) => tracing::info!(mountpoint = %mountpoint.display(), "kernel read-ahead {kib} KiB"),
+        Err(e) if opts.tuning.read_ahead.is_some() => {
+            warn!(mountpoint = %mountpoint.display(), "cannot set the kernel read-ahead: {e}")
         }
+        Err(e) => info!(mountpoint = %mountpoint.display(), "kernel read-ahead left at the kernel's: {e}"),
     }
     Ok(Mounted {
         session,
