@@ -269,6 +269,12 @@ impl Daemon {
                 allow_other: cfg.allow_other,
                 allow_root: cfg.allow_root,
                 threads: cfg.fuse_threads,
+                tuning: crate::fuse::Tuning {
+                    read_ahead: cfg.fuse_tuning.read_ahead,
+                    max_read: cfg.fuse_tuning.max_read,
+                    max_background: cfg.fuse_tuning.max_background,
+                    clone_fd: cfg.fuse_tuning.clone_fd,
+                },
             };
             let mounted = match crate::fuse::mount(adapter, &cfg.mountpoint, &opts) {
                 Ok(mounted) => mounted,

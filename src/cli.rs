@@ -224,6 +224,24 @@ pub struct MountFlags {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), help_heading = "Mount options")]
     pub fuse_threads: u16,
 
+    // FUSE connection parameters for `benches/fuse_sweep.rs` (docs/BENCHMARKS.md, "FUSE
+    // parameters"): hidden, as the defaults are the measured choice.
+    /// Kernel read-ahead on the mount (a size).
+    #[arg(long, hide = true, env = "S3CACHEFS_FUSE_READ_AHEAD", value_name = "SIZE")]
+    pub fuse_read_ahead: Option<String>,
+
+    /// Largest read request the kernel sends (a size).
+    #[arg(long, hide = true, env = "S3CACHEFS_FUSE_MAX_READ", value_name = "SIZE")]
+    pub fuse_max_read: Option<String>,
+
+    /// Background requests the kernel keeps in flight.
+    #[arg(long, hide = true, env = "S3CACHEFS_FUSE_MAX_BACKGROUND", value_parser = clap::value_parser!(u16).range(1..))]
+    pub fuse_max_background: Option<u16>,
+
+    /// Each session thread reads from its own cloned /dev/fuse descriptor (true or false).
+    #[arg(long, hide = true, env = "S3CACHEFS_FUSE_CLONE_FD", value_name = "BOOL")]
+    pub fuse_clone_fd: Option<bool>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -495,6 +513,18 @@ impl MountFlags {
         .map_err(|e| format!("--block-size: {e}"))?;
         let memory_cache_bytes =
             config::parse_size(&self.max_prefetch_memory).map_err(|e| format!("--max-prefetch-memory: {e}"))?;
+        let fuse_size = |flag: &str, v: &Option<String>| -> Result<Option<u32>, String> {
+            v.as_deref()
+                .map(|s| config::parse_size(s).and_then(|n| config::validate_fuse_size("size", n)))
+                .transpose()
+                .map_err(|e| format!("--{flag}: {e}"))
+        };
+        let fuse_tuning = config::FuseTuning {
+            read_ahead: fuse_size("fuse-read-ahead", &self.fuse_read_ahead)?,
+            max_read: fuse_size("fuse-max-read", &self.fuse_max_read)?,
+            max_background: self.fuse_max_background,
+            clone_fd: self.fuse_clone_fd,
+        };
         if self.allow_other && self.allow_root {
             return Err("--allow-other and --allow-root are mutually exclusive (--allow-other includes root)".into());
         }
@@ -537,6 +567,7 @@ impl MountFlags {
             memory_cache_bytes,
             prefetch_concurrency: self.prefetch_concurrency.into(),
             fuse_threads: self.fuse_threads.into(),
+            fuse_tuning,
             cache,
             metrics_addr: self.metrics_addr,
             passthrough: !self.no_passthrough,

@@ -177,6 +177,9 @@ pub struct MountConfig {
     /// Prefetch GETs in flight at once.
     pub prefetch_concurrency: usize,
     pub fuse_threads: usize,
+    /// FUSE connection parameters for the benchmark sweep (hidden flags); `Default` is the
+    /// measured choice.
+    pub fuse_tuning: FuseTuning,
     /// The disk cache, when `--cache` is given.
     pub cache: Option<CacheConfig>,
     /// The shared tier, when `--shared-cache` is given.
@@ -373,6 +376,33 @@ pub struct LogConfig {
 /// Default block size: large enough that a GET's ~20 ms first-byte latency is amortized over
 /// a meaningful transfer, small enough that a random 4 KiB read does not fetch much extra.
 pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
+
+/// FUSE connection parameters that `benches/fuse_sweep.rs` varies without a rebuild (hidden
+/// flags, `S3CACHEFS_FUSE_*` in the environment). `None` keeps the default chosen by that sweep
+/// (docs/BENCHMARKS.md, "FUSE parameters").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseTuning {
+    /// The kernel's read-ahead on the mount, in bytes (its backing device's `read_ahead_kb`).
+    pub read_ahead: Option<u32>,
+    /// Largest read request the kernel sends, in bytes (the `max_read=` mount option).
+    pub max_read: Option<u32>,
+    /// Background requests (read-ahead, async reads) the kernel keeps in flight at once.
+    pub max_background: Option<u16>,
+    /// Whether each session thread reads from its own cloned /dev/fuse descriptor.
+    pub clone_fd: Option<bool>,
+}
+
+/// Bounds of the FUSE sizes: a page, and what the kernel allows (`max_read` is unbounded there,
+/// but a read is never larger than 256 pages without raising `fs.fuse.max_pages_limit`; read-ahead
+/// as large as 64 MiB is accepted and pointless).
+pub fn validate_fuse_size(what: &str, size: u64) -> Result<u32, String> {
+    if !(4 << 10..=64 << 20).contains(&size) || !size.is_multiple_of(4 << 10) {
+        return Err(format!(
+            "invalid {what} {size}: must be a multiple of 4KiB between 4KiB and 64MiB"
+        ));
+    }
+    Ok(size as u32)
+}
 
 pub fn validate_block_size(size: u64) -> Result<u64, String> {
     if !(64 << 10..=64 << 20).contains(&size) || !size.is_power_of_two() {

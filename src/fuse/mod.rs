@@ -19,7 +19,7 @@ use crate::fs::{Attr, FileKind, Fs, FsError, Looked};
 use crate::metrics::Metrics;
 
 mod session;
-pub use session::{MountOptions, Mounted, Unmounted, Unmounter, lazy_unmount, mount};
+pub use session::{MountOptions, Mounted, Tuning, Unmounted, Unmounter, lazy_unmount, mount};
 
 /// The kernel's stand-in for "indefinite": ten years. Far larger values overflow the
 /// kernel's signed time conversion.
@@ -37,6 +37,8 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<Notifier>>,
     /// Largest read the kernel may send, and its read-ahead, in bytes.
     max_read: u32,
+    /// FUSE connection parameters (set by `session::mount` before the session starts).
+    tuning: Tuning,
 }
 
 impl FuseAdapter {
@@ -53,6 +55,7 @@ impl FuseAdapter {
             opens: Arc::default(),
             notifier: Arc::new(OnceLock::new()),
             max_read,
+            tuning: Tuning::default(),
         }
     }
 
@@ -305,8 +308,11 @@ fn negative_attr() -> FileAttr {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Read-ahead as large as one block: the kernel asks for whole blocks when streaming.
-        if let Err(nearest) = config.set_max_readahead(self.max_read) {
+        // Read-ahead as large as one block (at most 1 MiB, the largest FUSE request): the kernel
+        // asks for whole blocks when streaming. INIT can only lower the kernel's own (128 KiB);
+        // `session::mount` raises it once the mount is live.
+        let read_ahead = self.tuning.read_ahead.unwrap_or(self.max_read);
+        if let Err(nearest) = config.set_max_readahead(read_ahead) {
             let _ = config.set_max_readahead(nearest);
         }
         // Independent lookups and readdirs of one directory may run in parallel.
@@ -321,7 +327,7 @@ impl Filesystem for FuseAdapter {
             info!("the kernel does not offer READDIRPLUS; `ls -l` looks each entry up");
         }
         // Up to this many background requests (read-ahead, async reads) in flight at once.
-        let _ = config.set_max_background(64);
+        let _ = config.set_max_background(self.tuning.max_background.unwrap_or(session::DEFAULT_MAX_BACKGROUND));
         if self.passthrough.load(Ordering::Relaxed) {
             // Backing files live on a plain local filesystem: one level of stacking.
             let ok = config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
