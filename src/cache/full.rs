@@ -7,7 +7,9 @@
 //! size) and the crc32c of every block, with its own checksum. The index is written before the
 //! data file appears (both by temp file and rename), so a data file without a valid index is
 //! never trusted. Reads through the daemon verify the crc of each block they take from the
-//! file; a file handed to the kernel is verified whole once per process.
+//! file; a file handed to the kernel is verified whole once per process (`verify_assembled`,
+//! which the filesystem runs in the background, after assembly or while the first opens read
+//! through the daemon).
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -22,7 +24,7 @@ use tracing::debug;
 use super::coord::{Cell, LockError};
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
 use crate::cachedir::{Area, hex_shard, is_own_file};
-use crate::object::{AssembledFiles, BlockRef, ObjectMeta, block_range};
+use crate::object::{Assembled, AssembledFiles, BlockRef, ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
 const VERSION: u32 = 1;
@@ -211,26 +213,63 @@ impl DiskCache {
     /// The assembled file of `obj`, verified, to hand to the kernel (FUSE passthrough).
     /// Blocking: the first open in this process reads the whole file to check it.
     pub fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
+        match self.open_if_verified(obj) {
+            Assembled::Verified(f) => Some(f),
+            Assembled::Unverified if self.verify_assembled(obj) => match self.open_if_verified(obj) {
+                Assembled::Verified(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The assembled file of `obj` if this process has verified it whole (its last access
+    /// recorded, counted as a hit); `Unverified` when it is there but not verified yet. Reads
+    /// no data: opens the file and its index and checks they describe `obj`.
+    pub fn open_if_verified(&self, obj: &ObjectMeta) -> Assembled {
         let (object, _) = self.assembled_hash(obj);
-        let (file, index) = self.open_full(&object, &obj.key, &obj.etag, obj.size)?;
-        let meta = file.metadata().ok()?;
+        let Some((file, _)) = self.open_full(&object, &obj.key, &obj.etag, obj.size) else {
+            return Assembled::Absent;
+        };
+        let Ok(meta) = file.metadata() else {
+            return Assembled::Absent;
+        };
         let (key, tag) = file_identity(&file, &meta);
         if self.verified_full.get(&key) != Some(tag) {
-            let mut buf = vec![0u8; self.cfg.block_size as usize];
-            for (i, want) in index.crcs.iter().enumerate() {
-                let r = block_range(i as u64, self.cfg.block_size, obj.size);
-                let b = &mut buf[..r.len() as usize];
-                if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
-                    self.reject_full(&self.full_path(&object), "block checksum mismatch");
-                    return None;
-                }
-            }
-            self.verified_full.insert(key, tag);
+            return Assembled::Unverified;
         }
         // Last access, for LRU eviction.
         super::touch(&file);
         self.stats.hits.inc();
-        Some(file)
+        Assembled::Verified(file)
+    }
+
+    /// Reads the assembled file of `obj` whole and checks each block against its index
+    /// (blocking). A file that fails is removed. True when verified: this process then hands
+    /// it out (`open_if_verified`) until it is removed or replaced.
+    pub fn verify_assembled(&self, obj: &ObjectMeta) -> bool {
+        let (object, _) = self.assembled_hash(obj);
+        let Some((file, index)) = self.open_full(&object, &obj.key, &obj.etag, obj.size) else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        let (key, tag) = file_identity(&file, &meta);
+        if self.verified_full.get(&key) == Some(tag) {
+            return true;
+        }
+        let mut buf = vec![0u8; self.cfg.block_size as usize];
+        for (i, want) in index.crcs.iter().enumerate() {
+            let r = block_range(i as u64, self.cfg.block_size, obj.size);
+            let b = &mut buf[..r.len() as usize];
+            if file.read_exact_at(b, r.start).is_err() || crc32c::crc32c(b) != *want {
+                self.reject_full(&self.full_path(&object), "block checksum mismatch");
+                return false;
+            }
+        }
+        self.verified_full.insert(key, tag);
+        true
     }
 
     /// Assembles `obj` now (blocking). Returns whether the full file exists afterwards.
@@ -364,16 +403,31 @@ fn file_identity(file: &File, meta: &fs::Metadata) -> ((u64, u64), (u64, u64, u6
 }
 
 impl AssembledFiles for DiskCache {
-    fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
-        DiskCache::open_assembled(self, obj)
+    fn open_assembled(&self, obj: &ObjectMeta) -> Assembled {
+        self.open_if_verified(obj)
     }
 
-    fn assemble_if_complete(&self, obj: &ObjectMeta) {
-        if obj.size == 0 {
-            return;
+    fn verify_assembled(&self, obj: &ObjectMeta) -> bool {
+        DiskCache::verify_assembled(self, obj)
+    }
+
+    fn reused(&self, file: &File, touch: bool) {
+        if touch {
+            super::touch(file);
         }
-        if let Err(e) = self.assemble(obj) {
-            self.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
+        self.stats.hits.inc();
+    }
+
+    fn assemble_if_complete(&self, obj: &ObjectMeta) -> bool {
+        if obj.size == 0 {
+            return false;
+        }
+        match self.assemble(obj) {
+            Ok(done) => done,
+            Err(e) => {
+                self.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
+                false
+            }
         }
     }
 }
