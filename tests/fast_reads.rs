@@ -503,6 +503,20 @@ fn warm_opens_reuse_one_backing_file() {
         "every open is a hit"
     );
     assert_eq!(s.counts().total(), 0);
+    // With no handle open the daemon still holds the file (one descriptor); once the kernel
+    // forgets the inode (SIGHUP invalidates every name it holds), it lets go.
+    let full = the_full_file(cache.path());
+    let held = || {
+        fs::read_dir(format!("/proc/{}/fd", m.pid()))
+            .unwrap()
+            .flatten()
+            .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == full))
+            .count()
+    };
+    assert_eq!(held(), 1, "held between opens");
+    // SAFETY: a signal to the daemon this test started.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    wait_for("the held file closed after the kernel forgot its inode", || held() == 0);
 }
 
 /// After a restart the assembled file is not trusted until verified, and it is read once for

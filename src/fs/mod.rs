@@ -535,9 +535,16 @@ fn verify_bounded(
             return;
         }
     }
+    // Leaves the set even if the verification panics.
+    struct Done<'a>(&'a Mutex<std::collections::HashSet<ObjectVersion>>, ObjectVersion);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+        }
+    }
+    let _done = Done(verifying, id);
     let ok = files.verify_assembled(meta);
     tracing::debug!(key = %meta.key, ok, "assembled file verified");
-    verifying.lock().unwrap().remove(&id);
 }
 
 fn brief_kind(brief: Brief) -> FileKind {

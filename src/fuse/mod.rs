@@ -45,12 +45,22 @@ impl FuseAdapter {
         let max_read = fs.block_size().min(1 << 20) as u32;
         let inodes = fs.clone();
         metrics.set_inodes_source(move || inodes.inode_count());
+        let opens: Arc<Mutex<Opens>> = Arc::default();
+        // Idle held backing files go even when no open comes to sweep them.
+        let weak = Arc::downgrade(&opens);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(HELD_SWEEP).await;
+                let Some(opens) = weak.upgrade() else { break };
+                opens.lock().unwrap().sweep();
+            }
+        });
         FuseAdapter {
             fs,
             rt,
             metrics,
             passthrough: Arc::new(AtomicBool::new(passthrough)),
-            opens: Arc::default(),
+            opens,
             notifier: Arc::new(OnceLock::new()),
             max_read,
         }
@@ -191,7 +201,7 @@ struct Held {
 
 /// How long a held backing file with no open lasts.
 const HELD_IDLE: Duration = Duration::from_secs(300);
-/// How often idle held backing files are looked for (at an open).
+/// How often idle held backing files are looked for (at an open, and by a timer).
 const HELD_SWEEP: Duration = Duration::from_secs(30);
 /// The most backing files held, whatever the descriptor limit.
 const HELD_MAX: usize = 4096;
