@@ -220,7 +220,7 @@ fn held_max() -> usize {
     } else {
         1024
     };
-    (soft / 4).min(HELD_MAX as u64) as usize
+    (soft / 4).clamp(1, HELD_MAX as u64) as usize
 }
 
 impl Default for Opens {
@@ -284,11 +284,16 @@ impl Opens {
 
     /// Holds a newly registered backing file, making room if needed.
     fn hold(&mut self, ino: u64, etag: Arc<str>, size: u64, id: Arc<BackingId>, file: std::fs::File) {
-        if self.held_max == 0 {
-            return;
-        }
+        // Past the bound only while every held file has handles passing through to it.
         while self.held.len() >= self.held_max && !self.held.contains_key(&ino) {
-            let Some(oldest) = self.held.iter().min_by_key(|(_, h)| h.used).map(|(i, _)| *i) else {
+            // Never one that open handles pass through to: a new open of that inode must find
+            // the same backing file (the kernel refuses another one while the inode has it).
+            let by_ino = &self.by_ino;
+            let Some(oldest) = (self.held.iter())
+                .filter(|(i, _)| by_ino.get(i).is_none_or(|e| e.passthrough == 0))
+                .min_by_key(|(_, h)| h.used)
+                .map(|(i, _)| *i)
+            else {
                 break;
             };
             self.held.remove(&oldest);
