@@ -31,6 +31,9 @@ pub const S3_REQUEST_DURATION_SECONDS: &str = "s3_request_duration_seconds";
 pub const S3_BYTES: &str = "s3_bytes";
 /// Counter: opens answered with a backing file (passthrough).
 pub const PASSTHROUGH_OPENS: &str = "passthrough_opens";
+/// Counter: passthrough opens that reused a backing file already registered for the inode
+/// (no file open, index read or registration).
+pub const PASSTHROUGH_BACKING_REUSES: &str = "passthrough_backing_reuses";
 /// Counter: bytes returned to readers through the daemon.
 pub const READ_BYTES: &str = "read_bytes";
 /// Counter, label `operation`: FUSE requests handled.
@@ -201,6 +204,7 @@ pub struct Metrics {
     pub s3_bytes: Counter,
     pub read_bytes: Counter,
     pub passthrough_opens: Counter,
+    pub passthrough_backing_reuses: Counter,
     pub fuse_ops: Family<OpLabels, Counter>,
     pub fuse_errors: Family<ErrorLabels, Counter>,
     pub fuse_duration: HistogramFamily,
@@ -244,6 +248,7 @@ impl Metrics {
         let s3_bytes = Counter::default();
         let read_bytes = Counter::default();
         let passthrough_opens = Counter::default();
+        let passthrough_backing_reuses = Counter::default();
         let fuse_ops = Family::<OpLabels, Counter>::default();
         let fuse_errors = Family::<ErrorLabels, Counter>::default();
         let fuse_duration: HistogramFamily = Family::new_with_constructor(fuse_histogram);
@@ -340,6 +345,11 @@ impl Metrics {
             passthrough_opens.clone(),
         );
         registry.register(
+            PASSTHROUGH_BACKING_REUSES,
+            "Passthrough opens that reused the backing file held for the inode",
+            passthrough_backing_reuses.clone(),
+        );
+        registry.register(
             READ_BYTES,
             "Bytes returned to readers through the mount",
             read_bytes.clone(),
@@ -418,6 +428,7 @@ impl Metrics {
             s3_bytes,
             read_bytes,
             passthrough_opens,
+            passthrough_backing_reuses,
             fuse_ops,
             fuse_errors,
             fuse_duration,
@@ -563,6 +574,7 @@ mod tests {
             "s3cachefs_memory_cache_misses counter",
             "s3cachefs_memory_in_flight_blocks gauge",
             "s3cachefs_origin_degraded gauge",
+            "s3cachefs_passthrough_backing_reuses counter",
             "s3cachefs_passthrough_opens counter",
             "s3cachefs_read_bytes counter",
             "s3cachefs_s3_bytes counter",
@@ -587,6 +599,7 @@ mod tests {
             (S3_REQUESTS, "s3cachefs_s3_requests_total"),
             (S3_BYTES, "s3cachefs_s3_bytes_total"),
             (PASSTHROUGH_OPENS, "s3cachefs_passthrough_opens_total"),
+            (PASSTHROUGH_BACKING_REUSES, "s3cachefs_passthrough_backing_reuses_total"),
             (READ_BYTES, "s3cachefs_read_bytes_total"),
             (FUSE_OPERATIONS, "s3cachefs_fuse_operations_total"),
             (FUSE_ERRORS, "s3cachefs_fuse_errors_total"),

@@ -105,11 +105,33 @@ impl BlockRef {
 /// which `fs` hands to the kernel so that reads never enter the daemon (FUSE passthrough).
 /// Implemented by the disk cache; `fs` sees only this trait. Both calls do blocking I/O.
 pub trait AssembledFiles: Send + Sync {
-    /// The object as one verified local file, when it has been assembled.
-    fn open_assembled(&self, obj: &ObjectMeta) -> Option<std::fs::File>;
+    /// The object as one local file, when it has been assembled and this process has verified
+    /// it whole; `Unverified` when it is assembled but not verified yet (nothing is read then:
+    /// see `verify_assembled`). Blocking (opens the file and reads its index).
+    fn open_assembled(&self, obj: &ObjectMeta) -> Assembled;
+    /// Reads the assembled file of `obj` whole and checks every block's crc (blocking); true
+    /// when it is verified, and from then on `open_assembled` hands it out. A file that fails
+    /// is removed (its reads then go through the tiers).
+    fn verify_assembled(&self, obj: &ObjectMeta) -> bool;
+    /// A file `open_assembled` returned was used again for an open without opening it anew:
+    /// counted as a cache hit; with `touch`, its last access is recorded (for eviction).
+    fn reused(&self, file: &std::fs::File, touch: bool);
     /// Assembles the object if every block of it is cached and it is not assembled yet
-    /// (failures are the cache's to log: the object is then read block by block).
-    fn assemble_if_complete(&self, obj: &ObjectMeta);
+    /// (failures are the cache's to log: the object is then read block by block). True when
+    /// the object is assembled, now or before.
+    fn assemble_if_complete(&self, obj: &ObjectMeta) -> bool;
+}
+
+/// What [`AssembledFiles::open_assembled`] found.
+#[derive(Debug)]
+pub enum Assembled {
+    /// Assembled and verified whole by this process: safe to hand to the kernel.
+    Verified(std::fs::File),
+    /// Assembled, not verified yet by this process: its blocks may be read through the daemon
+    /// (each checked), not handed to the kernel.
+    Unverified,
+    /// Not assembled (or rejected).
+    Absent,
 }
 
 /// A half-open byte range `[start, end)`.

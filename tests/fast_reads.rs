@@ -24,6 +24,15 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Opens `rel` until an open passes through (the assembled file verified in the background).
+fn wait_passthrough(m: &Mount, port: u16, rel: &str) {
+    let before = metric(port, "s3cachefs_passthrough_opens_total");
+    wait_for("a passthrough open", || {
+        drop(fs::File::open(m.join(rel)).unwrap());
+        metric(port, "s3cachefs_passthrough_opens_total") > before
+    });
+}
+
 fn full_files(cache: &Path) -> usize {
     fs::read_dir(area_path(cache, Area::Full))
         .map(|shards| {
@@ -233,11 +242,19 @@ fn fully_cached_files_pass_through_to_the_kernel() {
     assert!(fs::read(m.join("jars/app.jar")).unwrap() == body);
     // Closing a completely read file assembles it in the cache (in the background).
     wait_for("the assembled file", || full_files(cache.path()) == 1);
+    // Verified in the background (from the page cache) right after assembly.
+    wait_passthrough(&m, port, "jars/app.jar");
     s.reset_counts();
     let reads_before = metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}");
+    let opens = metric(port, "s3cachefs_passthrough_opens_total");
     let mut a = fs::File::open(m.join("jars/app.jar")).unwrap();
     let b = fs::File::open(m.join("jars/app.jar")).unwrap();
-    assert_eq!(metric(port, "s3cachefs_passthrough_opens_total"), 2.0, "{}", m.log());
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_opens_total") - opens,
+        2.0,
+        "{}",
+        m.log()
+    );
     let mut got = Vec::new();
     a.read_to_end(&mut got).unwrap();
     assert!(got == body);
@@ -400,4 +417,184 @@ fn memory_stays_bounded_under_32_concurrent_readers() {
         "peak RSS {} MiB exceeds --max-prefetch-memory + 64 MiB",
         peak >> 20
     );
+}
+
+/// A mount with a disk cache at `cache` and metrics on a port of its own.
+fn cached_mount(s: &TestServer, cache: &Path) -> (Mount, u16) {
+    let port = free_port();
+    let m = Mount::new(
+        s,
+        BUCKET,
+        &[
+            "--cache",
+            cache.to_str().unwrap(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    (m, port)
+}
+
+/// The data file of the one assembled object in `cache`.
+fn the_full_file(cache: &Path) -> std::path::PathBuf {
+    let shard = fs::read_dir(area_path(cache, Area::Full))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::read_dir(&shard)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_none())
+        .unwrap()
+        .path()
+}
+
+/// Warm opens of a cached file reuse the backing file registered at the first passthrough
+/// open: no registration for any later open, each still counted as a passthrough open and a
+/// cache hit.
+#[test]
+fn warm_opens_reuse_one_backing_file() {
+    let s = server();
+    let body = data(3 * MIB + 11, 21);
+    s.put(BUCKET, "jars/lib.jar", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let (m, port) = cached_mount(&s, cache.path());
+    assert!(fs::read(m.join("jars/lib.jar")).unwrap() == body);
+    wait_for("the assembled file", || full_files(cache.path()) == 1);
+    wait_passthrough(&m, port, "jars/lib.jar");
+    s.reset_counts();
+    let hits = metric(port, "s3cachefs_cache_hits_total");
+    let (opens, reuses) = (
+        metric(port, "s3cachefs_passthrough_opens_total"),
+        metric(port, "s3cachefs_passthrough_backing_reuses_total"),
+    );
+    for i in 0..10u64 {
+        let f = fs::File::open(m.join("jars/lib.jar")).unwrap();
+        let mut got = vec![0u8; 1000];
+        f.read_exact_at(&mut got, i * 1000).unwrap();
+        assert!(got == body[i as usize * 1000..(i as usize + 1) * 1000]);
+    }
+    // Two open at once share the held backing file too.
+    let (a, b) = (
+        fs::File::open(m.join("jars/lib.jar")).unwrap(),
+        fs::File::open(m.join("jars/lib.jar")).unwrap(),
+    );
+    let mut tail = vec![0u8; 100];
+    b.read_exact_at(&mut tail, body.len() as u64 - 100).unwrap();
+    assert!(tail == body[body.len() - 100..]);
+    drop((a, b));
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_opens_total") - opens,
+        12.0,
+        "{}",
+        m.log()
+    );
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_backing_reuses_total") - reuses,
+        12.0,
+        "one registration, then reuses: {}",
+        m.log()
+    );
+    assert_eq!(
+        metric(port, "s3cachefs_cache_hits_total") - hits,
+        12.0,
+        "every open is a hit"
+    );
+    assert_eq!(s.counts().total(), 0);
+    // With no handle open the daemon still holds the file (one descriptor); once the kernel
+    // forgets the inode (SIGHUP invalidates every name it holds), it lets go.
+    let full = the_full_file(cache.path());
+    let held = || {
+        fs::read_dir(format!("/proc/{}/fd", m.pid()))
+            .unwrap()
+            .flatten()
+            .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == full))
+            .count()
+    };
+    assert_eq!(held(), 1, "held between opens");
+    // SAFETY: a signal to the daemon this test started.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
+    wait_for("the held file closed after the kernel forgot its inode", || held() == 0);
+}
+
+/// After a restart the assembled file is not trusted until verified, and it is read once for
+/// that, in the background: the first open reads through the daemon (each block checked), a
+/// later open passes through once the file is verified.
+#[test]
+fn after_a_restart_the_first_open_reads_through_the_daemon_then_passthrough_follows() {
+    let s = server();
+    let body = data(6 * MIB + 3, 22);
+    s.put(BUCKET, "big.bin", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let (m, _) = cached_mount(&s, cache.path());
+        assert!(fs::read(m.join("big.bin")).unwrap() == body);
+        wait_for("the assembled file", || full_files(cache.path()) == 1);
+    }
+    let (m, port) = cached_mount(&s, cache.path());
+    s.reset_counts();
+    let mut f = fs::File::open(m.join("big.bin")).unwrap();
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_opens_total"),
+        0.0,
+        "an unverified file is not handed to the kernel: {}",
+        m.log()
+    );
+    let mut got = Vec::new();
+    f.read_to_end(&mut got).unwrap();
+    assert!(got == body);
+    assert!(metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}") > 0.0);
+    drop(f);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let f = fs::File::open(m.join("big.bin")).unwrap();
+        if metric(port, "s3cachefs_passthrough_opens_total") == 1.0 {
+            let reads = metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}");
+            let mut got = vec![0u8; body.len()];
+            f.read_exact_at(&mut got, 0).unwrap();
+            assert!(got == body);
+            assert_eq!(
+                metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}"),
+                reads,
+                "read by the kernel from the backing file"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never passed through: {}", m.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.counts().get, 0, "all from the disk cache: {:?}", s.counts());
+}
+
+/// An assembled file damaged while no daemon ran is caught by the background verification
+/// (the open that starts it reads nothing), removed, and never handed to the kernel: the
+/// bytes are fetched again.
+#[test]
+fn a_file_damaged_before_a_restart_is_caught_by_the_background_verification() {
+    let s = server();
+    let body = data(5 * MIB + 7, 23);
+    s.put(BUCKET, "f.bin", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let (m, _) = cached_mount(&s, cache.path());
+        assert!(fs::read(m.join("f.bin")).unwrap() == body);
+        wait_for("the assembled file", || full_files(cache.path()) == 1);
+    }
+    let path = the_full_file(cache.path());
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[body[3 * MIB + 5] ^ 0x40], 3 * MIB as u64 + 5)
+        .unwrap();
+    drop(file);
+    let (m, port) = cached_mount(&s, cache.path());
+    // Opens that read nothing: the first starts the verification.
+    wait_for("the damaged file removed", || {
+        drop(fs::File::open(m.join("f.bin")).unwrap());
+        !path.exists()
+    });
+    assert_eq!(metric(port, "s3cachefs_passthrough_opens_total"), 0.0, "{}", m.log());
+    s.reset_counts();
+    assert!(fs::read(m.join("f.bin")).unwrap() == body);
+    assert!(s.counts().get > 0, "fetched again");
 }

@@ -6,12 +6,14 @@
 //!
 //! Next to it, `<object hash>.idx` says what the file holds (store, key, ETag, size, block
 //! size), which blocks are present and the crc32c of each, and how many of the file's bytes the
-//! ledger counts, with its own checksum. A block is written into the data file first and marked
-//! present in the index second (a new index through a temp file and a rename, under the file's
-//! shard lock), so a crash between the two leaves the block absent, never trusted. When the
-//! file is created, the index is placed before the data file, so a data file without a valid
-//! index is never trusted. Reads through the daemon verify the crc of each block they take from
-//! the file; a file handed to the kernel is verified whole once per process.
+//! ledger counts, with its own checksums. A block is written into the data file first and marked
+//! present in the index second (its entry written in place, under the file's shard lock), so a
+//! crash between the two leaves the block absent, never trusted. When the file is created, the
+//! index is placed before the data file, so a data file without a valid index is never trusted.
+//! Reads through the daemon verify the crc of each block they take from the file; a file handed
+//! to the kernel is verified whole once per process (`verify_assembled`, which the filesystem
+//! runs in the background while the first opens read through the daemon), or was filled by this
+//! process itself (`written_here`).
 //!
 //! Blocks of objects larger than a quarter of the cache's bound stay as block files (evicting an
 //! object file frees the whole object), as do blocks a reader finds without the object's size.
@@ -32,7 +34,7 @@ use tracing::debug;
 use super::coord::Cell;
 use super::{DIR_BYTES, DiskCache, Location, STALE_TMP, alloc_size};
 use crate::cachedir::{Area, hex_shard, is_own_file};
-use crate::object::{AssembledFiles, BlockRef, ObjectMeta, block_range};
+use crate::object::{Assembled, AssembledFiles, BlockRef, ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
 /// A file's (device, inode), and what tells it from a later file given that inode number
@@ -674,30 +676,73 @@ impl DiskCache {
     /// The object file of `obj`, complete and verified, to hand to the kernel (FUSE
     /// passthrough). Blocking: the first open in this process reads the whole file to check it.
     pub fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
-        let (object, _) = self.assembled_hash(obj);
-        let (file, index) = self.open_full(&object, self.cfg.source.as_str(), &obj.key, &obj.etag, obj.size)?;
-        let crcs = index.entries()?;
-        if !crcs.iter().all(Option::is_some) {
-            return None;
+        match self.open_if_verified(obj) {
+            Assembled::Verified(f) => Some(f),
+            Assembled::Unverified if self.verify_assembled(obj) => match self.open_if_verified(obj) {
+                Assembled::Verified(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
         }
-        let meta = file.metadata().ok()?;
+    }
+
+    /// The object file of `obj`, complete, if this process has verified it whole (its last access
+    /// recorded, counted as a hit); `Unverified` when it is there but not verified yet. Reads
+    /// no data: opens the file and its index and checks they describe `obj`.
+    pub fn open_if_verified(&self, obj: &ObjectMeta) -> Assembled {
+        let (object, _) = self.assembled_hash(obj);
+        let Some((file, index)) = self.open_full(&object, self.cfg.source.as_str(), &obj.key, &obj.etag, obj.size)
+        else {
+            return Assembled::Absent;
+        };
+        // Not every block there yet: not a whole object.
+        if !index.complete() {
+            return Assembled::Absent;
+        }
+        let Ok(meta) = file.metadata() else {
+            return Assembled::Absent;
+        };
         let (key, tag) = file_identity(&file, &meta);
         if self.verified_full.get(&key) != Some(tag) {
-            let mut buf = vec![0u8; self.cfg.block_size as usize];
-            for (i, want) in crcs.iter().enumerate() {
-                let r = block_range(i as u64, self.cfg.block_size, obj.size);
-                let b = &mut buf[..r.len() as usize];
-                if file.read_exact_at(b, r.start).is_err() || Some(crc32c::crc32c(b)) != *want {
-                    self.reject_full(&self.full_path(&object), "block checksum mismatch");
-                    return None;
-                }
-            }
-            self.verified_full.insert(key, tag);
+            return Assembled::Unverified;
         }
         // Last access, for LRU eviction.
         super::touch(&file);
         self.stats.hits.inc();
-        Some(file)
+        Assembled::Verified(file)
+    }
+
+    /// Reads the complete object file of `obj` whole and checks each block against its index
+    /// (blocking). A file that fails is removed. True when verified: this process then hands
+    /// it out (`open_if_verified`) until it is removed or replaced.
+    pub fn verify_assembled(&self, obj: &ObjectMeta) -> bool {
+        let (object, _) = self.assembled_hash(obj);
+        let Some((file, index)) = self.open_full(&object, self.cfg.source.as_str(), &obj.key, &obj.etag, obj.size)
+        else {
+            return false;
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        let (key, tag) = file_identity(&file, &meta);
+        if self.verified_full.get(&key) == Some(tag) {
+            return true;
+        }
+        // Only a whole object is verified (an absent block is no damage).
+        let Some(crcs) = index.entries().filter(|c| c.iter().all(Option::is_some)) else {
+            return false;
+        };
+        let mut buf = vec![0u8; self.cfg.block_size as usize];
+        for (i, want) in crcs.iter().enumerate() {
+            let r = block_range(i as u64, self.cfg.block_size, obj.size);
+            let b = &mut buf[..r.len() as usize];
+            if file.read_exact_at(b, r.start).is_err() || Some(crc32c::crc32c(b)) != *want {
+                self.reject_full(&self.full_path(&object), "block checksum mismatch");
+                return false;
+            }
+        }
+        self.verified_full.insert(key, tag);
+        true
     }
 
     /// Moves the block files of `obj` into its object file, if it is eligible (see
@@ -775,16 +820,31 @@ fn file_identity(file: &File, meta: &fs::Metadata) -> (FileKey, FileTag) {
 }
 
 impl AssembledFiles for DiskCache {
-    fn open_assembled(&self, obj: &ObjectMeta) -> Option<File> {
-        DiskCache::open_assembled(self, obj)
+    fn open_assembled(&self, obj: &ObjectMeta) -> Assembled {
+        self.open_if_verified(obj)
     }
 
-    fn assemble_if_complete(&self, obj: &ObjectMeta) {
-        if obj.size == 0 {
-            return;
+    fn verify_assembled(&self, obj: &ObjectMeta) -> bool {
+        DiskCache::verify_assembled(self, obj)
+    }
+
+    fn reused(&self, file: &File, touch: bool) {
+        if touch {
+            super::touch(file);
         }
-        if let Err(e) = self.assemble(obj) {
-            self.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
+        self.stats.hits.inc();
+    }
+
+    fn assemble_if_complete(&self, obj: &ObjectMeta) -> bool {
+        if obj.size == 0 {
+            return false;
+        }
+        match self.assemble(obj) {
+            Ok(done) => done,
+            Err(e) => {
+                self.warn(format_args!("cannot assemble {} in the disk cache: {e}", obj.key));
+                false
+            }
         }
     }
 }

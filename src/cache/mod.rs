@@ -43,10 +43,21 @@ enum Opened {
 
 /// Sets a cache file's access and modification times to now: its last access, which eviction
 /// orders by. Best effort: a file that cannot be touched is only evicted a little early.
+/// A file touched less than [`TOUCH_INTERVAL`] ago is left as it is: a hit costs one `fstat`,
+/// not a metadata write, and eviction's order is that much coarser.
 pub(crate) fn touch(file: &std::fs::File) {
     let now = std::time::SystemTime::now();
+    if let Ok(m) = file.metadata()
+        && let Ok(t) = m.modified()
+        && now.duration_since(t).is_ok_and(|age| age < TOUCH_INTERVAL)
+    {
+        return;
+    }
     let _ = file.set_times(std::fs::FileTimes::new().set_accessed(now).set_modified(now));
 }
+
+/// How stale a cache file's last access may be (see [`touch`]).
+pub(crate) const TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 use evict::is_block_name;

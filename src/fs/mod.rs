@@ -27,7 +27,7 @@ pub use error::FsError;
 use inode::{InodeTable, Node};
 
 use crate::meta::{Brief, DirListing, Entry, Namespace};
-use crate::object::{AssembledFiles, ObjectMeta};
+use crate::object::{Assembled, AssembledFiles, ObjectMeta};
 use crate::read::{BlockReader, ReadError, ReadHandle};
 
 pub const ROOT_INO: u64 = 1;
@@ -84,9 +84,10 @@ pub struct Opened {
     /// The object changed since the previous open: attributes the kernel cached (the size)
     /// belong to the old version and must be dropped.
     pub changed: bool,
-    /// The whole object as a verified local file, when the disk cache has it assembled and
-    /// passthrough is wanted: the kernel may read it directly.
-    pub backing: Option<std::fs::File>,
+    /// The version opened (ETag, size), when passthrough is wanted and the object may have
+    /// an assembled file: a backing file held for this version may serve the open
+    /// (`passed_through`), else `backing_file` looks for one.
+    pub version: Option<(Arc<str>, u64)>,
 }
 
 /// One entry of a directory stream.
@@ -123,7 +124,15 @@ struct FileHandle {
     node: Arc<Node>,
     /// The access log was told of this open.
     logged: AtomicBool,
+    /// The kernel reads a backing file for this open: nothing to assemble at release.
+    through: AtomicBool,
 }
+
+/// An object version: key and ETag.
+type ObjectVersion = (Arc<str>, Arc<str>);
+
+/// The most assembled files verified in the background at once (each reads its file whole).
+const VERIFY_AT_ONCE: usize = 2;
 
 struct DirHandle {
     node: Arc<Node>,
@@ -146,6 +155,8 @@ pub struct Fs {
     dirs: Mutex<HashMap<u64, Arc<DirHandle>>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
+    /// Assembled files being verified in the background: (key, ETag).
+    verifying: Arc<Mutex<std::collections::HashSet<ObjectVersion>>>,
 }
 
 impl Fs {
@@ -162,6 +173,7 @@ impl Fs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
+            verifying: Arc::default(),
         }
     }
 
@@ -283,36 +295,75 @@ impl Fs {
         // Reads pin the version by its ETag, which some servers' listings leave out.
         let meta = self.ns.with_etag(meta).await?;
         let (keep_cache, changed) = node.swap_open_etag(meta.etag.clone());
-        let backing = match self.passthrough_files() {
-            Some(files) => {
-                let meta = meta.clone();
-                tokio::task::spawn_blocking(move || files.open_assembled(&meta))
-                    .await
-                    .ok()
-                    .flatten()
-            }
-            None => None,
-        };
-        // The kernel reads a backing file without the daemon: this open is the read.
-        let logged = backing.is_some();
-        if let (true, Some(log)) = (logged, &self.access) {
-            log.read(&meta);
-        }
+        let version = (self.passthrough_files().is_some() && meta.size > 0).then(|| (meta.etag.clone(), meta.size));
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(
             fh,
             Arc::new(FileHandle {
                 reader: self.reader.handle(meta),
                 node,
-                logged: AtomicBool::new(logged),
+                logged: AtomicBool::new(false),
+                through: AtomicBool::new(false),
             }),
         );
         Ok(Opened {
             fh,
             keep_cache,
             changed,
-            backing,
+            version,
         })
+    }
+
+    /// The assembled file of open `fh`'s object, verified, for the kernel to read directly
+    /// (passthrough). An assembled file this process has not verified yet is not handed out:
+    /// its verification starts in the background (at most [`VERIFY_AT_ONCE`] at a time) and
+    /// this open reads through the daemon, which checks each block it takes from the file.
+    pub async fn backing_file(&self, fh: u64) -> Option<std::fs::File> {
+        let files = self.passthrough_files()?;
+        let handle = self.files.lock().unwrap().get(&fh).cloned()?;
+        let meta = handle.reader.meta().clone();
+        let found = {
+            let (files, meta) = (files.clone(), meta.clone());
+            tokio::task::spawn_blocking(move || files.open_assembled(&meta))
+                .await
+                .ok()?
+        };
+        match found {
+            Assembled::Verified(f) => Some(f),
+            Assembled::Unverified => {
+                self.verify_in_background(files, meta);
+                None
+            }
+            Assembled::Absent => None,
+        }
+    }
+
+    fn verify_in_background(&self, files: Arc<dyn AssembledFiles>, meta: ObjectMeta) {
+        let verifying = self.verifying.clone();
+        tokio::task::spawn_blocking(move || verify_bounded(&verifying, &*files, &meta));
+    }
+
+    /// Open `fh` was answered with a backing file: the kernel reads it without the daemon, so
+    /// this open is the read (access log). `reused`: the backing file was one already held for
+    /// the inode (not from `backing_file`), with whether its last access is due an update.
+    pub fn passed_through(&self, fh: u64, reused: Option<(Arc<std::fs::File>, bool)>) {
+        let Some(handle) = self.files.lock().unwrap().get(&fh).cloned() else {
+            return;
+        };
+        handle.through.store(true, Ordering::Relaxed);
+        match (reused, self.passthrough_files()) {
+            // Recording the last access writes metadata: not on a runtime worker.
+            (Some((file, true)), Some(files)) => {
+                tokio::task::spawn_blocking(move || files.reused(&file, true));
+            }
+            (Some((file, false)), Some(files)) => files.reused(&file, false),
+            _ => {}
+        }
+        if let Some(log) = &self.access
+            && !handle.logged.swap(true, Ordering::Relaxed)
+        {
+            log.read(handle.reader.meta());
+        }
     }
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
@@ -341,10 +392,20 @@ impl Fs {
     pub fn release(&self, fh: u64) {
         if let Some(handle) = self.files.lock().unwrap().remove(&fh) {
             // A file read to the end may now be complete in the disk cache: assemble it, so
-            // that the next open can hand it to the kernel.
-            if let Some(files) = self.passthrough_files() {
+            // that the next open can hand it to the kernel. One read through a backing file
+            // is assembled already.
+            if let Some(files) = self.passthrough_files()
+                && !handle.through.load(Ordering::Relaxed)
+            {
                 let meta = handle.reader.meta().clone();
-                tokio::task::spawn_blocking(move || files.assemble_if_complete(&meta));
+                let verifying = self.verifying.clone();
+                // Verified right away (from the page cache the assembly just filled), so that
+                // the next open passes through.
+                tokio::task::spawn_blocking(move || {
+                    if files.assemble_if_complete(&meta) {
+                        verify_bounded(&verifying, &*files, &meta);
+                    }
+                });
             }
         }
     }
@@ -443,6 +504,11 @@ impl Fs {
         self.inodes.forget(ino, n)
     }
 
+    /// Whether inode `ino` is still known (the kernel holds it).
+    pub fn knows(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_some()
+    }
+
     /// Number of inodes the kernel knows, the root included; reported by statfs and the
     /// `inodes` gauge.
     pub fn inode_count(&self) -> u64 {
@@ -452,6 +518,33 @@ impl Fs {
     pub fn block_size(&self) -> u64 {
         self.reader.block_size()
     }
+}
+
+/// Verifies the assembled file of `meta` (blocking), unless [`VERIFY_AT_ONCE`] verifications
+/// are running or this one is (a later open or release asks again). One already verified
+/// costs an open of the file and its index.
+fn verify_bounded(
+    verifying: &Mutex<std::collections::HashSet<ObjectVersion>>,
+    files: &dyn AssembledFiles,
+    meta: &ObjectMeta,
+) {
+    let id = (meta.key.clone(), meta.etag.clone());
+    {
+        let mut v = verifying.lock().unwrap();
+        if v.len() >= VERIFY_AT_ONCE || !v.insert(id.clone()) {
+            return;
+        }
+    }
+    // Leaves the set even if the verification panics.
+    struct Done<'a>(&'a Mutex<std::collections::HashSet<ObjectVersion>>, ObjectVersion);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+        }
+    }
+    let _done = Done(verifying, id);
+    let ok = files.verify_assembled(meta);
+    tracing::debug!(key = %meta.key, ok, "assembled file verified");
 }
 
 fn brief_kind(brief: Brief) -> FileKind {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
@@ -47,12 +47,22 @@ impl FuseAdapter {
         let max_read = fs.block_size().min(1 << 20) as u32;
         let inodes = fs.clone();
         metrics.set_inodes_source(move || inodes.inode_count());
+        let opens: Arc<Mutex<Opens>> = Arc::default();
+        // Idle held backing files go even when no open comes to sweep them.
+        let weak = Arc::downgrade(&opens);
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(HELD_SWEEP).await;
+                let Some(opens) = weak.upgrade() else { break };
+                opens.lock().unwrap().sweep();
+            }
+        });
         FuseAdapter {
             fs,
             rt,
             metrics,
             passthrough: Arc::new(AtomicBool::new(passthrough)),
-            opens: Arc::default(),
+            opens,
             notifier: Arc::new(OnceLock::new()),
             max_read,
             tuning: Tuning::default(),
@@ -160,18 +170,72 @@ struct Ctx {
 /// handles go through the page cache and the daemon, or all pass through to the same backing
 /// file. So a backing file is shared by every handle of its inode and only offered when no
 /// handle of that inode is open the other way.
-#[derive(Default)]
+///
+/// Backing files stay registered after their last handle closes (`held`), so that the next
+/// open of the same version costs no file open, index read or registration. At most
+/// `held_max` are held (least recently used go first; each holds one descriptor), one is
+/// dropped when the kernel forgets its inode, when the inode is opened at another version,
+/// and once it has gone [`HELD_IDLE`] without an open (an evicted file's space is given back
+/// to the filesystem then at the latest).
 struct Opens {
     by_ino: HashMap<u64, InodeOpens>,
     /// fh → (inode, passes through)
     handles: HashMap<u64, (u64, bool)>,
+    held: HashMap<u64, Held>,
+    held_max: usize,
+    swept: Instant,
 }
 
 #[derive(Default)]
 struct InodeOpens {
     cached: usize,
     passthrough: usize,
-    backing: Option<Arc<BackingId>>,
+}
+
+/// A registered backing file of one version of an inode's object.
+struct Held {
+    etag: Arc<str>,
+    size: u64,
+    id: Arc<BackingId>,
+    file: Arc<std::fs::File>,
+    used: Instant,
+    touched: Instant,
+}
+
+/// How long a held backing file with no open lasts.
+const HELD_IDLE: Duration = Duration::from_secs(300);
+/// How often idle held backing files are looked for (at an open, and by a timer).
+const HELD_SWEEP: Duration = Duration::from_secs(30);
+/// The most backing files held, whatever the descriptor limit.
+const HELD_MAX: usize = 4096;
+/// How often a reused backing file's last access is recorded (the cache's own interval).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+/// How many backing files may be held: [`HELD_MAX`], or a quarter of the descriptor limit.
+fn held_max() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    (soft / 4).clamp(1, HELD_MAX as u64) as usize
+}
+
+impl Default for Opens {
+    fn default() -> Opens {
+        Opens {
+            by_ino: HashMap::new(),
+            handles: HashMap::new(),
+            held: HashMap::new(),
+            held_max: held_max(),
+            swept: Instant::now(),
+        }
+    }
 }
 
 impl Opens {
@@ -182,39 +246,109 @@ impl Opens {
         let e = self.by_ino.entry(ino).or_default();
         if through {
             e.passthrough -= 1;
-            if e.passthrough == 0 {
-                e.backing = None; // closes the backing id in the kernel
-            }
         } else {
             e.cached -= 1;
         }
         if e.cached == 0 && e.passthrough == 0 {
             self.by_ino.remove(&ino);
         }
+        if let Some(h) = self.held.get_mut(&ino) {
+            h.used = Instant::now();
+        }
+    }
+
+    /// Whether `reuse` would find a backing file.
+    fn reusable(&self, ino: u64, etag: &Arc<str>, size: u64) -> bool {
+        let active = self.by_ino.get(&ino).is_some_and(|e| e.passthrough > 0);
+        self.held
+            .get(&ino)
+            .is_some_and(|h| active || (h.etag == *etag && h.size == size))
+    }
+
+    /// The held backing file of `ino` for this version, if any, with whether its last access
+    /// is due an update. Another version's is dropped, unless handles of the inode pass
+    /// through to it: the kernel takes one backing file per inode, so the open shares it and
+    /// reads that version (docs/SEMANTICS.md).
+    fn reuse(&mut self, ino: u64, etag: &Arc<str>, size: u64) -> Option<(Arc<BackingId>, Arc<std::fs::File>, bool)> {
+        let active = self.by_ino.get(&ino).is_some_and(|e| e.passthrough > 0);
+        let h = self.held.get_mut(&ino)?;
+        if !active && (h.etag != *etag || h.size != size) {
+            self.held.remove(&ino);
+            return None;
+        }
+        let now = Instant::now();
+        h.used = now;
+        let touch = now.duration_since(h.touched) >= TOUCH_EVERY;
+        if touch {
+            h.touched = now;
+        }
+        Some((h.id.clone(), h.file.clone(), touch))
+    }
+
+    /// Holds a newly registered backing file, making room if needed.
+    fn hold(&mut self, ino: u64, etag: Arc<str>, size: u64, id: Arc<BackingId>, file: std::fs::File) {
+        // Past the bound only while every held file has handles passing through to it.
+        while self.held.len() >= self.held_max && !self.held.contains_key(&ino) {
+            // Never one that open handles pass through to: a new open of that inode must find
+            // the same backing file (the kernel refuses another one while the inode has it).
+            let by_ino = &self.by_ino;
+            let Some(oldest) = (self.held.iter())
+                .filter(|(i, _)| by_ino.get(i).is_none_or(|e| e.passthrough == 0))
+                .min_by_key(|(_, h)| h.used)
+                .map(|(i, _)| *i)
+            else {
+                break;
+            };
+            self.held.remove(&oldest);
+        }
+        let now = Instant::now();
+        self.held.insert(
+            ino,
+            Held {
+                etag,
+                size,
+                id,
+                file: Arc::new(file),
+                used: now,
+                touched: now,
+            },
+        );
+    }
+
+    /// Drops held backing files that have gone [`HELD_IDLE`] without an open and have no open
+    /// handle (checked every [`HELD_SWEEP`]).
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        if now.duration_since(self.swept) < HELD_SWEEP {
+            return;
+        }
+        self.swept = now;
+        let by_ino = &self.by_ino;
+        self.held.retain(|ino, h| {
+            by_ino.get(ino).is_some_and(|e| e.passthrough > 0) || now.duration_since(h.used) < HELD_IDLE
+        });
     }
 }
 
 impl Ctx {
-    /// The backing file to open `ino` with, if it may pass through (see `Opens`).
-    fn backing_for(
+    /// Registers `file` as the backing file of `ino` (this version) and holds it; `None` when
+    /// the kernel refuses it, which switches passthrough off for the mount.
+    fn register(
         &self,
         opens: &mut Opens,
         ino: u64,
-        file: Option<std::fs::File>,
+        file: std::fs::File,
+        etag: Arc<str>,
+        size: u64,
         reply: &ReplyOpen,
     ) -> Option<Arc<BackingId>> {
-        let entry = opens.by_ino.entry(ino).or_default();
-        if let Some(id) = &entry.backing {
-            return Some(id.clone());
-        }
-        let file = file?;
-        if entry.cached > 0 || !self.passthrough.load(Ordering::Relaxed) {
+        if !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
         match reply.open_backing(&file) {
             Ok(id) => {
                 let id = Arc::new(id);
-                entry.backing = Some(id.clone());
+                opens.hold(ino, etag, size, id.clone(), file);
                 Some(id)
             }
             Err(e) => {
@@ -360,7 +494,11 @@ impl Filesystem for FuseAdapter {
     // element type is not public).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.metrics.fuse_op("forget");
-        if self.fs.forget(ino.0, nlookup) {
+        let gone = self.fs.forget(ino.0, nlookup);
+        if !self.fs.knows(ino.0) {
+            self.opens.lock().unwrap().held.remove(&ino.0);
+        }
+        if gone {
             self.trim_memory();
         }
     }
@@ -392,14 +530,43 @@ impl Filesystem for FuseAdapter {
                     } else {
                         FopenFlags::empty()
                     };
+                    let wanted = o.version.clone().filter(|_| this.passthrough.load(Ordering::Relaxed));
+                    // A backing file held for this version: nothing to open or register.
+                    let mut file = None;
+                    if let Some((etag, size)) = &wanted {
+                        let held = {
+                            let mut opens = this.opens.lock().unwrap();
+                            opens.sweep();
+                            opens.reusable(ino.0, etag, *size)
+                        };
+                        if !held {
+                            file = fs.backing_file(o.fh).await;
+                        }
+                    }
                     let mut opens = this.opens.lock().unwrap();
-                    let backing = this.backing_for(&mut opens, ino.0, o.backing, &reply);
+                    let cached = opens.by_ino.get(&ino.0).is_some_and(|e| e.cached > 0);
+                    let mut reused = None;
+                    let backing = match wanted {
+                        // Passthrough only while no handle of the inode reads through the daemon.
+                        Some(_) if cached => None,
+                        Some((etag, size)) => match opens.reuse(ino.0, &etag, size) {
+                            Some((id, f, touch)) => {
+                                this.metrics.passthrough_backing_reuses.inc();
+                                reused = Some((f, touch));
+                                Some(id)
+                            }
+                            None => file.and_then(|f| this.register(&mut opens, ino.0, f, etag, size, &reply)),
+                        },
+                        None => None,
+                    };
                     let entry = opens.by_ino.entry(ino.0).or_default();
                     match backing {
                         Some(id) => {
                             entry.passthrough += 1;
                             opens.handles.insert(o.fh, (ino.0, true));
+                            drop(opens);
                             this.metrics.passthrough_opens.inc();
+                            fs.passed_through(o.fh, reused);
                             // The kernel refuses page-cache flags (keep_cache) on passthrough
                             // opens: the backing file has its own page cache.
                             reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id)
