@@ -14,7 +14,12 @@
 //! - A run is a *scan* once it has no holes and either starts at offset 0 (whole-file reads are
 //!   the common case) or covers `SCAN_MIN_RUN` bytes. The window then starts at one block and
 //!   doubles with each read that continues the run without holes, or fills a hole, up to the
-//!   reader's maximum (shared between the handles scanning at the same time). Those reads and
+//!   reader's maximum (shared between the handles scanning at the same time). A scan of a large
+//!   object that starts with a large read at offset 0 (how a whole file is read: `cp`, `cat`, a
+//!   class loader copying a JAR) opens its window at once to `FAST_START` bytes (at most a
+//!   quarter of the reader's maximum) when no other handle is scanning and the object is larger
+//!   than that window: the first block's GET and the next ones' go out together, instead of one
+//!   more round trip per doubling. Those reads and
 //!   the next `window` blocks are fetched through whole blocks of the tier chain. A forward jump
 //!   or a re-read inside a scan is served through whole blocks too, but neither grows the window
 //!   nor prefetches: a scan that turns into skips stops prefetching at once, and its window is
@@ -50,6 +55,16 @@ const SCAN_MIN_RUN: u64 = 2 << 20;
 
 /// Holes remembered per handle; when a run has more, the oldest counts as a skip.
 const MAX_HOLES: usize = 8;
+
+/// The window a fast start opens (see the module docs): bytes that 20 ms of S3 first-byte
+/// latency hides at several hundred MB/s, as many 1 MiB blocks as the default prefetch
+/// concurrency sends at once. Measured in benches/e2e.rs (docs/BENCHMARKS.md, "Cold window").
+pub const FAST_START: u64 = 16 << 20;
+
+/// The smallest first read at offset 0 that makes a fast start: the kernel sends a streaming
+/// reader's first request at 128 KiB or more (its initial read-ahead), a peek at a header (a
+/// magic number, a Parquet or ORC reader's first bytes) much less.
+const FAST_START_MIN_READ: u64 = 128 << 10;
 
 /// Objects of at most this many blocks are fetched whole at their first read: the blocks cost
 /// about as much time as the exact range, and the rest of the object is usually read next.
@@ -233,7 +248,20 @@ impl ReadHandle {
                 // share of the total, so prefetched blocks are not evicted before they are read.
                 let sharers = self.reader.sequential_handles.load(Ordering::Relaxed).max(1);
                 let cap = (self.reader.max_window / sharers).max(1);
-                st.window = (st.window * 2).clamp(1, cap);
+                // At most a quarter of the read-ahead memory, and only for an object larger
+                // than that: a window covering a whole object would only fill memory sooner.
+                let fast_window = (FAST_START / bs).min(self.reader.max_window / 4).min(cap);
+                let fast = st.window == 0
+                    && step == Step::NewRun
+                    && offset == 0
+                    && end - offset >= FAST_START_MIN_READ
+                    && sharers == 1
+                    && blocks > fast_window;
+                st.window = if fast {
+                    fast_window.max(1)
+                } else {
+                    (st.window * 2).clamp(1, cap)
+                };
                 let ahead = st.run.hi.div_ceil(bs);
                 let from = ahead.max(st.prefetched_to);
                 let to = (ahead + st.window).min(blocks);
@@ -424,6 +452,43 @@ mod tests {
         let skips = total - scan;
         assert!(2 * skips <= 3 * read, "fetched {skips} for {read} read while skipping");
         assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 0, "no longer a scan");
+    }
+
+    #[tokio::test]
+    async fn a_large_object_read_from_the_start_opens_its_window_at_once() {
+        // 1 MiB blocks and 128 MiB of memory: windows of up to 64 blocks.
+        let (s, r, meta, d) = setup_with(64 * MIB as usize, MIB, 128 * MIB).await;
+        let h = r.handle(meta.clone());
+        check(&h, &d, 0, 128 << 10).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first block and the whole fast-start window, at the first read.
+        let n = 1 + FAST_START / MIB;
+        assert_eq!(fetched(&s), (n, n * MIB));
+        // Then it doubles as before, each block once.
+        check_pieces(&h, &d, 128 << 10, meta.size - (128 << 10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (64, meta.size));
+    }
+
+    #[tokio::test]
+    async fn a_peek_or_a_second_scan_starts_with_one_block() {
+        let (s, r, meta, d) = setup_with(64 * MIB as usize, MIB, 128 * MIB).await;
+        let d2 = data(64 * MIB as usize, 9);
+        s.inner().put("obj2", d2.clone());
+        let meta2 = s.inner().head("obj2").await.unwrap();
+        // A 4 KiB read at offset 0 (a header's magic): the block and the next one.
+        let peek = r.handle(meta.clone());
+        check(&peek, &d, 0, 4096).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (2, 2 * MIB));
+        // That handle is scanning: a large first read of another object now shares the memory
+        // and starts with one block too.
+        let h = r.handle(meta2);
+        check(&h, &d2, 0, MIB as u32).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (4, 4 * MIB));
+        drop(peek);
+        assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
