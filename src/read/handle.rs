@@ -18,8 +18,10 @@
 //!   object that starts with a large read at offset 0 (how a whole file is read: `cp`, `cat`, a
 //!   class loader copying a JAR) opens its window at once to `FAST_START` bytes (at most a
 //!   quarter of the reader's maximum) when no other handle is scanning and the object is larger
-//!   than that window: the first block's GET and the next ones' go out together, instead of one
-//!   more round trip per doubling. Those reads and
+//!   than that window: once the first block is back, the whole window is requested at once,
+//!   instead of one more round trip per doubling. The first block is fetched alone so that its
+//!   first byte is not slowed by the window's GETs, and a failing tier below (a dead shared
+//!   bucket behind its breaker) sees one failure, not a burst. Those reads and
 //!   the next `window` blocks are fetched through whole blocks of the tier chain. A forward jump
 //!   or a re-read inside a scan is served through whole blocks too, but neither grows the window
 //!   nor prefetches: a scan that turns into skips stops prefetching at once, and its window is
@@ -182,6 +184,8 @@ struct State {
     window: u64,
     /// Blocks below this index have already been requested for prefetch.
     prefetched_to: u64,
+    /// A fast start's window waits for its first read to be answered before it is sent.
+    held: bool,
 }
 
 pub struct ReadHandle {
@@ -221,13 +225,14 @@ impl ReadHandle {
         if blocks <= SMALL_OBJECT_BLOCKS {
             return self.read_small(offset, len, blocks).await;
         }
-        let (scanning, prefetch) = {
+        let (scanning, prefetch, fast) = {
             let mut st = self.state.lock().unwrap();
             let (step, skipped) = st.run.observe(offset, end);
             if (step == Step::NewRun || skipped) && st.window > 0 {
                 self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
                 st.window = 0;
                 st.prefetched_to = 0;
+                st.held = false;
             }
             let evidence = match step {
                 Step::Fill => true,
@@ -262,23 +267,51 @@ impl ReadHandle {
                 } else {
                     (st.window * 2).clamp(1, cap)
                 };
-                let ahead = st.run.hi.div_ceil(bs);
-                let from = ahead.max(st.prefetched_to);
-                let to = (ahead + st.window).min(blocks);
-                st.prefetched_to = st.prefetched_to.max(to);
-                (true, from..to)
+                st.held |= fast;
+                (true, self.take_window(&mut st, blocks), fast)
             } else {
-                (st.window > 0, 0..0)
+                (st.window > 0, 0..0, false)
             }
         };
         for index in prefetch {
             self.reader.prefetch(&self.meta, index);
         }
-        if scanning {
+        let got = if scanning {
             self.reader.read(&self.meta, offset, len).await
         } else {
             self.reader.read_random(&self.meta, offset, len).await
+        };
+        if fast {
+            // The first block came back alone (its first byte is not slowed by the window's
+            // GETs, and a failing tier below has failed once, not once per block): now the
+            // window, as it has grown since.
+            let prefetch = {
+                let mut st = self.state.lock().unwrap();
+                let held = std::mem::replace(&mut st.held, false);
+                if held && got.is_ok() {
+                    self.take_window(&mut st, blocks)
+                } else {
+                    0..0
+                }
+            };
+            for index in prefetch {
+                self.reader.prefetch(&self.meta, index);
+            }
         }
+        got
+    }
+
+    /// The blocks of the window not requested yet (none while a fast start is held), marked
+    /// as requested.
+    fn take_window(&self, st: &mut State, blocks: u64) -> std::ops::Range<u64> {
+        if st.held {
+            return 0..0;
+        }
+        let ahead = st.run.hi.div_ceil(self.reader.block_size);
+        let from = ahead.max(st.prefetched_to);
+        let to = (ahead + st.window).min(blocks);
+        st.prefetched_to = st.prefetched_to.max(to);
+        from..to
     }
 
     /// A small object: every read through its blocks, and the first one fetches them all.
