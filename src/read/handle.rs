@@ -504,6 +504,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_object_no_larger_than_the_fast_window_ramps_up_from_one_block() {
+        // 16 blocks: a fast-start window would be the whole object.
+        let (s, r, meta, d) = setup_with(16 * MIB as usize, MIB, 128 * MIB).await;
+        let h = r.handle(meta.clone());
+        check(&h, &d, 0, MIB as u32).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (2, 2 * MIB), "the block and the next one");
+    }
+
+    #[tokio::test]
     async fn a_peek_or_a_second_scan_starts_with_one_block() {
         let (s, r, meta, d) = setup_with(64 * MIB as usize, MIB, 128 * MIB).await;
         let d2 = data(64 * MIB as usize, 9);
