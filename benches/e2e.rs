@@ -31,10 +31,14 @@ use support::sys::{self, CpuSnapshot, CpuUse};
 use support::workload::{self, BUCKET, Object, Offsets, Workload};
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [(&str, &str); 14] = [
+const SCENARIOS: [(&str, &str); 15] = [
     (
         "local",
         "read the JARs from a local directory (page cache dropped, then warm)",
+    ),
+    (
+        "direct",
+        "download the JARs one after another with aws-sdk-s3 directly (the reference of cold)",
     ),
     ("cold", "read the JARs through a fresh mount with an empty cache"),
     ("warm", "read the JARs again through the same mount"),
@@ -92,10 +96,11 @@ struct Args {
     /// Smoke-test preset: scale 0.05, latency 20 ms (explicit --scale/--latency-ms win)
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (comma-separated): local, cold, warm, remount, readers4, mounts4, ls,
-    /// ceiling, seq, random, columnar, nodes1, nodes8, node9, or `jars` (= local,cold,warm,remount) or `shared`
-    /// (= nodes1,nodes8,node9). warm/remount also run cold and local; seq also runs ceiling (its
-    /// reference); node9 also runs nodes8, nodes8 runs nodes1, and nodes1 runs cold.
+    /// Run only these scenarios (comma-separated): local, direct, cold, warm, remount, readers4, mounts4,
+    /// ls, ceiling, seq, random, columnar, nodes1, nodes8, node9, or `jars` (= local,direct,cold,warm,remount)
+    /// or `shared` (= nodes1,nodes8,node9). warm/remount also run cold and local; cold also runs direct
+    /// and seq also runs ceiling (their references); node9 also runs nodes8, nodes8 runs nodes1, and
+    /// nodes1 runs cold.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Delay before every response head of the shared-tier buckets, in ms [default: --latency-ms].
@@ -124,10 +129,11 @@ struct Args {
     /// Bytes per random read, in KiB
     #[arg(long, default_value_t = 64)]
     random_kib: u64,
-    /// Concurrent GETs of the ceiling client
+    /// Concurrent GETs of the ceiling client (and of the direct client, per large JAR)
     #[arg(long, default_value_t = 16)]
     ceiling_concurrency: usize,
-    /// Bytes per ranged GET of the ceiling client, in MiB
+    /// Bytes per ranged GET of the ceiling client, in MiB; the direct client fetches a JAR of at
+    /// most this size with one GET, a larger one in ranged GETs of this size
     #[arg(long, default_value_t = 8)]
     ceiling_part_mib: u64,
     /// Extra flag for every `s3cachefs mount` (repeatable), e.g. --mount-arg=--block-size=8MiB
@@ -158,7 +164,7 @@ fn main() -> anyhow::Result<()> {
     let w = workload::build(
         scale,
         [
-            "local", "cold", "warm", "remount", "readers4", "mounts4", "nodes1", "nodes8", "node9",
+            "local", "direct", "cold", "warm", "remount", "readers4", "mounts4", "nodes1", "nodes8", "node9",
         ]
         .iter()
         .any(|s| on(s)),
@@ -232,7 +238,7 @@ fn select(only: &[String]) -> anyhow::Result<Vec<String>> {
     for name in only.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         match name {
             "all" => want.extend(SCENARIOS.iter().map(|s| s.0.to_string())),
-            "jars" => want.extend(["local", "cold", "warm", "remount"].map(String::from)),
+            "jars" => want.extend(["local", "direct", "cold", "warm", "remount"].map(String::from)),
             "shared" => want.extend(["nodes1", "nodes8", "node9"].map(String::from)),
             n if SCENARIOS.iter().any(|s| s.0 == n) => want.push(n.to_string()),
             n => bail!(
@@ -261,6 +267,9 @@ fn select(only: &[String]) -> anyhow::Result<Vec<String>> {
     }
     if has(&want, "nodes1") {
         want.push("cold".into());
+    }
+    if has(&want, "cold") {
+        want.push("direct".into());
     }
     Ok(SCENARIOS
         .iter()
@@ -339,6 +348,9 @@ impl Bench {
     fn run(&mut self, on: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
         if on("local") {
             self.local(on("warm"))?;
+        }
+        if on("direct") {
+            self.direct()?;
         }
         if on("cold") {
             self.jars(on("warm"), on("remount"))?;
@@ -569,6 +581,79 @@ impl Bench {
             .collect())
     }
 
+    /// `jars direct`: the reference of `jars cold`. aws-sdk-s3 in the bench process lists the
+    /// JARs' prefix and downloads the keys one after another, the way `aws s3 cp` fetches one
+    /// key: one GET of the whole object up to --ceiling-part-mib, else ranged GETs of that size,
+    /// --ceiling-concurrency at a time. Bytes are checked, as the cold read through a mount does.
+    fn direct(&mut self) -> anyhow::Result<()> {
+        let jars: Vec<(String, bytes::Bytes)> = self.w.jars.iter().map(|o| (o.key.clone(), o.data.clone())).collect();
+        let total = self.w.jar_bytes();
+        let part = self.args.ceiling_part_mib << 20;
+        let concurrency = self.args.ceiling_concurrency.max(1);
+        let endpoint = self.target.endpoint.clone();
+        ensure!(
+            jars.iter().all(|(k, _)| k.starts_with("jars/")),
+            "every JAR is under jars/"
+        );
+        self.reset();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let m = Measure::start(&[]);
+        let split = rt.block_on(async move {
+            let client = direct_client(&endpoint);
+            // The sizes from a listing, as `aws s3 cp --recursive` learns them.
+            let mut sizes = HashMap::new();
+            let mut token = None;
+            loop {
+                let out = client
+                    .list_objects_v2()
+                    .bucket(BUCKET)
+                    .prefix("jars/")
+                    .set_continuation_token(token)
+                    .send()
+                    .await?;
+                for o in out.contents() {
+                    sizes.insert(o.key().unwrap_or_default().to_string(), o.size().unwrap_or(0) as u64);
+                }
+                match out.next_continuation_token() {
+                    Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            let mut split = Split::default();
+            for (key, data) in &jars {
+                ensure!(
+                    sizes.get(key) == Some(&(data.len() as u64)),
+                    "direct: {key} listed with another size"
+                );
+                let t = Instant::now();
+                download(&client, key, data, part, concurrency).await?;
+                split.add(data.len() as u64, t.elapsed(), part);
+            }
+            anyhow::Ok(split)
+        })?;
+        let (elapsed, cpu) = m.stop();
+        self.refs.insert("jars direct", elapsed);
+        let row = Row {
+            name: "jars direct (aws-sdk-s3)".into(),
+            page_cache: "n/a (no filesystem)".into(),
+            elapsed,
+            app_bytes: Some(total),
+            needed_bytes: Some(total),
+            counts: self.counts(),
+            rss_kib: vec![],
+            vs: None,
+            cpu: Some(cpu),
+            notes: format!(
+                "aws-sdk-s3 in the bench process: LIST, then one key after another, one GET per key up to {} MiB, \
+                 else {concurrency} concurrent ranged GETs of that size; {}; bytes verified",
+                self.args.ceiling_part_mib,
+                split.describe(part)
+            ),
+        };
+        self.push(row);
+        Ok(())
+    }
+
     /// `jars cold`, `jars warm` (same mount) and `jars remount` (same cache, new daemon).
     fn jars(&mut self, warm: bool, remount: bool) -> anyhow::Result<()> {
         let total = self.w.jar_bytes();
@@ -577,10 +662,32 @@ impl Bench {
         let mnt = d.mnt().to_path_buf();
         let page_cache = self.cold_start();
         self.reset();
+        let part = self.args.ceiling_part_mib << 20;
+        let mut split = Split::default();
+        let mut buf = vec![0u8; READ_BUF];
         let m = Measure::start(&[&d]);
-        read_tree(&mnt, &self.w.jars, true)?;
+        for o in &self.w.jars {
+            let t = Instant::now();
+            let first = read_file_timed(&mnt.join(&o.key), &o.data, true, &mut buf)?;
+            split.add(o.data.len() as u64, t.elapsed(), part);
+            if o.data.len() as u64 > part {
+                split.first_read += first;
+                println!(
+                    "  {}: {:.1} MB, first byte after {:.1} ms, whole file {:.1} ms",
+                    o.key,
+                    o.data.len() as f64 / MB,
+                    first.as_secs_f64() * 1e3,
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
         let (elapsed, cpu) = m.stop();
         self.refs.insert("jars cold", elapsed);
+        let vs = [
+            self.vs(elapsed, "local cold", "jars local"),
+            self.time_vs(elapsed, "jars direct", "jars direct"),
+        ];
+        let vs: Vec<String> = vs.into_iter().flatten().collect();
         let row = Row {
             name: "jars cold".into(),
             page_cache,
@@ -589,9 +696,13 @@ impl Bench {
             needed_bytes: Some(total),
             counts: self.counts(),
             rss_kib: d.peak_rss_kib().into_iter().collect(),
-            vs: self.vs(elapsed, "local cold", "jars local"),
+            vs: (!vs.is_empty()).then(|| vs.join(", ")),
             cpu: Some(cpu),
-            notes: "empty --cache dir; mount time excluded; bytes verified".into(),
+            notes: format!(
+                "empty --cache dir; mount time excluded; {}; open to first byte of the larger files: {:.2} s in all; bytes verified",
+                split.describe(part),
+                split.first_read.as_secs_f64()
+            ),
         };
         self.push(row);
 
@@ -804,44 +915,8 @@ impl Bench {
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let m = Measure::start(&[]);
         rt.block_on(async move {
-            use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-            use futures::StreamExt;
-            let conf = aws_sdk_s3::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new("us-east-1"))
-                .endpoint_url(endpoint)
-                .credentials_provider(Credentials::new("AKIDTESTKEY", "test-secret-key", None, None, "bench"))
-                .force_path_style(true)
-                .build();
-            let client = aws_sdk_s3::Client::from_conf(conf);
-            let size = data.len() as u64;
-            let results: Vec<anyhow::Result<()>> = futures::stream::iter((0..size.div_ceil(part)).map(|i| {
-                let (client, key, data) = (client.clone(), key.clone(), data.clone());
-                async move {
-                    let start = i * part;
-                    let end = (start + part).min(size);
-                    let resp = client
-                        .get_object()
-                        .bucket(BUCKET)
-                        .key(&key)
-                        .range(format!("bytes={start}-{}", end - 1))
-                        .send()
-                        .await?;
-                    let body = resp.body.collect().await?.into_bytes();
-                    ensure!(
-                        body[..] == data[start as usize..end as usize],
-                        "ceiling: bytes differ at {start}"
-                    );
-                    Ok(())
-                }
-            }))
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-            for r in results {
-                r?;
-            }
-            anyhow::Ok(())
+            let client = direct_client(&endpoint);
+            download(&client, &key, &data, part, concurrency).await
         })?;
         let (elapsed, cpu) = m.stop();
         self.refs.insert("ceiling", elapsed);
@@ -886,7 +961,10 @@ impl Bench {
             rss_kib: d.peak_rss_kib().into_iter().collect(),
             vs: self.vs(elapsed, "ceiling", "ceiling"),
             cpu: Some(cpu),
-            notes: "fresh mount, empty --cache dir, 1 MiB read()s; bytes verified".into(),
+            notes: format!(
+                "fresh mount, empty --cache dir, 1 MiB read()s; daemon {:.2} CPU-s/GiB; bytes verified",
+                cpu.daemons / (len as f64 / (1u64 << 30) as f64)
+            ),
         };
         self.push(row);
         // The same file again right after its cold read (same mount: assembly and its
@@ -1401,6 +1479,89 @@ impl Bench {
     }
 }
 
+/// Time spent on the JARs fetched with one GET by the direct client (at most `part` bytes) and
+/// on the larger ones, per reader.
+#[derive(Default)]
+struct Split {
+    small: (usize, Duration),
+    large: (usize, Duration),
+    /// From `open` to the first byte of each larger file, summed (cold reads through a mount).
+    first_read: Duration,
+}
+
+impl Split {
+    fn add(&mut self, size: u64, took: Duration, part: u64) {
+        let class = if size <= part { &mut self.small } else { &mut self.large };
+        class.0 += 1;
+        class.1 += took;
+    }
+
+    fn describe(&self, part: u64) -> String {
+        format!(
+            "{} files ≤ {} MiB: {:.2} s, {} larger: {:.2} s",
+            self.small.0,
+            part >> 20,
+            self.small.1.as_secs_f64(),
+            self.large.0,
+            self.large.1.as_secs_f64()
+        )
+    }
+}
+
+/// An aws-sdk-s3 client of the test server for the direct rows (`ceiling`, `jars direct`).
+fn direct_client(endpoint: &str) -> aws_sdk_s3::Client {
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("AKIDTESTKEY", "test-secret-key", None, None, "bench"))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Downloads `key` the way `aws s3 cp` does: one GET of the whole object when it is at most
+/// `part` bytes, else ranged GETs of `part` bytes, `concurrency` at a time. Checks the bytes
+/// against `data`.
+async fn download(
+    client: &aws_sdk_s3::Client,
+    key: &str,
+    data: &bytes::Bytes,
+    part: u64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let size = data.len() as u64;
+    if size <= part {
+        let resp = client.get_object().bucket(BUCKET).key(key).send().await?;
+        let body = resp.body.collect().await?.into_bytes();
+        ensure!(body == *data, "direct: bytes of {key} differ");
+        return Ok(());
+    }
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter((0..size.div_ceil(part)).map(|i| async move {
+        let start = i * part;
+        let end = (start + part).min(size);
+        let resp = client
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1))
+            .send()
+            .await?;
+        let body = resp.body.collect().await?.into_bytes();
+        ensure!(
+            body[..] == data[start as usize..end as usize],
+            "{key}: bytes differ at {start}"
+        );
+        Ok(())
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    results.into_iter().collect()
+}
+
 fn human(bytes: u64) -> String {
     if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{}GiB", bytes >> 30)
@@ -1411,12 +1572,20 @@ fn human(bytes: u64) -> String {
 
 /// Reads `path` to the end with `buf`-sized read()s; checks the length, and the bytes if `verify`.
 fn read_file(path: &Path, expect: &[u8], verify: bool, buf: &mut [u8]) -> anyhow::Result<u64> {
+    read_file_timed(path, expect, verify, buf).map(|_| expect.len() as u64)
+}
+
+/// [`read_file`], returning the time from before `open` to the end of the first read().
+fn read_file_timed(path: &Path, expect: &[u8], verify: bool, buf: &mut [u8]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut first = None;
     let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut off = 0usize;
     loop {
         let n = f
             .read(buf)
             .with_context(|| format!("read {} at {off}", path.display()))?;
+        first.get_or_insert_with(|| t.elapsed());
         if n == 0 {
             break;
         }
@@ -1432,7 +1601,7 @@ fn read_file(path: &Path, expect: &[u8], verify: bool, buf: &mut [u8]) -> anyhow
         path.display(),
         expect.len()
     );
-    Ok(off as u64)
+    Ok(first.unwrap_or_default())
 }
 
 /// Reads every object of `objects` under `root` once, in order.

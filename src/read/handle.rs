@@ -14,7 +14,14 @@
 //! - A run is a *scan* once it has no holes and either starts at offset 0 (whole-file reads are
 //!   the common case) or covers `SCAN_MIN_RUN` bytes. The window then starts at one block and
 //!   doubles with each read that continues the run without holes, or fills a hole, up to the
-//!   reader's maximum (shared between the handles scanning at the same time). Those reads and
+//!   reader's maximum (shared between the handles scanning at the same time). A scan of a large
+//!   object that starts with a large read at offset 0 (how a whole file is read: `cp`, `cat`, a
+//!   class loader copying a JAR) opens its window at once to `FAST_START` bytes (at most a
+//!   quarter of the reader's maximum) when no other handle is scanning and the object is larger
+//!   than that window: once the first block is back, the whole window is requested at once,
+//!   instead of one more round trip per doubling. The first block is fetched alone so that its
+//!   first byte is not slowed by the window's GETs, and a failing tier below (a dead shared
+//!   bucket behind its breaker) sees one failure, not a burst. Those reads and
 //!   the next `window` blocks are fetched through whole blocks of the tier chain. A forward jump
 //!   or a re-read inside a scan is served through whole blocks too, but neither grows the window
 //!   nor prefetches: a scan that turns into skips stops prefetching at once, and its window is
@@ -50,6 +57,16 @@ const SCAN_MIN_RUN: u64 = 2 << 20;
 
 /// Holes remembered per handle; when a run has more, the oldest counts as a skip.
 const MAX_HOLES: usize = 8;
+
+/// The window a fast start opens (see the module docs): bytes that 20 ms of S3 first-byte
+/// latency hides at several hundred MB/s, as many 1 MiB blocks as the default prefetch
+/// concurrency sends at once. Measured in benches/e2e.rs (docs/BENCHMARKS.md, "Cold window").
+pub const FAST_START: u64 = 16 << 20;
+
+/// The smallest first read at offset 0 that makes a fast start: the kernel sends a streaming
+/// reader's first request at 128 KiB or more (its initial read-ahead), a peek at a header (a
+/// magic number, a Parquet or ORC reader's first bytes) much less.
+const FAST_START_MIN_READ: u64 = 128 << 10;
 
 /// Objects of at most this many blocks are fetched whole at their first read: the blocks cost
 /// about as much time as the exact range, and the rest of the object is usually read next.
@@ -167,6 +184,8 @@ struct State {
     window: u64,
     /// Blocks below this index have already been requested for prefetch.
     prefetched_to: u64,
+    /// A fast start's window waits for its first read to be answered before it is sent.
+    held: bool,
 }
 
 pub struct ReadHandle {
@@ -206,13 +225,14 @@ impl ReadHandle {
         if blocks <= SMALL_OBJECT_BLOCKS {
             return self.read_small(offset, len, blocks).await;
         }
-        let (scanning, prefetch) = {
+        let (scanning, prefetch, fast) = {
             let mut st = self.state.lock().unwrap();
             let (step, skipped) = st.run.observe(offset, end);
             if (step == Step::NewRun || skipped) && st.window > 0 {
                 self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
                 st.window = 0;
                 st.prefetched_to = 0;
+                st.held = false;
             }
             let evidence = match step {
                 Step::Fill => true,
@@ -233,24 +253,65 @@ impl ReadHandle {
                 // share of the total, so prefetched blocks are not evicted before they are read.
                 let sharers = self.reader.sequential_handles.load(Ordering::Relaxed).max(1);
                 let cap = (self.reader.max_window / sharers).max(1);
-                st.window = (st.window * 2).clamp(1, cap);
-                let ahead = st.run.hi.div_ceil(bs);
-                let from = ahead.max(st.prefetched_to);
-                let to = (ahead + st.window).min(blocks);
-                st.prefetched_to = st.prefetched_to.max(to);
-                (true, from..to)
+                // At most a quarter of the read-ahead memory, and only for an object larger
+                // than that: a window covering a whole object would only fill memory sooner.
+                let fast_window = (FAST_START / bs).min(self.reader.max_window / 4).min(cap);
+                let fast = st.window == 0
+                    && step == Step::NewRun
+                    && offset == 0
+                    && end - offset >= FAST_START_MIN_READ
+                    && sharers == 1
+                    && blocks > fast_window;
+                st.window = if fast {
+                    fast_window.max(1)
+                } else {
+                    (st.window * 2).clamp(1, cap)
+                };
+                st.held |= fast;
+                (true, self.take_window(&mut st, blocks), fast)
             } else {
-                (st.window > 0, 0..0)
+                (st.window > 0, 0..0, false)
             }
         };
         for index in prefetch {
             self.reader.prefetch(&self.meta, index);
         }
-        if scanning {
+        let got = if scanning {
             self.reader.read(&self.meta, offset, len).await
         } else {
             self.reader.read_random(&self.meta, offset, len).await
+        };
+        if fast {
+            // The first block came back alone (its first byte is not slowed by the window's
+            // GETs, and a failing tier below has failed once, not once per block): now the
+            // window, as it has grown since.
+            let prefetch = {
+                let mut st = self.state.lock().unwrap();
+                let held = std::mem::replace(&mut st.held, false);
+                if held && got.is_ok() {
+                    self.take_window(&mut st, blocks)
+                } else {
+                    0..0
+                }
+            };
+            for index in prefetch {
+                self.reader.prefetch(&self.meta, index);
+            }
         }
+        got
+    }
+
+    /// The blocks of the window not requested yet (none while a fast start is held), marked
+    /// as requested.
+    fn take_window(&self, st: &mut State, blocks: u64) -> std::ops::Range<u64> {
+        if st.held {
+            return 0..0;
+        }
+        let ahead = st.run.hi.div_ceil(self.reader.block_size);
+        let from = ahead.max(st.prefetched_to);
+        let to = (ahead + st.window).min(blocks);
+        st.prefetched_to = st.prefetched_to.max(to);
+        from..to
     }
 
     /// A small object: every read through its blocks, and the first one fetches them all.
@@ -424,6 +485,53 @@ mod tests {
         let skips = total - scan;
         assert!(2 * skips <= 3 * read, "fetched {skips} for {read} read while skipping");
         assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 0, "no longer a scan");
+    }
+
+    #[tokio::test]
+    async fn a_large_object_read_from_the_start_opens_its_window_at_once() {
+        // 1 MiB blocks and 128 MiB of memory: windows of up to 64 blocks.
+        let (s, r, meta, d) = setup_with(64 * MIB as usize, MIB, 128 * MIB).await;
+        let h = r.handle(meta.clone());
+        check(&h, &d, 0, 128 << 10).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first block and the whole fast-start window, at the first read.
+        let n = 1 + FAST_START / MIB;
+        assert_eq!(fetched(&s), (n, n * MIB));
+        // Then it doubles as before, each block once.
+        check_pieces(&h, &d, 128 << 10, meta.size - (128 << 10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (64, meta.size));
+    }
+
+    #[tokio::test]
+    async fn an_object_no_larger_than_the_fast_window_ramps_up_from_one_block() {
+        // 16 blocks: a fast-start window would be the whole object.
+        let (s, r, meta, d) = setup_with(16 * MIB as usize, MIB, 128 * MIB).await;
+        let h = r.handle(meta.clone());
+        check(&h, &d, 0, MIB as u32).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (2, 2 * MIB), "the block and the next one");
+    }
+
+    #[tokio::test]
+    async fn a_peek_or_a_second_scan_starts_with_one_block() {
+        let (s, r, meta, d) = setup_with(64 * MIB as usize, MIB, 128 * MIB).await;
+        let d2 = data(64 * MIB as usize, 9);
+        s.inner().put("obj2", d2.clone());
+        let meta2 = s.inner().head("obj2").await.unwrap();
+        // A 4 KiB read at offset 0 (a header's magic): the block and the next one.
+        let peek = r.handle(meta.clone());
+        check(&peek, &d, 0, 4096).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (2, 2 * MIB));
+        // That handle is scanning: a large first read of another object now shares the memory
+        // and starts with one block too.
+        let h = r.handle(meta2);
+        check(&h, &d2, 0, MIB as u32).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fetched(&s), (4, 4 * MIB));
+        drop(peek);
+        assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]
