@@ -436,3 +436,20 @@ fn mount_shows_as_fuse_s3cachefs_with_the_bucket_as_source() {
     assert_eq!(fields[2], "fuse.s3cachefs");
     assert!(fields[3].split(',').any(|o| o == "ro"), "{line}");
 }
+
+/// `close` costs no FLUSH round trip: the daemon answers the first FLUSH with ENOSYS, which the
+/// kernel takes as success and remembers for the rest of the mount.
+#[test]
+fn close_sends_one_flush_per_mount() {
+    let s = server();
+    s.put(BUCKET, "f.txt", b"hello".to_vec());
+    let port = free_port();
+    let m = Mount::new(&s, BUCKET, &["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    for _ in 0..10 {
+        assert_eq!(fs::read(m.join("f.txt")).unwrap(), b"hello");
+    }
+    assert_eq!(
+        metric(port, "s3cachefs_fuse_operations_total{operation=\"flush\"}"),
+        1.0
+    );
+}
