@@ -101,36 +101,39 @@ impl BlockRef {
     }
 }
 
-/// Whole objects kept as one verified local file each (the disk cache's assembled objects),
-/// which `fs` hands to the kernel so that reads never enter the daemon (FUSE passthrough).
-/// Implemented by the disk cache; `fs` sees only this trait. Both calls do blocking I/O.
+/// Whole objects kept as one verified local file each (the disk cache's complete object files,
+/// "assembled": every block present), which `fs` hands to the kernel so that reads never enter
+/// the daemon (FUSE passthrough). Implemented by the disk cache; `fs` sees only this trait.
+/// The calls do blocking I/O.
 pub trait AssembledFiles: Send + Sync {
-    /// The object as one local file, when it has been assembled and this process has verified
-    /// it whole; `Unverified` when it is assembled but not verified yet (nothing is read then:
-    /// see `verify_assembled`). Blocking (opens the file and reads its index).
+    /// The object as one local file, when every block of it is in its file and this process
+    /// has verified it whole (or written it whole itself); `Unverified` when it is complete but
+    /// not verified yet (nothing is read then: see `verify_assembled`). Blocking (opens the file
+    /// and reads its index).
     fn open_assembled(&self, obj: &ObjectMeta) -> Assembled;
-    /// Reads the assembled file of `obj` whole and checks every block's crc (blocking); true
+    /// Reads the complete file of `obj` whole and checks every block's crc (blocking); true
     /// when it is verified, and from then on `open_assembled` hands it out. A file that fails
     /// is removed (its reads then go through the tiers).
     fn verify_assembled(&self, obj: &ObjectMeta) -> bool;
     /// A file `open_assembled` returned was used again for an open without opening it anew:
     /// counted as a cache hit; with `touch`, its last access is recorded (for eviction).
     fn reused(&self, file: &std::fs::File, touch: bool);
-    /// Assembles the object if every block of it is cached and it is not assembled yet
-    /// (failures are the cache's to log: the object is then read block by block). True when
-    /// the object is assembled, now or before.
+    /// Makes the object's file complete if every block of it is cached (moving block files
+    /// into it; usually there is nothing to do: blocks are written into it as they are
+    /// fetched). Failures are the cache's to log: the object is then read block by block. True
+    /// when the object's file is complete.
     fn assemble_if_complete(&self, obj: &ObjectMeta) -> bool;
 }
 
 /// What [`AssembledFiles::open_assembled`] found.
 #[derive(Debug)]
 pub enum Assembled {
-    /// Assembled and verified whole by this process: safe to hand to the kernel.
+    /// Complete and verified whole by this process: safe to hand to the kernel.
     Verified(std::fs::File),
-    /// Assembled, not verified yet by this process: its blocks may be read through the daemon
+    /// Complete, not verified yet by this process: its blocks may be read through the daemon
     /// (each checked), not handed to the kernel.
     Unverified,
-    /// Not assembled (or rejected).
+    /// Not complete, absent, or rejected.
     Absent,
 }
 

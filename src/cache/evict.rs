@@ -88,7 +88,7 @@ impl Drop for Reservation<'_> {
 struct Candidate {
     mtime: SystemTime,
     path: PathBuf,
-    /// An assembled object's index, removed with it.
+    /// An object file's index, removed with it.
     companion: Option<PathBuf>,
     cell: usize,
     /// The only file its shard directory held when sampled (the directory is then removed

@@ -95,7 +95,7 @@ pub struct DiskCacheSettings {
     /// Keep at least this share (0-100) of the cache's filesystem free.
     pub min_free_percent: f64,
     pub block_size: u64,
-    /// The source (endpoint and bucket) of the objects whose assembled files this cache
+    /// The source (endpoint and bucket) of the objects whose whole files this cache
     /// serves; blocks carry their own source in their [`BlockId`].
     pub source: SourceId,
     /// The longest wait for a lock another thread or process holds (a block being fetched, a
@@ -115,7 +115,7 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// their holders keep them for one update, or one shard directory's listing (milliseconds).
 pub const SHORT_WAIT: Duration = Duration::from_millis(500);
 
-/// The most assembled files remembered as verified per process (about 100 bytes each).
+/// The most object files remembered as verified per process (about 100 bytes each).
 const VERIFIED_MAX: u64 = 65_536;
 
 /// Why the disk cache cannot be opened: see `cachedir::OpenError`.
@@ -284,7 +284,7 @@ impl DiskCache {
         self.cfg.block_size
     }
 
-    /// The hash of an object of this cache's source (for assembled files).
+    /// The hash of an object of this cache's source (for its object file).
     fn assembled_hash(&self, obj: &ObjectMeta) -> (String, u64) {
         format::object_hash(&self.cfg.source, &obj.key, &obj.etag, self.cfg.block_size)
     }
