@@ -13,7 +13,7 @@
 //! Reads through the daemon verify the crc of each block they take from the file; a file handed
 //! to the kernel is verified whole once per process (`verify_assembled`, which the filesystem
 //! runs in the background while the first opens read through the daemon), or was filled by this
-//! process itself (`written_here`).
+//! process itself or has read every block of (`checked_here`).
 //!
 //! Blocks of objects larger than a quarter of the cache's bound stay as block files (evicting an
 //! object file frees the whole object), as do blocks a reader finds without the object's size.
@@ -42,8 +42,8 @@ const MAGIC: &[u8; 8] = b"S3CFSFUL";
 pub(super) type FileKey = (u64, u64);
 pub(super) type FileTag = (u64, u64, u64);
 
-/// The most object files whose blocks this process is tracking as written by itself.
-const WRITTEN_HERE_MAX: usize = 4096;
+/// The most object files whose blocks this process tracks as checked (`checked_here`).
+const CHECKED_MAX: usize = 4096;
 /// Version 2: a fixed header, then the bytes accounted and one entry per block, each written in
 /// place and checked on its own. A version 1 index (every block present, written whole by the
 /// assembly of earlier versions) is still read.
@@ -393,7 +393,7 @@ impl DiskCache {
     /// Forgets that the object file `meta` describes was verified (it is being removed).
     pub(super) fn forget_verified(&self, meta: &fs::Metadata) {
         self.verified_full.invalidate(&(meta.dev(), meta.ino()));
-        self.written_here.lock().unwrap().remove(&(meta.dev(), meta.ino()));
+        self.checked_here.lock().unwrap().remove(&(meta.dev(), meta.ino()));
     }
 
     /// Whether an entry of a `full/` shard directory belongs there (reconciliation): an
@@ -481,6 +481,7 @@ impl DiskCache {
             self.reject_full(&self.full_path(&loc.object), "block checksum mismatch");
             return None;
         }
+        self.checked_here(&file, id.index, index.n as usize);
         // Last access, for LRU eviction.
         super::touch(&file);
         Some(Bytes::from(buf))
@@ -575,23 +576,24 @@ impl DiskCache {
             .write_all_at(&entry(id.index, Some(crc)), at + 16 + 8 * id.index)?;
         index.file.write_all_at(&accounted_record(allocated), at)?;
         reservation.commit(Cell::Shard(cell), grown);
-        self.written_here(&file, id.index, index.n as usize);
+        self.checked_here(&file, id.index, index.n as usize);
         Ok(true)
     }
 
-    /// Notes that this process wrote block `i` (of `n`) of the object file `file`, from bytes
-    /// whose crc it computed itself. Once it has written every block of that file, the file
-    /// counts as verified (as if `open_assembled` had read it back), so the first open after a
-    /// cold read does not read the whole file again. A block another process wrote keeps the
-    /// file unverified here.
-    fn written_here(&self, file: &File, i: u64, n: usize) {
+    /// Notes that this process checked block `i` (of `n`) of the object file `file`: wrote it
+    /// from bytes whose crc it computed itself, or read it and found its crc right. Once every
+    /// block of that file is checked, the file counts as verified (as if `verify_assembled` had
+    /// read it whole): the first open after a cold read, or after the daemon read the whole file
+    /// for a reader, does not read it again. A block written by another process and not read
+    /// here keeps the file unverified.
+    fn checked_here(&self, file: &File, i: u64, n: usize) {
         let Ok(meta) = file.metadata() else { return };
         let (key, tag) = file_identity(file, &meta);
-        let mut written = self.written_here.lock().unwrap();
-        if written.len() >= WRITTEN_HERE_MAX && !written.contains_key(&key) {
-            written.clear(); // those files are verified on open instead
+        let mut checked = self.checked_here.lock().unwrap();
+        if checked.len() >= CHECKED_MAX && !checked.contains_key(&key) {
+            checked.clear(); // those files are verified whole instead
         }
-        let (t, blocks) = written.entry(key).or_insert_with(|| (tag, vec![false; n]));
+        let (t, blocks) = checked.entry(key).or_insert_with(|| (tag, vec![false; n]));
         if *t != tag || blocks.len() != n {
             *t = tag;
             *blocks = vec![false; n];
@@ -600,7 +602,7 @@ impl DiskCache {
             *b = true;
         }
         if blocks.iter().all(|&b| b) {
-            written.remove(&key);
+            checked.remove(&key);
             self.verified_full.insert(key, tag);
         }
     }
@@ -732,8 +734,14 @@ impl DiskCache {
         let Some(crcs) = index.entries().filter(|c| c.iter().all(Option::is_some)) else {
             return false;
         };
+        // Blocks this process already checked (written here, or read for a reader since) are
+        // not read again.
+        let checked = match self.checked_here.lock().unwrap().get(&key) {
+            Some((t, blocks)) if *t == tag && blocks.len() == crcs.len() => blocks.clone(),
+            _ => vec![false; crcs.len()],
+        };
         let mut buf = vec![0u8; self.cfg.block_size as usize];
-        for (i, want) in crcs.iter().enumerate() {
+        for (i, want) in crcs.iter().enumerate().filter(|(i, _)| !checked[*i]) {
             let r = block_range(i as u64, self.cfg.block_size, obj.size);
             let b = &mut buf[..r.len() as usize];
             if file.read_exact_at(b, r.start).is_err() || Some(crc32c::crc32c(b)) != *want {
@@ -741,6 +749,7 @@ impl DiskCache {
                 return false;
             }
         }
+        self.checked_here.lock().unwrap().remove(&key);
         self.verified_full.insert(key, tag);
         true
     }

@@ -136,9 +136,10 @@ pub struct DiskCache {
     /// tells that inode's file from a later one given the same number (see
     /// `full::file_identity`). Bounded; evicted files leave it.
     verified_full: moka::sync::Cache<full::FileKey, full::FileTag>,
-    /// Object files being filled: which of their blocks this process wrote (`full::written_here`),
-    /// by (device, inode) with the file's identity as for `verified_full`.
-    written_here: Mutex<std::collections::HashMap<full::FileKey, (full::FileTag, Vec<bool>)>>,
+    /// Object files not verified whole yet: which of their blocks this process wrote or read
+    /// and checked (`full::checked_here`), by (device, inode) with the file's identity as for
+    /// `verified_full`.
+    checked_here: Mutex<std::collections::HashMap<full::FileKey, (full::FileTag, Vec<bool>)>>,
     wake: Arc<evict::Wake>,
     /// The shard directories eviction samples from, and when they were listed.
     shard_list: Mutex<Option<(Instant, evict::ShardList)>>,
@@ -255,7 +256,7 @@ impl DiskCache {
             stats: metrics.cache.clone(),
             warnings: Warnings::default(),
             verified_full: moka::sync::Cache::new(VERIFIED_MAX),
-            written_here: Mutex::new(Default::default()),
+            checked_here: Mutex::new(Default::default()),
             wake: Default::default(),
             shard_list: Mutex::new(None),
             rng: Mutex::new(seed),

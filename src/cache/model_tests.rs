@@ -111,9 +111,9 @@ struct FullModel {
     idx: Damage,
     /// Blocks written into it.
     present: std::collections::BTreeSet<u64>,
-    /// Blocks this process (since its last restart) wrote into it: once it wrote every block,
-    /// the file counts as verified.
-    written: std::collections::BTreeSet<u64>,
+    /// Blocks this process (since its last restart) wrote into it, or read from it with their
+    /// crc right: once every block is checked, the file counts as verified.
+    checked: std::collections::BTreeSet<u64>,
     /// Verified whole by this process (`open_assembled`), so not checked again until restart.
     verified: bool,
 }
@@ -227,6 +227,12 @@ impl Model {
                 if full.data.in_range(r.start, r.end) {
                     held.full = None;
                 } else {
+                    let n = self.version(v).blocks();
+                    let full = self.held(v).full.as_mut().unwrap();
+                    full.checked.insert(i);
+                    if full.checked.len() as u64 == n {
+                        full.verified = true;
+                    }
                     return true;
                 }
             }
@@ -251,7 +257,7 @@ impl Model {
             None => {
                 held.full = Some(FullModel {
                     present: [i].into(),
-                    written: [i].into(),
+                    checked: [i].into(),
                     ..FullModel::default()
                 })
             }
@@ -264,13 +270,13 @@ impl Model {
                     .flips
                     .retain(|&p, _| !(entry..entry + 8).contains(&p) && !(hl..hl + 16).contains(&p));
                 full.present.insert(i);
-                full.written.insert(i);
+                full.checked.insert(i);
             }
             Some(_) => return, // already there: nothing written
         }
         let n = self.version(v).blocks();
         if let Some(full) = self.held(v).full.as_mut()
-            && full.written.len() as u64 == n
+            && full.checked.len() as u64 == n
         {
             full.verified = true;
         }
@@ -606,7 +612,7 @@ impl Harness {
                 self.cache = DiskCache::open(cfg, &Metrics::new()).unwrap();
                 for full in self.model.held.values_mut().filter_map(|h| h.full.as_mut()) {
                     full.verified = false;
-                    full.written.clear();
+                    full.checked.clear();
                 }
             }
             Op::Assemble { obj, back } => self.assemble(self.model.pick(obj, back)).await?,

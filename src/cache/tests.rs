@@ -865,3 +865,48 @@ async fn block_files_are_moved_in_and_a_damaged_entry_is_refetched() {
     c.scan_and_evict(u64::MAX);
     assert_eq!(c.usage(), du(d.path()));
 }
+
+/// After a restart, the blocks the daemon read (and checked) for a reader are not read again
+/// to verify the file whole: only the others are. Damage is the probe: done to a block after it
+/// was checked, it is not looked for again (as for a file verified whole); done to a block not
+/// read yet, the verification finds it and the file goes.
+#[tokio::test]
+async fn verification_reads_only_the_blocks_not_checked_yet() {
+    let d = tempfile::tempdir().unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("data/lib.jar", "\"e\"", 3 * BS);
+    {
+        let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+        for i in 0..3 {
+            get(&c, &o, i, &fetches).await;
+        }
+    }
+    let damage = |c: &DiskCache, at: u64| {
+        let (hash, _) = c.assembled_hash(&o);
+        let f = fs::OpenOptions::new().write(true).open(c.full_path(&hash)).unwrap();
+        f.write_all_at(b"X", at).unwrap();
+    };
+    // A restart: blocks 0 and 1 read for a reader, then block 0 damaged.
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    for i in 0..2 {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    damage(&c, 5);
+    assert!(c.verify_assembled(&o), "block 0 was checked when it was read");
+    // Another restart: block 0 read, then block 2 (not read) damaged.
+    drop(c);
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    fs::write(
+        c.full_path(&c.assembled_hash(&o).0),
+        (0..3).flat_map(|i| content(&o, i).to_vec()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    assert_eq!(get(&c, &o, 0, &fetches).await, content(&o, 0));
+    damage(&c, 2 * BS + 5);
+    assert!(!c.verify_assembled(&o), "block 2 was not read: its damage is found");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        3,
+        "no block came from the origin until then"
+    );
+}
