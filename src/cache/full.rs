@@ -547,7 +547,7 @@ impl DiskCache {
         };
         let crc = crc32c::crc32c(data);
         file.write_all_at(data, id.index * self.cfg.block_size)?;
-        let Some(_g) = self.lock_shard_to_store(cell, "a block")? else {
+        let Some(guard) = self.lock_shard_to_store(cell, "a block")? else {
             return Ok(false);
         };
         // Still the file at that path (not evicted or rejected while this block was written)?
@@ -559,6 +559,8 @@ impl DiskCache {
             Err(e) => return Err(e),
         }
         let Some(index) = self.writable_index(&idx_path, loc, size)? else {
+            // Removing takes this lock itself.
+            drop(guard);
             self.reject_full(&path, "object file does not match its index");
             return Ok(false);
         };
@@ -576,6 +578,7 @@ impl DiskCache {
             .write_all_at(&entry(id.index, Some(crc)), at + 16 + 8 * id.index)?;
         index.file.write_all_at(&accounted_record(allocated), at)?;
         reservation.commit(Cell::Shard(cell), grown);
+        drop(guard);
         self.checked_here(&file, id.index, index.n as usize);
         Ok(true)
     }
