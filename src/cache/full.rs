@@ -249,6 +249,15 @@ fn take_at<'a>(b: &'a [u8], pos: &mut usize, n: usize) -> Option<&'a [u8]> {
     Some(s)
 }
 
+/// What a write of a block did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stored {
+    Written,
+    /// Another writer had stored it already: nothing written.
+    AlreadyThere,
+    No,
+}
+
 /// The accounted bytes a record says; `u64::MAX` (not known, see `write_to_object`) when it
 /// does not check.
 fn accounted_from(rec: &[u8]) -> u64 {
@@ -511,58 +520,58 @@ impl DiskCache {
         (small || self.dir.metadata(&self.full_path(&loc.object)).is_ok()).then_some(size)
     }
 
-    /// Writes block `loc` into its object's file (created if missing). `Ok(false)` when it
-    /// was not written (no room, a lock not taken in time, the file evicted meanwhile: the
-    /// block is then served without being cached, as for a block file).
-    pub(super) fn write_to_object(&self, loc: &Location, size: u64, data: &[u8]) -> io::Result<bool> {
+    /// Writes block `loc` into its object's file (created if missing). `Stored::No` when it was
+    /// not stored (no room, a lock not taken in time, the file evicted meanwhile: the block is
+    /// then served without being cached, as for a block file).
+    pub(super) fn write_to_object(&self, loc: &Location, size: u64, data: &[u8]) -> io::Result<Stored> {
         let path = self.full_path(&loc.object);
         let idx_path = path.with_extension("idx");
         let id = &loc.id;
         let Some((cell, _)) = self.cell_of(&path) else {
-            return Ok(false);
+            return Ok(Stored::No);
         };
         if self.dir.metadata(&path).is_err() && !self.create_object_file(&path, cell, loc, size)? {
-            return Ok(false);
+            return Ok(Stored::No);
         }
         let file = match self.dir.open_write(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Stored::No),
             Err(e) => return Err(e),
         };
         let before = file.metadata()?;
         if !is_own_file(&before) || before.len() != size {
             self.reject_full(&path, "object file is not a file of this user of the object's size");
-            return Ok(false);
+            return Ok(Stored::No);
         }
         match self.writable_index(&idx_path, loc, size)? {
             Some(index) if index.entry(id.index).is_none() => {}
-            Some(_) => return Ok(true), // already there
+            Some(_) => return Ok(Stored::AlreadyThere),
             None => {
                 self.reject_full(&path, "object file does not match its index");
-                return Ok(false);
+                return Ok(Stored::No);
             }
         }
         let Some(reservation) = self.reserve_to_store(alloc_size(data.len() as u64)) else {
-            return Ok(false);
+            return Ok(Stored::No);
         };
         let crc = crc32c::crc32c(data);
         file.write_all_at(data, id.index * self.cfg.block_size)?;
         let Some(guard) = self.lock_shard_to_store(cell, "a block")? else {
-            return Ok(false);
+            return Ok(Stored::No);
         };
         // Still the file at that path (not evicted or rejected while this block was written)?
         // Files are removed and created under this lock, so its index is then the one found now.
         match self.dir.metadata(&path) {
             Ok(m) if (m.dev(), m.ino()) == (before.dev(), before.ino()) => {}
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Ok(_) => return Ok(Stored::No),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Stored::No),
             Err(e) => return Err(e),
         }
         let Some(index) = self.writable_index(&idx_path, loc, size)? else {
             // Removing takes this lock itself.
             drop(guard);
             self.reject_full(&path, "object file does not match its index");
-            return Ok(false);
+            return Ok(Stored::No);
         };
         let allocated = file.metadata()?.blocks() * 512;
         // Unknown (a record torn by a crash): count no growth; reconciliation sets the shard's
@@ -580,7 +589,7 @@ impl DiskCache {
         reservation.commit(Cell::Shard(cell), grown);
         drop(guard);
         self.checked_here(&file, id.index, index.n as usize);
-        Ok(true)
+        Ok(Stored::Written)
     }
 
     /// Notes that this process checked block `i` (of `n`) of the object file `file`: wrote it
@@ -790,7 +799,7 @@ impl DiskCache {
             let Some(data) = self.load_block_file(loc) else {
                 return Ok(false);
             };
-            if !self.write_to_object(loc, obj.size, &data)? {
+            if self.write_to_object(loc, obj.size, &data)? == Stored::No {
                 return Ok(false);
             }
             self.remove_accounted(&loc.path);

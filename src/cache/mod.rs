@@ -544,15 +544,19 @@ impl DiskCache {
     fn write_block(&self, loc: &Location, data: &Bytes) {
         let result = match self.writes_to_object(loc) {
             Some(size) => self.write_to_object(loc, size, data),
-            None => self.write_block_file(loc, data),
+            None => self
+                .write_block_file(loc, data)
+                .map(|w| if w { full::Stored::Written } else { full::Stored::No }),
         };
         match result {
-            Ok(true) => {
-                self.stats.written_bytes.inc_by(data.len() as u64);
+            Ok(stored @ (full::Stored::Written | full::Stored::AlreadyThere)) => {
+                if stored == full::Stored::Written {
+                    self.stats.written_bytes.inc_by(data.len() as u64);
+                }
                 // The block is cached whole: its page file is superseded.
                 self.remove_pages(loc);
             }
-            Ok(false) => {}
+            Ok(full::Stored::No) => {}
             Err(e) => {
                 self.stats.write_failures.inc();
                 self.warn(format_args!(
