@@ -168,22 +168,12 @@ impl Index {
         if version != VERSION {
             return None;
         }
-        let size = u64::from_le_bytes(take_at(b, &mut pos, 8)?.try_into().ok()?);
-        let block_size = u64::from_le_bytes(take_at(b, &mut pos, 8)?.try_into().ok()?);
-        let mut strings = Vec::new();
-        for _ in 0..3 {
-            let n = u16::from_le_bytes(take_at(b, &mut pos, 2)?.try_into().ok()?) as usize;
-            strings.push(String::from_utf8(take_at(b, &mut pos, n)?.to_vec()).ok()?);
-        }
-        let n = u64::from_le_bytes(take_at(b, &mut pos, 8)?.try_into().ok()?);
+        let (size, block_size, [store, key, etag], n) = read_fields(b, &mut pos)?;
         let header_end = pos;
         let crc = u32::from_le_bytes(take_at(b, &mut pos, 4)?.try_into().ok()?);
-        if crc32c::crc32c(&b[..header_end]) != crc || block_size == 0 || n != size.div_ceil(block_size) {
+        if crc32c::crc32c(&b[..header_end]) != crc {
             return None;
         }
-        let etag = strings.pop()?;
-        let key = strings.pop()?;
-        let store = strings.pop()?;
         let index = Index {
             version,
             store,
@@ -204,31 +194,13 @@ impl Index {
             return None;
         }
         let mut pos = 12usize;
-        let mut take = |n: usize| -> Option<&[u8]> {
-            let s = body.get(pos..pos.checked_add(n)?)?;
-            pos += n;
-            Some(s)
-        };
-        let size = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let block_size = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        let mut strings = Vec::new();
-        for _ in 0..3 {
-            let n = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
-            strings.push(String::from_utf8(take(n)?.to_vec()).ok()?);
-        }
-        let n = u64::from_le_bytes(take(8)?.try_into().ok()?);
-        if block_size == 0 || n != size.div_ceil(block_size) {
-            return None;
-        }
+        let (size, block_size, [store, key, etag], n) = read_fields(body, &mut pos)?;
         let crcs = (0..n)
-            .map(|_| Some(Some(u32::from_le_bytes(take(4)?.try_into().ok()?))))
+            .map(|_| Some(Some(u32::from_le_bytes(take_at(body, &mut pos, 4)?.try_into().ok()?))))
             .collect::<Option<Vec<_>>>()?;
         if pos != body.len() {
             return None;
         }
-        let etag = strings.pop()?;
-        let key = strings.pop()?;
-        let store = strings.pop()?;
         Some(Index {
             version: 1,
             store,
@@ -240,6 +212,20 @@ impl Index {
             crcs,
         })
     }
+}
+
+/// The fields both versions share, after magic and version: size, block size, store, key, ETag
+/// (each length-prefixed) and the number of blocks, which must be the size in blocks.
+fn read_fields(b: &[u8], pos: &mut usize) -> Option<(u64, u64, [String; 3], u64)> {
+    let size = u64::from_le_bytes(take_at(b, pos, 8)?.try_into().ok()?);
+    let block_size = u64::from_le_bytes(take_at(b, pos, 8)?.try_into().ok()?);
+    let mut string = || -> Option<String> {
+        let n = u16::from_le_bytes(take_at(b, pos, 2)?.try_into().ok()?) as usize;
+        String::from_utf8(take_at(b, pos, n)?.to_vec()).ok()
+    };
+    let strings = [string()?, string()?, string()?];
+    let n = u64::from_le_bytes(take_at(b, pos, 8)?.try_into().ok()?);
+    (block_size != 0 && n == size.div_ceil(block_size)).then_some((size, block_size, strings, n))
 }
 
 /// The `n` bytes at `*pos`, moving `pos` past them.
@@ -601,6 +587,9 @@ impl DiskCache {
     fn checked_here(&self, file: &File, i: u64, n: usize) {
         let Ok(meta) = file.metadata() else { return };
         let (key, tag) = file_identity(file, &meta);
+        if self.verified_full.get(&key) == Some(tag) {
+            return; // nothing left to check
+        }
         let mut checked = self.checked_here.lock().unwrap();
         if checked.len() >= CHECKED_MAX && !checked.contains_key(&key) {
             checked.clear(); // those files are verified whole instead

@@ -776,7 +776,10 @@ proptest! {
 /// only, so a file assembled later on a reused inode number was handed out damaged, without
 /// its whole-file check. A verified file is dropped, and another assembled at once, so that a
 /// filesystem that reuses inode numbers (ext4) gives the new file the old one: another object's
-/// file, then the same object's.
+/// file, then the same object's. Since object files, a file this process writes whole counts
+/// as verified by its writes, so the new file is trusted only for what this process wrote into it,
+/// never for the old file's check (the unit test `verified_files_are_told_apart_on_a_reused_inode_
+/// and_pruned` checks the identity itself).
 #[test]
 fn a_new_file_on_a_reused_inode_is_verified_again() {
     let sizes = [2 * BS + 10, 2 * BS + 10, 10];
