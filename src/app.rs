@@ -388,6 +388,9 @@ fn prepare(
     }
     let ns = Arc::new(ns);
     let in_flight = memory.expect("a mount always has a memory tier").in_flight();
+    // Free block buffers kept for reuse: an eighth of the memory cache at most, so that they
+    // stay a small part of the documented memory bound.
+    crate::bufpool::limit_free((cfg.memory_cache_bytes / 8) as usize);
     let reader = Arc::new(
         BlockReader::new(chain, in_flight, cfg.memory_cache_bytes).with_prefetch_concurrency(cfg.prefetch_concurrency),
     );

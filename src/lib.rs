@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod blockfmt;
+pub mod bufpool;
 pub mod cache;
 pub mod cachedir;
 pub mod cli;

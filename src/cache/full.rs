@@ -470,16 +470,16 @@ impl DiskCache {
             return None;
         }
         let want = index.entry(id.index)?;
-        let mut buf = vec![0u8; r.len() as usize];
-        file.read_exact_at(&mut buf, r.start).ok()?;
-        if crc32c::crc32c(&buf) != want {
+        let mut buf = crate::bufpool::BlockBuf::zeroed(r.len() as usize);
+        file.read_exact_at(buf.as_mut_slice(), r.start).ok()?;
+        if crc32c::crc32c(buf.as_slice()) != want {
             self.reject_full(&self.full_path(&loc.object), "block checksum mismatch");
             return None;
         }
         self.checked_here(&file, id.index, index.n as usize);
         // Last access, for LRU eviction.
         super::touch(&file);
-        Some(Bytes::from(buf))
+        Some(buf.freeze())
     }
 
     /// Whether the object file of `loc` says it holds that block (its bytes are not read).

@@ -65,7 +65,7 @@ mod full;
 mod pages;
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,6 +188,20 @@ impl crate::object::DiskSpace for DiskCache {
             self.lock_failed("account for removed metadata", e);
         }
     }
+}
+
+/// Reads into `buf` at `at` until it is full or the file ends: the bytes read.
+fn read_full_at(file: &fs::File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match std::os::unix::fs::FileExt::read_at(file, &mut buf[got..], at + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
@@ -459,16 +473,35 @@ impl DiskCache {
     fn load_block_file(&self, loc: &Location) -> Option<Bytes> {
         let id = &loc.id;
         let expected = format::file_len(id, loc.len);
-        let mut file = match self.open_own(&loc.path, true) {
+        let file = match self.open_own(&loc.path, true) {
             Opened::File(f) => f,
             Opened::Absent | Opened::Rejected => return None,
         };
-        let mut buf = Vec::with_capacity(expected as usize);
-        if let Err(e) = (&mut file).take(expected + 1).read_to_end(&mut buf) {
-            self.warn(format_args!("cannot read cached block {}: {e}", loc.path.display()));
-            return None;
-        }
-        match format::decode(Bytes::from(buf), id, loc.len) {
+        // Exactly `expected` bytes, then one more to tell a longer file: `decode` sees what the
+        // file holds, up to one byte past what it should.
+        let mut buf = crate::bufpool::BlockBuf::zeroed(expected as usize);
+        let read = read_full_at(&file, buf.as_mut_slice(), 0).and_then(|got| {
+            let mut more = [0u8; 1];
+            Ok((
+                got,
+                got == expected as usize && read_full_at(&file, &mut more, expected)? == 1,
+            ))
+        });
+        let (got, longer) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                self.warn(format_args!("cannot read cached block {}: {e}", loc.path.display()));
+                return None;
+            }
+        };
+        let bytes = if longer {
+            let mut v = buf.as_slice().to_vec();
+            v.push(0);
+            Bytes::from(v)
+        } else {
+            buf.freeze().slice(..got)
+        };
+        match format::decode(bytes, id, loc.len) {
             Ok(data) => {
                 // The file's mtime is its last access, for LRU eviction.
                 touch(&file);

@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};

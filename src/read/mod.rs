@@ -12,7 +12,7 @@ mod handle;
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 pub use handle::ReadHandle;
@@ -160,7 +160,7 @@ impl BlockReader {
         if blocks.len() == 1 {
             return slice(first, &blocks[0]);
         }
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        let mut out = crate::bufpool::BlockBuf::with_capacity((end - offset) as usize);
         for (i, block) in (first..).zip(blocks) {
             out.extend_from_slice(&slice(i, block));
         }

@@ -380,8 +380,9 @@ impl ObjectStore for S3Store {
             {
                 return Err(StoreError::InvalidRange);
             }
-            // Into one buffer of the expected size: no second copy, no over-allocation.
-            let mut body = bytes::BytesMut::with_capacity(range.len() as usize);
+            // Into one buffer of the expected size (a reused one when there is one): no second
+            // copy, no over-allocation.
+            let mut body = crate::bufpool::BlockBuf::with_capacity(range.len() as usize);
             let mut stream = out.body;
             while let Some(chunk) = stream
                 .try_next()
