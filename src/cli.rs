@@ -172,7 +172,7 @@ pub struct MountFlags {
     pub max_prefetch_memory: String,
 
     /// Prefetch GETs in flight at once, across all open files.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Caching")]
+    #[arg(long, value_name = "N", default_value_t = crate::config::DEFAULT_PREFETCH_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Caching")]
     pub prefetch_concurrency: u16,
 
     /// Keep object data in this directory on local disk (NVMe): persistent across restarts and

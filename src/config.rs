@@ -377,6 +377,11 @@ pub struct LogConfig {
 /// a meaningful transfer, small enough that a random 4 KiB read does not fetch much extra.
 pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
 
+/// Prefetch GETs in flight at once by default (`--prefetch-concurrency`): with 1 MiB blocks and
+/// 20 ms to a first byte, 16 held a cold read at about 600 MB/s, 32 reached 830–980 MB/s and 48
+/// little more (docs/BENCHMARKS.md, "Cold reads: buffers and request concurrency").
+pub const DEFAULT_PREFETCH_CONCURRENCY: u16 = 32;
+
 /// FUSE connection parameters that `benches/fuse_sweep.rs` varies without a rebuild (hidden
 /// flags, `S3CACHEFS_FUSE_*` in the environment). `None` keeps the default chosen by that sweep
 /// (docs/BENCHMARKS.md, "FUSE parameters").

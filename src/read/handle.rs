@@ -59,8 +59,8 @@ const SCAN_MIN_RUN: u64 = 2 << 20;
 const MAX_HOLES: usize = 8;
 
 /// The window a fast start opens (see the module docs): bytes that 20 ms of S3 first-byte
-/// latency hides at several hundred MB/s, as many 1 MiB blocks as the default prefetch
-/// concurrency sends at once. Measured in benches/e2e.rs (docs/BENCHMARKS.md, "Cold window").
+/// latency hides at several hundred MB/s (half the 1 MiB blocks the default prefetch
+/// concurrency sends at once). Measured in benches/e2e.rs (docs/BENCHMARKS.md, "Cold window").
 pub const FAST_START: u64 = 16 << 20;
 
 /// The smallest first read at offset 0 that makes a fast start: the kernel sends a streaming

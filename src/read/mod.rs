@@ -56,9 +56,9 @@ pub struct BlockReader {
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Default prefetch GETs in flight: enough to hide ~20 ms of S3 latency per 1 MiB block at
-/// several hundred MB/s, few enough to be polite to the bucket and bound memory.
-pub const DEFAULT_PREFETCH_CONCURRENCY: usize = 16;
+/// Prefetch GETs in flight unless `with_prefetch_concurrency` says otherwise: the mount's
+/// default (`config::DEFAULT_PREFETCH_CONCURRENCY`, which `app` passes in).
+pub const DEFAULT_PREFETCH_CONCURRENCY: usize = 32;
 
 impl BlockReader {
     /// Reads blocks through `chain`. `memory_bytes` is the block memory of the chain's memory
