@@ -19,7 +19,9 @@
 //! - **Nothing is followed.** Every operation opens the cache directory by its configured path
 //!   (resolved normally: the administrator chose it), checks that it is still the directory
 //!   whose owner was checked at [`CacheDir::open`] (same device and inode), and walks from that
-//!   descriptor one component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`. It acts on the
+//!   descriptor down to the directory it needs with one `openat2` that refuses every symlink
+//!   (`RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`), or, where `openat2` is missing or a directory
+//!   is to be created, one component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`. It acts on the
 //!   last component with `*at` calls that do not follow it either (`O_NOFOLLOW`, `renameat`,
 //!   `unlinkat`, `linkat` without `AT_SYMLINK_FOLLOW`). A symlink planted anywhere below the
 //!   cache directory, in place of a directory or of a file, makes the operation fail: nothing
@@ -43,10 +45,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rustix::fs::{AtFlags, Dir, Mode, OFlags};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use tracing::info;
 
@@ -148,6 +150,9 @@ impl From<OpenError> for io::Error {
         }
     }
 }
+
+/// Whether `openat2` may be tried (false once the kernel or a seccomp filter refused it).
+static OPENAT2: AtomicBool = AtomicBool::new(true);
 
 /// Flags of every directory opened on the way: never through a symlink.
 const DIR_FLAGS: OFlags = OFlags::RDONLY
@@ -346,6 +351,21 @@ impl CacheDir {
             None => usize::MAX,
         };
         let mut dir = self.base()?;
+        // One call for the whole walk where the kernel has `openat2`: it refuses a symlink in
+        // any component (`RESOLVE_NO_SYMLINKS`) and any way out of the base, so it opens what
+        // the walk below would, with no descriptor per level. A missing directory that may be
+        // created, and a kernel or sandbox without `openat2`, take the walk.
+        if !rel.as_os_str().is_empty() && OPENAT2.load(Ordering::Relaxed) {
+            let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
+            match rustix::fs::openat2(&dir, rel, DIR_FLAGS, Mode::empty(), resolve) {
+                Ok(fd) => return Ok((fd, 0)),
+                Err(Errno::NOENT) if keep != usize::MAX => {}
+                Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
+                    OPENAT2.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut created = 0;
         for (i, c) in rel.components().enumerate() {
             let name = c.as_os_str();

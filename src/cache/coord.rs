@@ -15,11 +15,13 @@
 //!
 //! The files are opened through `CacheDir::open_private`: created 0600, never through a symlink.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cachedir::{CacheDir, SHARDS};
@@ -65,15 +67,66 @@ impl From<io::Error> for LockError {
 }
 
 /// The lock file; each lock taken opens its own descriptor (its own open file description), so
-/// threads of one process exclude each other as processes do.
+/// threads of one process exclude each other as processes do. Threads of this process that want
+/// the same byte first wait for each other in memory ([`Local`]): a byte-range lock cannot wake
+/// a waiter, and polling it with growing pauses made a thread sleep up to 50 ms behind a holder
+/// that needed microseconds (the shard lock of an object whose blocks arrive together).
 pub struct Locks {
     dir: CacheDir,
     path: PathBuf,
+    local: Arc<Local>,
+    /// Tries of the lock file so far (tests count them).
+    #[cfg(test)]
+    tries: std::sync::atomic::AtomicU64,
 }
 
-/// A held byte-range lock; released on drop (the descriptor closes).
+/// The bytes threads of this process hold through one [`Locks`], and a condition variable
+/// signalled when one is let go.
+#[derive(Default)]
+struct Local {
+    held: Mutex<HashSet<u64>>,
+    freed: Condvar,
+}
+
+impl Local {
+    /// Takes byte `at` among this process's threads, waiting until `deadline` at most.
+    fn take(&self, at: u64, deadline: Instant) -> Result<(), LockError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(&at) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LockError::Timeout);
+            }
+            held = self
+                .freed
+                .wait_timeout(held, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        held.insert(at);
+        Ok(())
+    }
+
+    fn release(&self, at: u64) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(&at);
+        self.freed.notify_all();
+    }
+}
+
+/// A held byte-range lock; released on drop (the descriptor closes, then the next thread of
+/// this process waiting for the byte is woken).
 pub struct LockGuard {
-    _file: File,
+    file: Option<File>,
+    local: Option<(Arc<Local>, u64)>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        drop(self.file.take());
+        if let Some((local, at)) = self.local.take() {
+            local.release(at);
+        }
+    }
 }
 
 /// Tries once to lock byte `at` of `file` (`F_OFD_SETLK`): `Ok(false)` when someone holds it.
@@ -106,7 +159,13 @@ pub fn next_pause(pause: Duration) -> Duration {
 impl Locks {
     pub fn new(dir: CacheDir, path: PathBuf) -> io::Result<Locks> {
         dir.open_private(&path)?;
-        Ok(Locks { dir, path })
+        Ok(Locks {
+            dir,
+            path,
+            local: Arc::default(),
+            #[cfg(test)]
+            tries: Default::default(),
+        })
     }
 
     /// A new descriptor of the lock file, for one lock.
@@ -114,13 +173,22 @@ impl Locks {
         self.dir.open_private(&self.path)
     }
 
-    /// Takes byte `at`, polling until `deadline` (blocking the calling thread meanwhile).
+    /// Takes byte `at`: first among this process's threads, then in the lock file, polling
+    /// until `deadline` (blocking the calling thread meanwhile).
     fn lock_at(&self, at: u64, deadline: Instant) -> Result<LockGuard, LockError> {
-        let file = self.open()?;
+        self.local.take(at, deadline)?;
+        // From here the guard lets the byte go on every path out, errors included.
+        let mut guard = LockGuard {
+            file: None,
+            local: Some((self.local.clone(), at)),
+        };
+        let file = guard.file.insert(self.open()?);
         let mut pause = FIRST_PAUSE;
         loop {
-            if try_range(&file, at, 1)? {
-                return Ok(LockGuard { _file: file });
+            #[cfg(test)]
+            self.tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if try_range(file, at, 1)? {
+                return Ok(guard);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -517,6 +585,44 @@ mod tests {
         drop(g);
         let acquired = waiter.join().unwrap().expect("taken once released");
         assert!(acquired.duration_since(t) >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn threads_wait_for_each_other_in_memory_and_processes_through_the_file() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (d, dir, locks) = setup();
+        let locks = Arc::new(locks);
+        let g = locks.shard(5, WAIT).unwrap();
+        assert_eq!(locks.tries.load(Relaxed), 1);
+        // A thread of this process waits without polling the file, and tries it once when
+        // woken (polling with pauses would have tried it about six times in 200 ms).
+        let l2 = locks.clone();
+        let waiter = std::thread::spawn(move || l2.shard(5, WAIT).is_ok());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(locks.tries.load(Relaxed), 1, "the waiter polled the file");
+        drop(g);
+        assert!(waiter.join().unwrap());
+        assert_eq!(locks.tries.load(Relaxed), 2);
+        // Another instance on the same file stands for another process: the byte-range lock
+        // still excludes it, and it gives up at its deadline.
+        let other = Locks::new(dir.clone(), d.path().join("locks")).unwrap();
+        let g = locks.shard(5, WAIT).unwrap();
+        assert!(matches!(
+            other.shard(5, Duration::from_millis(100)),
+            Err(LockError::Timeout)
+        ));
+        assert!(other.tries.load(Relaxed) >= 2, "it polled the file");
+        drop(g);
+        assert!(other.shard(5, WAIT).is_ok());
+        // A thread gives up at its deadline while another thread holds the byte.
+        let _g = locks.shard(6, WAIT).unwrap();
+        let l3 = locks.clone();
+        let t = Instant::now();
+        let r = std::thread::spawn(move || l3.shard(6, Duration::from_millis(100)))
+            .join()
+            .unwrap();
+        assert!(matches!(r, Err(LockError::Timeout)));
+        assert!(t.elapsed() >= Duration::from_millis(100));
     }
 
     #[test]
