@@ -73,13 +73,30 @@ impl FuseAdapter {
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, op: &'static str, f: F) {
         self.metrics.fuse_op(op);
         let (metrics, start) = (self.metrics.clone(), std::time::Instant::now());
-        self.rt.spawn(async move {
+        let mut f = Box::pin(async move {
             f.await;
             metrics
                 .fuse_duration
                 .get_or_create(&crate::metrics::OpLabels { operation: op })
                 .observe(start.elapsed().as_secs_f64());
         });
+        // The first poll runs here, on the session thread that read the request: a request that
+        // needs nothing it has to wait for (an open of a file whose backing file is held, a read
+        // of blocks in memory) is answered without waking a runtime thread, which was a third
+        // of a warm open's time (docs/BENCHMARKS.md, "Warm opens answered on the session
+        // thread"). A request that has to wait goes to the runtime, which polls it again with a
+        // waker of its own (futures re-register their waker on every poll). A panic fails that
+        // request alone, as it does inside a runtime task; it never ends the session thread.
+        let _rt = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f.as_mut().poll(&mut cx)));
+        match first {
+            Ok(std::task::Poll::Ready(())) => {}
+            Ok(std::task::Poll::Pending) => {
+                self.rt.spawn(f);
+            }
+            Err(_) => tracing::error!(operation = op, "a FUSE request handler panicked; the request failed"),
+        }
     }
 
     /// What a spawned request needs besides the filesystem.
