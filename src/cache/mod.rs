@@ -41,6 +41,18 @@ enum Opened {
     Rejected,
 }
 
+/// What [`DiskCache::look_then_lock`] found before a fetch.
+enum Before {
+    /// The block, from disk.
+    Found(Bytes),
+    /// Not on disk, and its stripe lock is held through this descriptor.
+    Locked(std::fs::File),
+    /// Not on disk, and its stripe lock is someone else's: wait for it through this descriptor.
+    Held(std::fs::File),
+    /// Not on disk, and the lock cannot be taken at all (an error, logged): fetch without it.
+    NoLock,
+}
+
 /// Sets a cache file's access and modification times to now: its last access, which eviction
 /// orders by. Best effort: a file that cannot be touched is only evicted a little early.
 /// A file touched less than [`TOUCH_INTERVAL`] ago is left as it is: a hit costs one `fstat`,
@@ -389,16 +401,22 @@ impl DiskCache {
         F: Future<Output = Result<Bytes, E>>,
     {
         let loc = Arc::new(self.locate(block));
-        if let Some(b) = self.blocking(&loc, |c, l| c.read_block(l)).await.flatten() {
-            return Ok(b);
-        }
-        let guard = self.stripe_lock(loc.stripe).await;
-        // Another process may have fetched it while we waited for the lock.
-        if guard.is_some()
-            && let Some(b) = self.blocking(&loc, |c, l| c.read_block(l)).await.flatten()
-        {
-            return Ok(b);
-        }
+        // One trip to a blocking thread in the common cases (a hit; a miss whose stripe is free).
+        let guard = match self.blocking(&loc, |c, l| c.look_then_lock(l)).await {
+            Some(Before::Found(b)) => return Ok(b),
+            Some(Before::Locked(file)) => Some(file),
+            Some(Before::Held(file)) => {
+                let guard = self.stripe_lock(file, loc.stripe).await;
+                // Another process may have fetched it while we waited for the lock.
+                if guard.is_some()
+                    && let Some(b) = self.blocking(&loc, |c, l| c.read_block(l)).await.flatten()
+                {
+                    return Ok(b);
+                }
+                guard
+            }
+            Some(Before::NoLock) | None => None,
+        };
         self.stats.misses.inc();
         let bytes = fetch.await?;
         // Without the lock, its holder is still at work on this block (it writes it): this
@@ -411,19 +429,36 @@ impl DiskCache {
         Ok(bytes)
     }
 
-    /// Takes a block's stripe lock, polling without holding a thread, for at most
-    /// `lock_wait`. `None` when it could not be taken (a timeout is counted): the caller then
-    /// fetches without it.
-    async fn stripe_lock(self: &Arc<Self>, stripe: u64) -> Option<fs::File> {
-        let cache = self.clone();
-        let file = match tokio::task::spawn_blocking(move || cache.locks.open()).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => {
+    /// The block from disk; else its stripe lock, tried once, and if taken a second look
+    /// (another process may have stored the block between the two).
+    fn look_then_lock(&self, loc: &Location) -> Before {
+        if let Some(b) = self.read_block(loc) {
+            return Before::Found(b);
+        }
+        let file = match self.locks.open() {
+            Ok(f) => f,
+            Err(e) => {
                 self.warn(format_args!("cannot take a disk cache lock: {e}"));
-                return None;
+                return Before::NoLock;
             }
-            Err(_) => return None,
         };
+        match coord::try_range(&file, Locks::stripe_byte(loc.stripe), 1) {
+            Ok(true) => match self.read_block(loc) {
+                Some(b) => Before::Found(b),
+                None => Before::Locked(file),
+            },
+            Ok(false) => Before::Held(file),
+            Err(e) => {
+                self.warn(format_args!("cannot take a disk cache lock: {e}"));
+                Before::NoLock
+            }
+        }
+    }
+
+    /// Takes a block's stripe lock through `file`, polling without holding a thread, for at
+    /// most `lock_wait`. `None` when it could not be taken (a timeout is counted): the caller
+    /// then fetches without it.
+    async fn stripe_lock(self: &Arc<Self>, file: fs::File, stripe: u64) -> Option<fs::File> {
         let deadline = tokio::time::Instant::now() + self.cfg.lock_wait;
         let mut pause = Duration::from_millis(1);
         loop {
