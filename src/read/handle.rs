@@ -186,6 +186,8 @@ struct State {
     prefetched_to: u64,
     /// A fast start's window waits for its first read to be answered before it is sent.
     held: bool,
+    /// Blocks below this index were released by this run (`BlockReader::release`).
+    released_to: u64,
 }
 
 pub struct ReadHandle {
@@ -234,6 +236,9 @@ impl ReadHandle {
                 st.prefetched_to = 0;
                 st.held = false;
             }
+            if step == Step::NewRun {
+                st.released_to = 0;
+            }
             let evidence = match step {
                 Step::Fill => true,
                 Step::Extend => st.run.holes.is_empty(),
@@ -281,6 +286,10 @@ impl ReadHandle {
         } else {
             self.reader.read_random(&self.meta, offset, len).await
         };
+        if scanning && got.is_ok() {
+            let done = self.done_with();
+            self.reader.release(&self.meta, done).await;
+        }
         if fast {
             // The first block came back alone (its first byte is not slowed by the window's
             // GETs, and a failing tier below has failed once, not once per block): now the
@@ -299,6 +308,26 @@ impl ReadHandle {
             }
         }
         got
+    }
+
+    /// The blocks this scan has read whole, with `REORDER_SLACK` to spare for reads the kernel
+    /// sent out of order and that are still under way, not released yet; marked as released.
+    fn done_with(&self) -> std::ops::Range<u64> {
+        let bs = self.reader.block_size;
+        let mut st = self.state.lock().unwrap();
+        let read_to = st
+            .run
+            .holes
+            .first()
+            .map_or(st.run.hi, |h| h.0)
+            .saturating_sub(REORDER_SLACK);
+        let from = st.released_to.max(st.run.start.div_ceil(bs));
+        let to = read_to / bs;
+        if to <= from {
+            return 0..0;
+        }
+        st.released_to = to;
+        from..to
     }
 
     /// The blocks of the window not requested yet (none while a fast start is held), marked
@@ -691,6 +720,77 @@ mod tests {
             old.read(0, 10).await.unwrap(),
             d[..10],
             "cached bytes of the old version"
+        );
+    }
+
+    /// A reader of a `size`-byte object through a memory tier over a disk cache (in `dir`).
+    fn over_disk(
+        s: &Arc<FaultStore<MemoryStore>>,
+        dir: &std::path::Path,
+        block: u64,
+    ) -> (Arc<BlockReader>, Arc<crate::tier::memory::MemoryTier>) {
+        use crate::cache::{DiskCache, DiskCacheSettings};
+        use crate::object::SourceId;
+        use crate::tier::{TierChain, disk::DiskTier, memory::MemoryTier};
+        let source = SourceId::new(None, "test", "");
+        let cache = DiskCache::open(
+            DiskCacheSettings {
+                dir: dir.to_path_buf(),
+                max_size: None,
+                min_free_percent: 0.0,
+                block_size: block,
+                source: source.clone(),
+                lock_wait: crate::cache::LOCK_WAIT,
+                object_files: true,
+            },
+            &crate::metrics::Metrics::new(),
+        )
+        .unwrap();
+        let memory = Arc::new(MemoryTier::new(64 << 20, block));
+        let chain = TierChain::new(source, block, s.clone())
+            .with(memory.clone())
+            .with(Arc::new(DiskTier::new(cache)));
+        let in_flight = memory.in_flight();
+        (Arc::new(BlockReader::new(Arc::new(chain), in_flight, 64 << 20)), memory)
+    }
+
+    #[tokio::test]
+    async fn a_scan_lets_go_of_the_blocks_it_read_when_the_disk_keeps_them() {
+        use crate::tier::Tier;
+        let blocks = 12;
+        let (s, _, meta, d) = setup_with((blocks * MIB) as usize, MIB, 64 << 20).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (r, memory) = over_disk(&s, dir.path(), MIB);
+        let chain_block =
+            |i: u64| crate::object::BlockRef::new(&crate::object::SourceId::new(None, "test", ""), &meta, MIB, i);
+        let h = r.handle(meta.clone());
+        check_pieces(&h, &d, 0, blocks * MIB).await;
+        assert_eq!(fetched(&s).0, blocks, "each block fetched once");
+        // Read whole, more than REORDER_SLACK behind the end of the scan: let go of.
+        let behind = blocks - REORDER_SLACK / MIB - 1;
+        for i in 0..behind {
+            assert!(!memory.holds(&chain_block(i)), "block {i} still in memory");
+        }
+        // The blocks near the end are still there for reads the kernel sends out of order.
+        assert!(memory.holds(&chain_block(blocks - 1)));
+        // Let go of, not lost: the disk cache serves them, with no GET.
+        let again = r.handle(meta.clone());
+        check_pieces(&again, &d, 0, blocks * MIB).await;
+        assert_eq!(fetched(&s).0, blocks, "read again from the disk cache");
+    }
+
+    #[tokio::test]
+    async fn a_scan_keeps_its_blocks_in_memory_when_no_disk_tier_keeps_them() {
+        let blocks = 12;
+        let (s, r, meta, d) = setup_with((blocks * MIB) as usize, MIB, 64 << 20).await;
+        let h = r.handle(meta.clone());
+        check_pieces(&h, &d, 0, blocks * MIB).await;
+        let again = r.handle(meta.clone());
+        check_pieces(&again, &d, 0, blocks * MIB).await;
+        assert_eq!(
+            fetched(&s).0,
+            blocks,
+            "the second scan hit memory: nothing was let go of"
         );
     }
 }

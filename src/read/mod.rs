@@ -119,6 +119,13 @@ impl BlockReader {
         });
     }
 
+    /// A scan is done with blocks `range` of `obj` (see `TierChain::release`).
+    async fn release(&self, obj: &ObjectMeta, range: std::ops::Range<u64>) {
+        for index in range {
+            self.chain.release(&self.chain.block(obj, index)).await;
+        }
+    }
+
     /// Reads exactly `[offset, offset+len)` for a random access: from the tiers when every
     /// block it touches is cached, else from the pages the tiers hold (a page is served out of
     /// a whole block too), else the missing pages are fetched (one ranged GET per contiguous

@@ -32,6 +32,10 @@ impl Tier for DiskTier {
         "disk"
     }
 
+    fn keeps_on_disk(&self) -> bool {
+        true
+    }
+
     async fn peek(&self, block: &BlockRef, below: Below<'_>) -> Option<Bytes> {
         if let Some(b) = self.0.peek(block).await {
             return Some(b);

@@ -173,6 +173,12 @@ impl Tier for MemoryTier {
         Some(super::PageHit::Page(b))
     }
 
+    /// Dropped at once: a tier below keeps it on disk, and the kernel's page cache holds what
+    /// the reader read.
+    async fn release(&self, block: &BlockId) {
+        self.blocks.invalidate(&Key::Block(block.clone())).await;
+    }
+
     /// Kept as a block: later reads of the block, and of its other pages, hit here.
     async fn keep_block(&self, block: &BlockId, bytes: Bytes) {
         self.blocks.insert(Key::Block(block.clone()), bytes).await;

@@ -67,6 +67,16 @@ pub trait Tier: Send + Sync + 'static {
     /// Keeps a whole block a tier below found for a page (exactly the block's bytes). Tiers that
     /// keep no pages ignore it.
     async fn keep_block(&self, _block: &BlockId, _bytes: Bytes) {}
+
+    /// Whether this tier keeps the blocks it stores on local disk, across restarts: a tier
+    /// above may then let go of a block a scan is done with ([`Tier::release`]).
+    fn keeps_on_disk(&self) -> bool {
+        false
+    }
+
+    /// A sequential reader is done with this block, and a tier below keeps it on disk: a tier
+    /// that holds blocks only to serve them again soon may drop it now. The others ignore it.
+    async fn release(&self, _block: &BlockId) {}
 }
 
 pub use crate::object::PAGE_SIZE;
@@ -175,6 +185,17 @@ impl TierChain {
     /// The block if some tier holds it, without asking the origin.
     pub async fn peek(&self, block: &BlockRef) -> Option<Bytes> {
         self.peek_from(0, block).await
+    }
+
+    /// A sequential reader is done with `block`: each tier with a tier below it that keeps
+    /// blocks on disk may let go of it (the memory tier does, so that a scan does not fill the
+    /// memory with blocks read once, and their buffers are reused at once).
+    pub async fn release(&self, block: &BlockRef) {
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if self.tiers[i + 1..].iter().any(|t| t.keeps_on_disk()) {
+                tier.release(&block.id).await;
+            }
+        }
     }
 
     /// Whether some tier says, without I/O, that it holds the block.
