@@ -16,10 +16,13 @@
 //!   learned for each ([`SALT`], [`IDENTITIES`]; their use belongs to `app::identity`).
 //!
 //! Invariants:
-//! - **Nothing is followed.** Every operation opens the cache directory by its configured path
-//!   (resolved normally: the administrator chose it), checks that it is still the directory
-//!   whose owner was checked at [`CacheDir::open`] (same device and inode), and walks from that
-//!   descriptor down to the directory it needs with one `openat2` that refuses every symlink
+//! - **Nothing is followed.** Every operation resolves the cache directory's configured path
+//!   (normally: the administrator chose it) and checks that it still leads to the directory
+//!   whose owner was checked at [`CacheDir::open`] (same device and inode). Through the same
+//!   mount, it then starts from the descriptor of that directory held since `open` (one `statx`
+//!   per operation); otherwise (a bind mount over it, `statx` without mount ids) it opens the
+//!   path again and starts from there. From that descriptor it walks down to the directory it
+//!   needs with one `openat2` that refuses every symlink
 //!   (`RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`), or, where `openat2` is missing or a directory
 //!   is to be created, one component at a time with `openat(O_NOFOLLOW | O_DIRECTORY)`. It acts on the
 //!   last component with `*at` calls that do not follow it either (`O_NOFOLLOW`, `renameat`,
@@ -41,14 +44,15 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rustix::fs::{AtFlags, Dir, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Dir, Mode, OFlags, ResolveFlags, StatxFlags};
 use rustix::io::Errno;
 use tracing::info;
 
@@ -151,6 +155,29 @@ impl From<OpenError> for io::Error {
     }
 }
 
+/// The cache directory for one operation (`CacheDir::base`).
+enum Base<'a> {
+    Held(BorrowedFd<'a>),
+    Fresh(OwnedFd),
+}
+
+impl AsFd for Base<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Base::Held(fd) => *fd,
+            Base::Fresh(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// The id of the mount `fd` was opened through, if `statx` tells.
+fn mount_id(fd: &OwnedFd) -> Option<u64> {
+    let st = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).ok()?;
+    StatxFlags::from_bits_retain(st.stx_mask)
+        .contains(StatxFlags::MNT_ID)
+        .then_some(st.stx_mnt_id)
+}
+
 /// Whether `openat2` may be tried (false once the kernel or a seccomp filter refused it).
 static OPENAT2: AtomicBool = AtomicBool::new(true);
 
@@ -180,6 +207,9 @@ pub struct CacheDir {
     path: PathBuf,
     /// The directory's identity (device, inode) when it was checked.
     id: (u64, u64),
+    /// The directory as opened when it was checked, and the mount it was reached through
+    /// (`None` where `statx` does not tell: every operation then opens the path again).
+    held: Arc<(OwnedFd, Option<u64>)>,
 }
 
 /// One entry of a directory, as `lstat` sees it.
@@ -256,9 +286,11 @@ impl CacheDir {
                 mode: st.st_mode & 0o7777,
             });
         }
+        let mnt_id = mount_id(&fd);
         let cache = CacheDir {
             path: dir.to_path_buf(),
             id: (st.st_dev, st.st_ino),
+            held: Arc::new((fd, mnt_id)),
         };
         let version = cache.version_path();
         cache.create_dir(&version)?;
@@ -293,10 +325,30 @@ impl CacheDir {
         }
     }
 
-    /// The cache directory, opened again by its configured path for one operation: the
-    /// directory the path leads to now (so a read-only bind mount or a removal of the directory
-    /// under a running daemon takes effect), which must be the one checked at `open`.
-    fn base(&self) -> io::Result<OwnedFd> {
+    /// The cache directory for one operation: the directory the configured path leads to now
+    /// (so a read-only bind mount or a removal of the directory under a running daemon takes
+    /// effect), which must be the one checked at `open`. One `statx` of the path when it still
+    /// leads to that directory through the same mount: then the descriptor opened at `open`,
+    /// which is that very directory (same device and inode, and held open, so never another
+    /// one under a reused number). Otherwise the path is opened again ([`CacheDir::reopen`]).
+    fn base(&self) -> io::Result<Base<'_>> {
+        let (fd, mnt_id) = &*self.held;
+        if let Some(mnt_id) = mnt_id {
+            let want = StatxFlags::TYPE | StatxFlags::INO | StatxFlags::MNT_ID;
+            if let Ok(st) = rustix::fs::statx(rustix::fs::CWD, &self.path, AtFlags::empty(), want)
+                && StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID)
+                && (rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor), st.stx_ino) == self.id
+                && st.stx_mnt_id == *mnt_id
+            {
+                return Ok(Base::Held(fd.as_fd()));
+            }
+        }
+        self.reopen().map(Base::Fresh)
+    }
+
+    /// The cache directory, opened again by its configured path, which must lead to the
+    /// directory checked at `open`.
+    fn reopen(&self) -> io::Result<OwnedFd> {
         let fd = rustix::fs::open(
             &self.path,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -350,14 +402,14 @@ impl CacheDir {
             Some(base) => self.relative(base)?.components().count(),
             None => usize::MAX,
         };
-        let mut dir = self.base()?;
+        let base = self.base()?;
         // One call for the whole walk where the kernel has `openat2`: it refuses a symlink in
         // any component (`RESOLVE_NO_SYMLINKS`) and any way out of the base, so it opens what
         // the walk below would, with no descriptor per level. A missing directory that may be
         // created, and a kernel or sandbox without `openat2`, take the walk.
         if !rel.as_os_str().is_empty() && OPENAT2.load(Ordering::Relaxed) {
             let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::BENEATH;
-            match rustix::fs::openat2(&dir, rel, DIR_FLAGS, Mode::empty(), resolve) {
+            match rustix::fs::openat2(&base, rel, DIR_FLAGS, Mode::empty(), resolve) {
                 Ok(fd) => return Ok((fd, 0)),
                 Err(Errno::NOENT) if keep != usize::MAX => {}
                 Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
@@ -366,6 +418,11 @@ impl CacheDir {
                 Err(e) => return Err(e.into()),
             }
         }
+        let mut dir = match base {
+            Base::Fresh(fd) => fd,
+            // The walk needs a descriptor it owns; it starts from the held one.
+            Base::Held(fd) => rustix::io::fcntl_dupfd_cloexec(fd, 0)?,
+        };
         let mut created = 0;
         for (i, c) in rel.components().enumerate() {
             let name = c.as_os_str();
@@ -400,7 +457,7 @@ impl CacheDir {
         let Ok(rel) = self.relative(dir) else {
             return DirState::Missing;
         };
-        let mut fd = match self.base() {
+        let mut fd = match self.reopen() {
             Ok(fd) => fd,
             Err(_) => return DirState::Missing,
         };
@@ -422,7 +479,7 @@ impl CacheDir {
     /// How many directories of `dir` (a path under the cache directory) do not exist.
     pub fn missing_dirs(&self, dir: &Path) -> u64 {
         let Ok(rel) = self.relative(dir) else { return 0 };
-        let Ok(mut fd) = self.base() else { return 0 };
+        let Ok(mut fd) = self.reopen() else { return 0 };
         let total = rel.components().count();
         for (i, c) in rel.components().enumerate() {
             match rustix::fs::openat(&fd, c.as_os_str(), DIR_FLAGS, Mode::empty()) {
@@ -461,7 +518,7 @@ impl CacheDir {
     /// What `path` is, without following it (`lstat`).
     pub fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
         if self.relative(path)?.as_os_str().is_empty() {
-            return File::from(self.base()?).metadata();
+            return File::from(self.reopen()?).metadata();
         }
         let (dir, name, _) = self.parent_of(path, None)?;
         stat_at(&dir, name)

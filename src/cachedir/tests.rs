@@ -342,6 +342,39 @@ fn a_removed_or_replaced_cache_directory_is_not_used() {
     f.dir.temp(&tmp_dir, "tmp", None).unwrap();
 }
 
+/// Unmounts (detaching) when dropped, also when the test fails.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// A read-only bind mount put over the cache directory while it is in use takes effect at the
+/// next operation (it reaches the directory through another mount, so the descriptor held since
+/// `open` is not used), and so does its removal. Needs root, as CI runs.
+#[test]
+fn a_read_only_bind_mount_over_the_directory_takes_effect() {
+    let f = Fixture::new();
+    let tmp_dir = f.dir.area(Area::Tmp);
+    f.dir.temp(&tmp_dir, "tmp", None).unwrap();
+    let p = f.dir.path().to_path_buf();
+    rustix::mount::mount_bind(&p, &p).expect("bind mount (needs root)");
+    let guard = Unmount(p.clone());
+    rustix::mount::mount_remount(
+        &p,
+        rustix::mount::MountFlags::BIND | rustix::mount::MountFlags::RDONLY,
+        "",
+    )
+    .expect("remount read-only");
+    let e = f.dir.temp(&tmp_dir, "tmp", None).map(|_| ()).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert!(f.dir.open_private(&f.dir.version_path().join("probe")).is_err());
+    drop(guard);
+    f.dir.temp(&tmp_dir, "tmp", None).unwrap();
+}
+
 #[test]
 fn only_own_regular_files_are_trusted() {
     let f = Fixture::new();
