@@ -134,6 +134,12 @@ type ObjectVersion = (Arc<str>, Arc<str>);
 /// The most assembled files verified in the background at once (each reads its file whole).
 const VERIFY_AT_ONCE: usize = 2;
 
+/// How long after an open of an unverified file its background verification starts. The
+/// reader that opened it usually reads it whole at once, through the daemon, which checks each
+/// block it takes (and the release then verifies what is left, usually nothing): started at
+/// once, the verification raced that reader and both read the file.
+const VERIFY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct DirHandle {
     node: Arc<Node>,
     listing: Arc<DirListing>,
@@ -316,8 +322,9 @@ impl Fs {
 
     /// The assembled file of open `fh`'s object, verified, for the kernel to read directly
     /// (passthrough). An assembled file this process has not verified yet is not handed out:
-    /// its verification starts in the background (at most [`VERIFY_AT_ONCE`] at a time) and
-    /// this open reads through the daemon, which checks each block it takes from the file.
+    /// its verification starts in the background [`VERIFY_DELAY`] later (at most
+    /// [`VERIFY_AT_ONCE`] at a time) and this open reads through the daemon, which checks each
+    /// block it takes from the file.
     pub async fn backing_file(&self, fh: u64) -> Option<std::fs::File> {
         let files = self.passthrough_files()?;
         let handle = self.files.lock().unwrap().get(&fh).cloned()?;
@@ -340,7 +347,10 @@ impl Fs {
 
     fn verify_in_background(&self, files: Arc<dyn AssembledFiles>, meta: ObjectMeta) {
         let verifying = self.verifying.clone();
-        tokio::task::spawn_blocking(move || verify_bounded(&verifying, &*files, &meta));
+        tokio::spawn(async move {
+            tokio::time::sleep(VERIFY_DELAY).await;
+            let _ = tokio::task::spawn_blocking(move || verify_bounded(&verifying, &*files, &meta)).await;
+        });
     }
 
     /// Open `fh` was answered with a backing file: the kernel reads it without the daemon, so
