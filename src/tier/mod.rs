@@ -74,8 +74,9 @@ pub trait Tier: Send + Sync + 'static {
         false
     }
 
-    /// A sequential reader is done with this block, and a tier below keeps it on disk: a tier
-    /// that holds blocks only to serve them again soon may drop it now. The others ignore it.
+    /// A sequential reader is done with this block, and a tier below keeps blocks on disk (it
+    /// stored this one as it came, unless it had no room or no lock in time): a tier that holds
+    /// blocks only to serve them again soon may drop it now. The others ignore it.
     async fn release(&self, _block: &BlockId) {}
 }
 
