@@ -126,7 +126,8 @@ fn give_back(m: Mapping) {
 }
 
 /// Free buffers held now (count, bytes).
-pub fn free() -> (usize, usize) {
+#[cfg(test)]
+fn free() -> (usize, usize) {
     let free = FREE.lock().unwrap_or_else(|p| p.into_inner());
     (free.maps.len(), free.bytes)
 }

@@ -203,7 +203,7 @@ impl crate::object::DiskSpace for DiskCache {
 }
 
 /// Reads into `buf` at `at` until it is full or the file ends: the bytes read.
-fn read_full_at(file: &fs::File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+pub(super) fn read_full_at(file: &fs::File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match std::os::unix::fs::FileExt::read_at(file, &mut buf[got..], at + got as u64) {
@@ -512,31 +512,16 @@ impl DiskCache {
             Opened::File(f) => f,
             Opened::Absent | Opened::Rejected => return None,
         };
-        // Exactly `expected` bytes, then one more to tell a longer file: `decode` sees what the
-        // file holds, up to one byte past what it should.
-        let mut buf = crate::bufpool::BlockBuf::zeroed(expected as usize);
-        let read = read_full_at(&file, buf.as_mut_slice(), 0).and_then(|got| {
-            let mut more = [0u8; 1];
-            Ok((
-                got,
-                got == expected as usize && read_full_at(&file, &mut more, expected)? == 1,
-            ))
-        });
-        let (got, longer) = match read {
-            Ok(r) => r,
+        // Up to one byte more than the file should hold: `decode` then sees a longer file too.
+        let mut buf = crate::bufpool::BlockBuf::zeroed(expected as usize + 1);
+        let got = match read_full_at(&file, buf.as_mut_slice(), 0) {
+            Ok(got) => got,
             Err(e) => {
                 self.warn(format_args!("cannot read cached block {}: {e}", loc.path.display()));
                 return None;
             }
         };
-        let bytes = if longer {
-            let mut v = buf.as_slice().to_vec();
-            v.push(0);
-            Bytes::from(v)
-        } else {
-            buf.freeze().slice(..got)
-        };
-        match format::decode(bytes, id, loc.len) {
+        match format::decode(buf.freeze().slice(..got), id, loc.len) {
             Ok(data) => {
                 // The file's mtime is its last access, for LRU eviction.
                 touch(&file);

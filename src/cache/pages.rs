@@ -105,15 +105,7 @@ pub fn encode(id: &BlockId, block_len: u64, table: &[Option<u32>]) -> Result<Vec
 pub fn read_header(file: &std::fs::File, id: &BlockId, block_len: u64) -> Result<(Vec<Option<u32>>, u64), FormatError> {
     let want = header_len(id, block_len);
     let mut buf = vec![0u8; want];
-    let mut got = 0;
-    while got < want {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(FormatError::Truncated),
-        }
-    }
+    let got = super::read_full_at(file, &mut buf, 0).map_err(|_| FormatError::Truncated)?;
     if got < FIXED {
         return Err(FormatError::Truncated);
     }

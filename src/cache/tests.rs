@@ -170,6 +170,21 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
         assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
     }
     assert_eq!(c.stats().corrupt.get(), 3);
+    // A block file with one byte too many is not trusted either.
+    let files = block_files(d.path());
+    let mut longer = fs::read(&files[0]).unwrap();
+    longer.push(0);
+    fs::write(&files[0], longer).unwrap();
+    let before = fetches.load(Ordering::SeqCst);
+    // Block files are named `<object hash>.<index>`.
+    let which: u64 = files[0].extension().unwrap().to_str().unwrap().parse().unwrap();
+    assert_eq!(get(&c, &o, which, &fetches).await, content(&o, which));
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        before + 1,
+        "the longer file was refetched"
+    );
+    assert_eq!(c.stats().corrupt.get(), 4);
     // Junk in the cache tree is removed by the scan and counted.
     let shard = files[0].parent().unwrap();
     fs::write(shard.join("junk.txt"), b"junk").unwrap();
@@ -178,7 +193,7 @@ async fn corrupt_truncated_and_foreign_blocks_are_refetched_and_counted() {
     c.scan_and_evict(u64::MAX);
     assert!(!shard.join("junk.txt").exists());
     assert!(!area_path(d.path(), Area::Blocks).join("zzz").exists());
-    assert_eq!(c.stats().corrupt.get(), 5);
+    assert_eq!(c.stats().corrupt.get(), 6);
 }
 
 #[tokio::test]
