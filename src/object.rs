@@ -115,9 +115,9 @@ pub trait AssembledFiles: Send + Sync {
     /// when it is verified, and from then on `open_assembled` hands it out. A file that fails
     /// is removed (its reads then go through the tiers).
     fn verify_assembled(&self, obj: &ObjectMeta) -> bool;
-    /// A file `open_assembled` returned was used again for an open without opening it anew:
-    /// counted as a cache hit; with `touch`, its last access is recorded (for eviction).
-    fn reused(&self, file: &std::fs::File, touch: bool);
+    /// A file `open_assembled` returned for `obj` was used again for an open without opening
+    /// it anew: counted as a cache hit; with `touch`, its last access is recorded (for eviction).
+    fn reused(&self, file: &std::fs::File, obj: &ObjectMeta, touch: bool);
     /// Makes the object's file complete if every block of it is cached (moving block files
     /// into it; usually there is nothing to do: blocks are written into it as they are
     /// fetched). Failures are the cache's to log: the object is then read block by block. True

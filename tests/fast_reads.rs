@@ -519,11 +519,55 @@ fn warm_opens_reuse_one_backing_file() {
     wait_for("the held file closed after the kernel forgot its inode", || held() == 0);
 }
 
-/// After a restart the assembled file is not trusted until verified, and it is read once for
+/// A file verified whole (here: written whole by the first daemon) is stamped on its index, so
+/// after a restart on the same boot its first open passes through: nothing read by the daemon,
+/// nothing fetched.
+#[test]
+fn after_a_restart_a_stamped_file_passes_through_at_its_first_open() {
+    let s = server();
+    let body = data(6 * MIB + 3, 24);
+    s.put(BUCKET, "big.bin", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let (m, _) = cached_mount(&s, cache.path());
+        assert!(fs::read(m.join("big.bin")).unwrap() == body);
+        wait_for("the assembled file", || full_files(cache.path()) == 1);
+    }
+    let idx = the_full_file(cache.path()).with_extension("idx");
+    assert_eq!(
+        rustix::fs::getxattr(&idx, STAMP, &mut [0u8; 64][..]).ok(),
+        Some(16),
+        "stamped by the daemon that wrote it"
+    );
+    let (m, port) = cached_mount(&s, cache.path());
+    s.reset_counts();
+    let f = fs::File::open(m.join("big.bin")).unwrap();
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_opens_total"),
+        1.0,
+        "the first open passes through: {}",
+        m.log()
+    );
+    let mut got = vec![0u8; body.len()];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == body);
+    assert_eq!(
+        metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}"),
+        0.0,
+        "read by the kernel from the backing file"
+    );
+    assert_eq!(s.counts().total(), 0);
+}
+
+/// The extended attribute of an object file's index that records its verification.
+const STAMP: &std::ffi::CStr = c"user.s3cachefs.ok";
+
+/// After a restart an assembled file without a stamp (verified on another boot, or on a
+/// filesystem without extended attributes) is not trusted until verified, and it is read once for
 /// that, in the background: the first open reads through the daemon (each block checked), a
 /// later open passes through once the file is verified.
 #[test]
-fn after_a_restart_the_first_open_reads_through_the_daemon_then_passthrough_follows() {
+fn after_a_restart_an_unstamped_file_is_read_through_the_daemon_then_passes_through() {
     let s = server();
     let body = data(6 * MIB + 3, 22);
     s.put(BUCKET, "big.bin", body.clone());
@@ -533,6 +577,7 @@ fn after_a_restart_the_first_open_reads_through_the_daemon_then_passthrough_foll
         assert!(fs::read(m.join("big.bin")).unwrap() == body);
         wait_for("the assembled file", || full_files(cache.path()) == 1);
     }
+    rustix::fs::removexattr(the_full_file(cache.path()).with_extension("idx"), STAMP).unwrap();
     let (m, port) = cached_mount(&s, cache.path());
     s.reset_counts();
     let mut f = fs::File::open(m.join("big.bin")).unwrap();

@@ -37,6 +37,11 @@ use crate::cachedir::{Area, hex_shard, is_own_file};
 use crate::object::{Assembled, AssembledFiles, BlockRef, ObjectMeta, block_range};
 
 const MAGIC: &[u8; 8] = b"S3CFSFUL";
+/// The extended attribute of an object file's index that says its data file was verified whole
+/// (`DiskCache::write_stamp`).
+const STAMP_XATTR: &std::ffi::CStr = c"user.s3cachefs.ok";
+/// Hashed first into every stamp (`DiskCache::stamp_of`): a new meaning gets a new domain.
+const STAMP_DOMAIN: &[u8] = b"s3cachefs verified object file v1";
 /// A file's (device, inode), and what tells it from a later file given that inode number
 /// (`file_identity`).
 pub(super) type FileKey = (u64, u64);
@@ -476,9 +481,9 @@ impl DiskCache {
             self.reject_full(&self.full_path(&loc.object), "block checksum mismatch");
             return None;
         }
-        self.checked_here(&file, id.index, index.n as usize);
+        self.checked_here(&file, &index, id.index);
         // Last access, for LRU eviction.
-        super::touch(&file);
+        self.touch_full(&file, &index.file);
         Some(buf.freeze())
     }
 
@@ -582,7 +587,7 @@ impl DiskCache {
         index.file.write_all_at(&accounted_record(allocated), at)?;
         reservation.commit(Cell::Shard(cell), grown);
         drop(guard);
-        self.checked_here(&file, id.index, index.n as usize);
+        self.checked_here(&file, &index, id.index);
         Ok(Stored::Written)
     }
 
@@ -591,8 +596,9 @@ impl DiskCache {
     /// block of that file is checked, the file counts as verified (as if `verify_assembled` had
     /// read it whole): the first open after a cold read, or after the daemon read the whole file
     /// for a reader, does not read it again. A block written by another process and not read
-    /// here keeps the file unverified.
-    fn checked_here(&self, file: &File, i: u64, n: usize) {
+    /// here keeps the file unverified. A file verified so is stamped (`write_stamp`).
+    fn checked_here(&self, file: &File, index: &IndexFile, i: u64) {
+        let n = index.n as usize;
         let Ok(meta) = file.metadata() else { return };
         let (key, tag) = file_identity(file, &meta);
         if self.verified_full.get(&key) == Some(tag) {
@@ -612,7 +618,73 @@ impl DiskCache {
         }
         if blocks.iter().all(|&b| b) {
             checked.remove(&key);
+            drop(checked);
+            if let Some(stamp) = self.stamp_of(file) {
+                self.write_stamp(&index.file, &stamp);
+            }
             self.verified_full.insert(key, tag);
+        }
+    }
+
+    /// What a verification stamp of the object file `data` says now: 16 bytes of SHA-256 over
+    /// this boot of the machine, the file's identity (`file_identity`: inode number,
+    /// generation, birth time, size) and its change time, which every write to the file and
+    /// every change of its times moves. Small, so that ext4 keeps it inside the inode (no block
+    /// of its own for the ledger to miss). `None` when the boot is unknown.
+    fn stamp_of(&self, data: &File) -> Option<[u8; 16]> {
+        use sha2::Digest;
+        let boot = self.boot_id.as_deref()?;
+        let meta = data.metadata().ok()?;
+        let ((_, ino), (generation, born, size)) = file_identity(data, &meta);
+        let mut h = sha2::Sha256::new();
+        h.update(STAMP_DOMAIN);
+        h.update((boot.len() as u64).to_le_bytes());
+        h.update(boot.as_bytes());
+        for v in [
+            ino,
+            generation,
+            born,
+            size,
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ] {
+            h.update(v.to_le_bytes());
+        }
+        Some(h.finalize()[..16].try_into().expect("16 of 32 bytes"))
+    }
+
+    /// Records on an object file's index (extended attribute [`STAMP_XATTR`]) that its data
+    /// file, as `stamp` describes it, was verified whole. Any process of this cache may then
+    /// hand the file to the kernel without reading it again, until the machine reboots (a
+    /// crash may have lost writes the index counts) or the file is changed. Not recorded where
+    /// the filesystem has no user extended attributes: then each process verifies the file.
+    fn write_stamp(&self, index: &File, stamp: &[u8]) {
+        if let Err(e) = rustix::fs::fsetxattr(index, STAMP_XATTR, stamp, rustix::fs::XattrFlags::empty()) {
+            debug!("cannot stamp an object file's index as verified: {e}");
+        }
+    }
+
+    /// Whether `index` carries a stamp of `data` as it is now: verified whole since the machine
+    /// booted, and not written or given other times since (`write_stamp`).
+    fn stamped(&self, index: &File, data: &File) -> bool {
+        let Some(want) = self.stamp_of(data) else {
+            return false;
+        };
+        let mut got = [0u8; 16];
+        matches!(rustix::fs::fgetxattr(index, STAMP_XATTR, &mut got[..]), Ok(16) if got == want)
+    }
+
+    /// Records the last access of a verified object file ([`super::touch`]) and renews its
+    /// stamp, whose change time that moves. A stamp that no longer matches (the file was
+    /// written since) is not renewed.
+    fn touch_full(&self, data: &File, index: &File) {
+        if !super::touch_due(data) {
+            return;
+        }
+        let renew = self.stamped(index, data);
+        super::touch(data);
+        if renew && let Some(stamp) = self.stamp_of(data) {
+            self.write_stamp(index, &stamp);
         }
     }
 
@@ -715,10 +787,14 @@ impl DiskCache {
         };
         let (key, tag) = file_identity(&file, &meta);
         if self.verified_full.get(&key) != Some(tag) {
-            return Assembled::Unverified;
+            // Verified by an earlier process since the machine booted, and unchanged since.
+            if !self.stamped(&index.file, &file) {
+                return Assembled::Unverified;
+            }
+            self.verified_full.insert(key, tag);
         }
         // Last access, for LRU eviction.
-        super::touch(&file);
+        self.touch_full(&file, &index.file);
         self.stats.hits.inc();
         Assembled::Verified(file)
     }
@@ -737,6 +813,13 @@ impl DiskCache {
         };
         let (key, tag) = file_identity(&file, &meta);
         if self.verified_full.get(&key) == Some(tag) {
+            return true;
+        }
+        // What the stamp will record: taken before the bytes are read, and written only if the
+        // file did not change while they were.
+        let stamp = self.stamp_of(&file);
+        if stamp.is_some() && self.stamped(&index.file, &file) {
+            self.verified_full.insert(key, tag);
             return true;
         }
         // Only a whole object is verified (an absent block is no damage).
@@ -759,6 +842,11 @@ impl DiskCache {
             }
         }
         self.checked_here.lock().unwrap().remove(&key);
+        if let Some(stamp) = stamp
+            && self.stamp_of(&file) == Some(stamp)
+        {
+            self.write_stamp(&index.file, &stamp);
+        }
         self.verified_full.insert(key, tag);
         true
     }
@@ -846,9 +934,13 @@ impl AssembledFiles for DiskCache {
         DiskCache::verify_assembled(self, obj)
     }
 
-    fn reused(&self, file: &File, touch: bool) {
+    fn reused(&self, file: &File, obj: &ObjectMeta, touch: bool) {
         if touch {
-            super::touch(file);
+            let (object, _) = self.assembled_hash(obj);
+            match self.read_index(&self.full_path(&object).with_extension("idx")) {
+                Some(index) => self.touch_full(file, &index.file),
+                None => super::touch(file),
+            }
         }
         self.stats.hits.inc();
     }

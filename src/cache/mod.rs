@@ -58,14 +58,20 @@ enum Before {
 /// A file touched less than [`TOUCH_INTERVAL`] ago is left as it is: a hit costs one `fstat`,
 /// not a metadata write, and eviction's order is that much coarser.
 pub(crate) fn touch(file: &std::fs::File) {
-    let now = std::time::SystemTime::now();
-    if let Ok(m) = file.metadata()
-        && let Ok(t) = m.modified()
-        && now.duration_since(t).is_ok_and(|age| age < TOUCH_INTERVAL)
-    {
-        return;
+    if touch_due(file) {
+        let now = std::time::SystemTime::now();
+        let _ = file.set_times(std::fs::FileTimes::new().set_accessed(now).set_modified(now));
     }
-    let _ = file.set_times(std::fs::FileTimes::new().set_accessed(now).set_modified(now));
+}
+
+/// Whether `file`'s recorded last access is older than [`TOUCH_INTERVAL`] (what [`touch`] would
+/// update).
+pub(crate) fn touch_due(file: &std::fs::File) -> bool {
+    !file.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+        std::time::SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age < TOUCH_INTERVAL)
+    })
 }
 
 /// How stale a cache file's last access may be (see [`touch`]).
@@ -152,6 +158,9 @@ pub struct DiskCache {
     /// and checked (`full::checked_here`), by (device, inode) with the file's identity as for
     /// `verified_full`.
     checked_here: Mutex<std::collections::HashMap<full::FileKey, (full::FileTag, Vec<bool>)>>,
+    /// This boot of the machine (`/proc/sys/kernel/random/boot_id`), which a verification
+    /// stamp names: `None` (no stamps written or trusted) when it cannot be read.
+    boot_id: Option<Box<str>>,
     wake: Arc<evict::Wake>,
     /// The shard directories eviction samples from, and when they were listed.
     shard_list: Mutex<Option<(Instant, evict::ShardList)>>,
@@ -283,6 +292,11 @@ impl DiskCache {
             warnings: Warnings::default(),
             verified_full: moka::sync::Cache::new(VERIFIED_MAX),
             checked_here: Mutex::new(Default::default()),
+            boot_id: fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|b| b.trim().to_owned())
+                .filter(|b| !b.is_empty())
+                .map(String::into_boxed_str),
             wake: Default::default(),
             shard_list: Mutex::new(None),
             rng: Mutex::new(seed),

@@ -13,7 +13,9 @@
 //! index's header drops the data file and its index together, while a damaged entry of the index
 //! only makes that block absent (it is fetched and written again). A file this process has verified is not checked again
 //! (it is the kernel that reads it), so damage done to it afterwards reaches passthrough readers;
-//! the model expects exactly that, and nothing else that does not match the origin.
+//! the model expects exactly that, and nothing else that does not match the origin. A file verified whole is
+//! stamped (its index's extended attribute): a restarted cache trusts it without reading it until its data file is
+//! written again.
 //!
 //! The usage counter is checked where it must be exact on any filesystem: after a scan, and
 //! across a read (which writes nothing and may only drop invalid files).
@@ -116,6 +118,10 @@ struct FullModel {
     checked: std::collections::BTreeSet<u64>,
     /// Verified whole by this process (`open_assembled`), so not checked again until restart.
     verified: bool,
+    /// Its index carries a stamp of the data file as it is: verified whole (by any process since
+    /// the test started, one boot), the data file not written since. A restarted cache trusts
+    /// a stamped file without reading it.
+    stamped: bool,
 }
 
 /// What the cache holds of one object version.
@@ -230,8 +236,9 @@ impl Model {
                     let n = self.version(v).blocks();
                     let full = self.held(v).full.as_mut().unwrap();
                     full.checked.insert(i);
-                    if full.checked.len() as u64 == n {
+                    if full.checked.len() as u64 == n && !full.verified {
                         full.verified = true;
+                        full.stamped = true;
                     }
                     return true;
                 }
@@ -271,14 +278,17 @@ impl Model {
                     .retain(|&p, _| !(entry..entry + 8).contains(&p) && !(hl..hl + 16).contains(&p));
                 full.present.insert(i);
                 full.checked.insert(i);
+                full.stamped = false; // the data file changed
             }
             Some(_) => return, // already there: nothing written
         }
         let n = self.version(v).blocks();
         if let Some(full) = self.held(v).full.as_mut()
             && full.checked.len() as u64 == n
+            && !full.verified
         {
             full.verified = true;
+            full.stamped = true;
         }
     }
 
@@ -307,11 +317,14 @@ impl Model {
             return None;
         }
         if !full.verified {
-            if full.data.any() {
+            if full.stamped {
+                // Trusted without a read: verified earlier, not written since.
+            } else if full.data.any() {
                 held.full = None;
                 return None;
             }
             full.verified = true;
+            full.stamped = true;
         }
         // Verified once per process: damage done since then is not looked for again (the
         // kernel reads this file directly; the daemon's own reads still check every block).
@@ -338,7 +351,12 @@ impl Model {
     fn damage(&mut self, t: Target) -> &mut Damage {
         match t {
             Target::Block(v, i) => self.held(v).blocks.get_mut(&i).unwrap(),
-            Target::Data(v) => &mut self.held(v).full.as_mut().unwrap().data,
+            Target::Data(v) => {
+                // Written in place: its change time moves, so its stamp no longer matches.
+                let full = self.held(v).full.as_mut().unwrap();
+                full.stamped = false;
+                &mut full.data
+            }
             Target::Index(v) => &mut self.held(v).full.as_mut().unwrap().idx,
         }
     }

@@ -576,6 +576,86 @@ async fn verified_files_are_told_apart_on_a_reused_inode_and_pruned() {
     assert!(c.verified_full.get(&k).is_none(), "evicted files leave the set");
 }
 
+/// A file verified whole is stamped on its index: a restarted cache (same boot) hands it out
+/// without reading it, until its data file is written or its times set; a stamp of another boot,
+/// or none, is not trusted. Recording the last access renews a stamp that still matches.
+#[tokio::test]
+async fn a_verification_outlives_a_restart_of_the_same_boot_only() {
+    let d = tempfile::tempdir().unwrap();
+    let fetches = AtomicUsize::new(0);
+    let o = obj("stamped", "\"e\"", 2 * BS + 5);
+    let reopen = || DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    let state = |c: &DiskCache| match c.open_if_verified(&o) {
+        crate::object::Assembled::Verified(_) => "verified",
+        crate::object::Assembled::Unverified => "unverified",
+        crate::object::Assembled::Absent => "absent",
+    };
+    {
+        let c = reopen();
+        for i in 0..3 {
+            get(&c, &o, i, &fetches).await;
+        }
+        // Every block written here: verified, and stamped, without a read.
+        assert_eq!(state(&c), "verified");
+    }
+    let (hash, _) = reopen().assembled_hash(&o);
+    let path = reopen().full_path(&hash);
+    let idx = path.with_extension("idx");
+    let stamp = || rustix::fs::getxattr(&idx, c"user.s3cachefs.ok", &mut [0u8; 64][..]).ok();
+    assert_eq!(stamp(), Some(16));
+    assert_eq!(state(&reopen()), "verified", "trusted after a restart");
+
+    // A stamp of another boot: verified by reading, then stamped for this one.
+    let mut other = reopen();
+    Arc::get_mut(&mut other).unwrap().boot_id = Some("another-boot".into());
+    assert_eq!(state(&other), "unverified");
+    assert!(other.verify_assembled(&o));
+    assert_eq!(state(&reopen()), "unverified", "stamped for the other boot");
+    assert!(reopen().verify_assembled(&o));
+    assert_eq!(state(&reopen()), "verified");
+
+    // The same byte written again: the data file changed, so it is read again.
+    let b = fs::read(&path).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&b[7..8], 7).unwrap();
+    assert_eq!(state(&reopen()), "unverified");
+    let c = reopen();
+    assert!(c.verify_assembled(&o));
+    assert_eq!(state(&reopen()), "verified");
+
+    // Damage written after the stamp is caught: the file is read, refused and removed.
+    f.write_all_at(&[b[9] ^ 4], 9).unwrap();
+    let c = reopen();
+    assert_eq!(state(&c), "unverified");
+    assert!(!c.verify_assembled(&o));
+    assert!(!path.exists() && stamp().is_none());
+
+    // Written whole again, its last access old: opening it records the access (which moves
+    // the change time) and renews the stamp.
+    {
+        let c = reopen();
+        for i in 0..3 {
+            get(&c, &o, i, &fetches).await;
+        }
+        assert_eq!(state(&c), "verified");
+    }
+    let old = std::time::SystemTime::now() - 2 * crate::cache::TOUCH_INTERVAL;
+    let f = fs::File::open(&path).unwrap();
+    f.set_times(fs::FileTimes::new().set_accessed(old).set_modified(old))
+        .unwrap();
+    let c = reopen();
+    assert!(c.verify_assembled(&o), "read: setting the times moved the change time");
+    assert_eq!(state(&c), "verified");
+    assert!(
+        fs::metadata(&path).unwrap().modified().unwrap() > old,
+        "access recorded"
+    );
+    assert_eq!(state(&reopen()), "verified", "the stamp renewed with the access");
+    // Without a stamp it is read again.
+    rustix::fs::removexattr(&idx, c"user.s3cachefs.ok").unwrap();
+    assert_eq!(state(&reopen()), "unverified");
+}
+
 /// The ledger cut short or removed under a running cache (by anyone) is rebuilt: reads and
 /// writes go on, and a reconciliation makes it exact again.
 #[tokio::test]

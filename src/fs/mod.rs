@@ -364,9 +364,10 @@ impl Fs {
         match (reused, self.passthrough_files()) {
             // Recording the last access writes metadata: not on a runtime worker.
             (Some((file, true)), Some(files)) => {
-                tokio::task::spawn_blocking(move || files.reused(&file, true));
+                let meta = handle.reader.meta().clone();
+                tokio::task::spawn_blocking(move || files.reused(&file, &meta, true));
             }
-            (Some((file, false)), Some(files)) => files.reused(&file, false),
+            (Some((file, false)), Some(files)) => files.reused(&file, handle.reader.meta(), false),
             _ => {}
         }
         if let Some(log) = &self.access
