@@ -59,13 +59,32 @@ fn warm_then_mount_reads_without_gets_and_warm_is_idempotent() {
     assert_eq!(code, 0);
     assert_eq!(s.counts().get, 0, "{out}");
     assert!(out.contains(&format!("{} already cached", blocks(&objects))), "{out}");
-    // A mount on the same cache reads everything without a GET.
-    let m = Mount::new(&s, BUCKET, &["--cache", cache.path().to_str().unwrap()]);
+    // A mount on the same cache reads everything without a GET, and without reading it itself:
+    // `warm` wrote every block and stamped each file as verified, so each first open passes
+    // through to the kernel.
+    let port = free_port();
+    let m = Mount::new(
+        &s,
+        BUCKET,
+        &[
+            "--cache",
+            cache.path().to_str().unwrap(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
     s.reset_counts();
     for (key, body) in &objects {
         assert!(fs::read(m.join(key)).unwrap() == *body);
     }
     assert_eq!(s.counts().get, 0);
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_opens_total"),
+        objects.len() as f64,
+        "{}",
+        m.log()
+    );
+    assert_eq!(metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}"), 0.0);
     // notes.txt was not included.
     fs::read(m.join("jars/notes.txt")).unwrap();
     assert_eq!(s.counts().get, 1);
