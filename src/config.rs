@@ -379,8 +379,12 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 1 << 20;
 
 /// Prefetch GETs in flight at once by default (`--prefetch-concurrency`): with 1 MiB blocks and
 /// 20 ms to a first byte, 16 held a cold read at about 600 MB/s, 32 reached 830–980 MB/s and 48
-/// little more (docs/BENCHMARKS.md, "Cold reads: buffers and request concurrency").
-pub const DEFAULT_PREFETCH_CONCURRENCY: u16 = 32;
+/// little more (docs/BENCHMARKS.md, "Cold reads: buffers and request concurrency"). The read
+/// layer's own default, so that a reader built without the flag uses the same.
+pub const DEFAULT_PREFETCH_CONCURRENCY: u16 = {
+    assert!(crate::read::DEFAULT_PREFETCH_CONCURRENCY <= u16::MAX as usize);
+    crate::read::DEFAULT_PREFETCH_CONCURRENCY as u16
+};
 
 /// FUSE connection parameters that `benches/fuse_sweep.rs` varies without a rebuild (hidden
 /// flags, `S3CACHEFS_FUSE_*` in the environment). `None` keeps the default chosen by that sweep

@@ -173,23 +173,13 @@ impl Index {
         if version != VERSION {
             return None;
         }
-        let (size, block_size, [store, key, etag], n) = read_fields(b, &mut pos)?;
+        let (fields, n) = read_fields(b, &mut pos)?;
         let header_end = pos;
         let crc = u32::from_le_bytes(take_at(b, &mut pos, 4)?.try_into().ok()?);
         if crc32c::crc32c(&b[..header_end]) != crc {
             return None;
         }
-        let index = Index {
-            version,
-            store,
-            key,
-            etag,
-            size,
-            block_size,
-            accounted: u64::MAX,
-            crcs: Vec::new(),
-        };
-        Some((index, pos, n))
+        Some((Index::read(version, fields, Vec::new()), pos, n))
     }
 
     /// Version 1: the same fields up to N, then N crcs, then a crc32c of everything before it.
@@ -199,15 +189,20 @@ impl Index {
             return None;
         }
         let mut pos = 12usize;
-        let (size, block_size, [store, key, etag], n) = read_fields(body, &mut pos)?;
+        let (fields, n) = read_fields(body, &mut pos)?;
         let crcs = (0..n)
             .map(|_| Some(Some(u32::from_le_bytes(take_at(body, &mut pos, 4)?.try_into().ok()?))))
             .collect::<Option<Vec<_>>>()?;
         if pos != body.len() {
             return None;
         }
-        Some(Index {
-            version: 1,
+        Some(Index::read(1, fields, crcs))
+    }
+
+    /// An index read from a file: its accounted bytes unknown until their record is read.
+    fn read(version: u32, (size, block_size, [store, key, etag]): Fields, crcs: Vec<Option<u32>>) -> Index {
+        Index {
+            version,
             store,
             key,
             etag,
@@ -215,13 +210,16 @@ impl Index {
             block_size,
             accounted: u64::MAX,
             crcs,
-        })
+        }
     }
 }
 
+/// Size, block size, and store, key and ETag.
+type Fields = (u64, u64, [String; 3]);
+
 /// The fields both versions share, after magic and version: size, block size, store, key, ETag
 /// (each length-prefixed) and the number of blocks, which must be the size in blocks.
-fn read_fields(b: &[u8], pos: &mut usize) -> Option<(u64, u64, [String; 3], u64)> {
+fn read_fields(b: &[u8], pos: &mut usize) -> Option<(Fields, u64)> {
     let size = u64::from_le_bytes(take_at(b, pos, 8)?.try_into().ok()?);
     let block_size = u64::from_le_bytes(take_at(b, pos, 8)?.try_into().ok()?);
     let mut string = || -> Option<String> {
@@ -230,7 +228,7 @@ fn read_fields(b: &[u8], pos: &mut usize) -> Option<(u64, u64, [String; 3], u64)
     };
     let strings = [string()?, string()?, string()?];
     let n = u64::from_le_bytes(take_at(b, pos, 8)?.try_into().ok()?);
-    (block_size != 0 && n == size.div_ceil(block_size)).then_some((size, block_size, strings, n))
+    (block_size != 0 && n == size.div_ceil(block_size)).then_some(((size, block_size, strings), n))
 }
 
 /// The `n` bytes at `*pos`, moving `pos` past them.

@@ -56,8 +56,8 @@ pub struct BlockReader {
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// Prefetch GETs in flight unless `with_prefetch_concurrency` says otherwise: the mount's
-/// default (`config::DEFAULT_PREFETCH_CONCURRENCY`, which `app` passes in).
+/// Prefetch GETs in flight unless `with_prefetch_concurrency` says otherwise; also the default
+/// of `--prefetch-concurrency` (`config::DEFAULT_PREFETCH_CONCURRENCY`, which says why 32).
 pub const DEFAULT_PREFETCH_CONCURRENCY: usize = 32;
 
 impl BlockReader {
