@@ -362,6 +362,32 @@ impl Model {
     }
 }
 
+/// The offset of data byte `n` (modulo their number) of the file at `path`, counting only its
+/// data ranges (`SEEK_DATA`/`SEEK_HOLE`); `None` when it has none.
+fn nth_data_byte(path: &std::path::Path, n: u64) -> Option<u64> {
+    use rustix::fs::{SeekFrom, seek};
+    let f = fs::File::open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < len {
+        // ENXIO: no data at or after `at`.
+        let Ok(start) = seek(&f, SeekFrom::Data(at)) else { break };
+        let end = seek(&f, SeekFrom::Hole(start)).unwrap().min(len);
+        ranges.push(start..end);
+        at = end;
+    }
+    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    let mut k = n.checked_rem(total)?;
+    for r in ranges {
+        if k < r.end - r.start {
+            return Some(r.start + k);
+        }
+        k -= r.end - r.start;
+    }
+    unreachable!("k < total")
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     /// `get_or_fetch` of block `block` (modulo the block count) of a version of `obj`.
@@ -398,7 +424,8 @@ enum Op {
     EvictTo {
         percent: u64,
     },
-    /// XOR byte `pos` (modulo the file length) of file `pick` (modulo the file count).
+    /// XOR byte `pos` (modulo the file length) of file `pick` (modulo the file count); of an
+    /// object file, data byte `pos` modulo the bytes it holds, never a hole.
     Flip {
         pick: usize,
         pos: u64,
@@ -598,7 +625,15 @@ impl Harness {
                 if bytes.is_empty() {
                     return Ok(());
                 }
-                let pos = pos % bytes.len() as u64;
+                let pos = match t {
+                    // A failing disk damages bytes it holds: never a hole of a sparse object
+                    // file (a write there would allocate space that no process accounted).
+                    Target::Data(_) => match nth_data_byte(&path, pos) {
+                        Some(p) => p,
+                        None => return Ok(()),
+                    },
+                    _ => pos % bytes.len() as u64,
+                };
                 bytes[pos as usize] ^= mask;
                 // In place, as a failing disk would: same file, same inode.
                 fs::OpenOptions::new()
