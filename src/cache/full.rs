@@ -665,11 +665,7 @@ impl DiskCache {
     /// Whether `index` carries a stamp of `data` as it is now: verified whole since the machine
     /// booted, and not written or given other times since (`write_stamp`).
     fn stamped(&self, index: &File, data: &File) -> bool {
-        let Some(want) = self.stamp_of(data) else {
-            return false;
-        };
-        let mut got = [0u8; 16];
-        matches!(rustix::fs::fgetxattr(index, STAMP_XATTR, &mut got[..]), Ok(16) if got == want)
+        self.stamp_of(data).is_some_and(|want| read_stamp(index) == Some(want))
     }
 
     /// Records the last access of a verified object file ([`super::touch`]) and renews its
@@ -816,7 +812,7 @@ impl DiskCache {
         // What the stamp will record: taken before the bytes are read, and written only if the
         // file did not change while they were.
         let stamp = self.stamp_of(&file);
-        if stamp.is_some() && self.stamped(&index.file, &file) {
+        if stamp.is_some() && read_stamp(&index.file) == stamp {
             self.verified_full.insert(key, tag);
             return true;
         }
@@ -892,6 +888,12 @@ impl DiskCache {
         }
         Ok(self.read_index(&idx_path).is_some_and(|i| i.complete()))
     }
+}
+
+/// The verification stamp an object file's index carries (`DiskCache::write_stamp`), if any.
+fn read_stamp(index: &File) -> Option<[u8; 16]> {
+    let mut got = [0u8; 16];
+    matches!(rustix::fs::fgetxattr(index, STAMP_XATTR, &mut got[..]), Ok(16)).then_some(got)
 }
 
 /// What tells a file from a later one that is given its inode number once it is deleted (an
