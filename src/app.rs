@@ -260,7 +260,13 @@ impl Daemon {
                 degraded.push(d);
             }
             let cfg = &m.cfg;
-            let adapter = FuseAdapter::new(p.fs, rt.handle().clone(), metrics.clone(), p.passthrough);
+            let adapter = FuseAdapter::new(
+                p.fs,
+                rt.handle().clone(),
+                metrics.clone(),
+                p.passthrough,
+                cfg.passthrough_hold,
+            );
             let refresher = adapter.refresher();
             let opts = MountOptions {
                 fsname: format!("{}/{}", cfg.source.bucket, cfg.source.prefix)

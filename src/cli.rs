@@ -196,6 +196,12 @@ pub struct MountFlags {
     #[arg(long, help_heading = "Caching")]
     pub no_passthrough: bool,
 
+    /// Seconds a fully cached file stays open and registered with the kernel after its last
+    /// close, so that opening it again costs no file open; a file evicted meanwhile gives its
+    /// disk space back at the latest then.
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400), help_heading = "Caching")]
+    pub passthrough_hold: u64,
+
     /// Let users other than the one who mounted access the mount.
     #[arg(long, help_heading = "Mount options")]
     pub allow_other: bool,
@@ -571,6 +577,7 @@ impl MountFlags {
             cache,
             metrics_addr: self.metrics_addr,
             passthrough: !self.no_passthrough,
+            passthrough_hold: std::time::Duration::from_secs(self.passthrough_hold),
             foreground: self.foreground,
             log: LogConfig {
                 filter: self.log_level.clone(),

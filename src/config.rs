@@ -186,6 +186,8 @@ pub struct MountConfig {
     pub shared_cache: Option<SharedCacheConfig>,
     /// Hand fully cached objects to the kernel as backing files (FUSE passthrough).
     pub passthrough: bool,
+    /// How long a backing file stays registered after its last close (`--passthrough-hold`).
+    pub passthrough_hold: std::time::Duration,
     /// Where to serve /metrics and /healthz.
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub foreground: bool,

@@ -228,17 +228,7 @@ fn fully_cached_files_pass_through_to_the_kernel() {
     let body = data(5 * MIB + 17, 8);
     s.put(BUCKET, "jars/app.jar", body.clone());
     let cache = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let m = Mount::new(
-        &s,
-        BUCKET,
-        &[
-            "--cache",
-            cache.path().to_str().unwrap(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
+    let (m, port) = cached_mount(&s, cache.path());
     assert!(fs::read(m.join("jars/app.jar")).unwrap() == body);
     // Closing a completely read file assembles it in the cache (in the background).
     wait_for("the assembled file", || full_files(cache.path()) == 1);
@@ -419,20 +409,17 @@ fn memory_stays_bounded_under_32_concurrent_readers() {
     );
 }
 
-/// A mount with a disk cache at `cache` and metrics on a port of its own.
-fn cached_mount(s: &TestServer, cache: &Path) -> (Mount, u16) {
+/// A mount with a disk cache at `cache`, metrics on a port of its own, and `extra` flags.
+fn cached_mount_with(s: &TestServer, cache: &Path, extra: &[&str]) -> (Mount, u16) {
     let port = free_port();
-    let m = Mount::new(
-        s,
-        BUCKET,
-        &[
-            "--cache",
-            cache.to_str().unwrap(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
-    (m, port)
+    let addr = format!("127.0.0.1:{port}");
+    let mut flags = vec!["--cache", cache.to_str().unwrap(), "--metrics-addr", &addr];
+    flags.extend_from_slice(extra);
+    (Mount::new(s, BUCKET, &flags), port)
+}
+
+fn cached_mount(s: &TestServer, cache: &Path) -> (Mount, u16) {
+    cached_mount_with(s, cache, &[])
 }
 
 /// The data file of the one assembled object in `cache`.
@@ -506,17 +493,52 @@ fn warm_opens_reuse_one_backing_file() {
     // With no handle open the daemon still holds the file (one descriptor); once the kernel
     // forgets the inode (SIGHUP invalidates every name it holds), it lets go.
     let full = the_full_file(cache.path());
-    let held = || {
-        fs::read_dir(format!("/proc/{}/fd", m.pid()))
-            .unwrap()
-            .flatten()
-            .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == full))
-            .count()
-    };
+    let held = || descriptors_of(&m, &full);
     assert_eq!(held(), 1, "held between opens");
     // SAFETY: a signal to the daemon this test started.
     unsafe { libc::kill(m.pid() as i32, libc::SIGHUP) };
     wait_for("the held file closed after the kernel forgot its inode", || held() == 0);
+}
+
+/// How many descriptors of the daemon of `m` name `file`.
+fn descriptors_of(m: &Mount, file: &Path) -> usize {
+    fs::read_dir(format!("/proc/{}/fd", m.pid()))
+        .unwrap()
+        .flatten()
+        .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t == file))
+        .count()
+}
+
+/// A held backing file is let go once it has gone `--passthrough-hold` without an open (its
+/// descriptor closed, so that an evicted file's space is given back), and the next open
+/// registers the file again.
+#[test]
+fn a_held_backing_file_is_let_go_after_the_hold() {
+    let s = server();
+    let body = data(2 * MIB + 5, 25);
+    s.put(BUCKET, "held.bin", body.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let (m, port) = cached_mount_with(&s, cache.path(), &["--passthrough-hold", "1"]);
+    assert!(fs::read(m.join("held.bin")).unwrap() == body);
+    wait_for("the assembled file", || full_files(cache.path()) == 1);
+    wait_passthrough(&m, port, "held.bin");
+    s.reset_counts();
+    let full = the_full_file(cache.path());
+    // The default hold is 5 minutes: only the flag lets it go within the wait.
+    wait_for("the held file closed after the hold", || descriptors_of(&m, &full) == 0);
+    let (opens, reuses) = (
+        metric(port, "s3cachefs_passthrough_opens_total"),
+        metric(port, "s3cachefs_passthrough_backing_reuses_total"),
+    );
+    assert!(fs::read(m.join("held.bin")).unwrap() == body);
+    assert_eq!(metric(port, "s3cachefs_passthrough_opens_total") - opens, 1.0);
+    assert_eq!(
+        metric(port, "s3cachefs_passthrough_backing_reuses_total"),
+        reuses,
+        "registered anew, not reused"
+    );
+    assert_eq!(descriptors_of(&m, &full), 1, "held again after the close");
+    assert_eq!(s.counts().total(), 0);
 }
 
 /// A file verified whole (here: written whole by the first daemon) is stamped on its index, so

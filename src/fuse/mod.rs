@@ -42,17 +42,25 @@ pub struct FuseAdapter {
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<Fs>, rt: tokio::runtime::Handle, metrics: Arc<Metrics>, passthrough: bool) -> FuseAdapter {
+    /// `hold`: how long a backing file stays registered after its last close (`Opens`).
+    pub fn new(
+        fs: Arc<Fs>,
+        rt: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
+        passthrough: bool,
+        hold: Duration,
+    ) -> FuseAdapter {
         // Reads as large as a block let one request cover one cached block.
         let max_read = fs.block_size().min(1 << 20) as u32;
         let inodes = fs.clone();
         metrics.set_inodes_source(move || inodes.inode_count());
-        let opens: Arc<Mutex<Opens>> = Arc::default();
+        let opens = Arc::new(Mutex::new(Opens::new(hold)));
         // Idle held backing files go even when no open comes to sweep them.
         let weak = Arc::downgrade(&opens);
+        let every = sweep_every(hold);
         rt.spawn(async move {
             loop {
-                tokio::time::sleep(HELD_SWEEP).await;
+                tokio::time::sleep(every).await;
                 let Some(opens) = weak.upgrade() else { break };
                 opens.lock().unwrap().sweep();
             }
@@ -192,14 +200,16 @@ struct Ctx {
 /// open of the same version costs no file open, index read or registration. At most
 /// `held_max` are held (least recently used go first; each holds one descriptor), one is
 /// dropped when the kernel forgets its inode, when the inode is opened at another version,
-/// and once it has gone [`HELD_IDLE`] without an open (an evicted file's space is given back
-/// to the filesystem then at the latest).
+/// and once it has gone `hold` (`--passthrough-hold`, 5 minutes by default) without an open (an
+/// evicted file's space is given back to the filesystem then at the latest).
 struct Opens {
     by_ino: HashMap<u64, InodeOpens>,
     /// fh → (inode, passes through)
     handles: HashMap<u64, (u64, bool)>,
     held: HashMap<u64, Held>,
     held_max: usize,
+    /// How long a held file with no open lasts.
+    hold: Duration,
     swept: Instant,
 }
 
@@ -219,10 +229,11 @@ struct Held {
     touched: Instant,
 }
 
-/// How long a held backing file with no open lasts.
-const HELD_IDLE: Duration = Duration::from_secs(300);
-/// How often idle held backing files are looked for (at an open, and by a timer).
-const HELD_SWEEP: Duration = Duration::from_secs(30);
+/// How often idle held backing files are looked for (at an open, and by a timer): every 30
+/// seconds, or a tenth of the hold when that is shorter.
+fn sweep_every(hold: Duration) -> Duration {
+    (hold / 10).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
 /// The most backing files held, whatever the descriptor limit.
 const HELD_MAX: usize = 4096;
 /// How often a reused backing file's last access is recorded (the cache's own interval).
@@ -243,19 +254,18 @@ fn held_max() -> usize {
     (soft / 4).clamp(1, HELD_MAX as u64) as usize
 }
 
-impl Default for Opens {
-    fn default() -> Opens {
+impl Opens {
+    fn new(hold: Duration) -> Opens {
         Opens {
             by_ino: HashMap::new(),
             handles: HashMap::new(),
             held: HashMap::new(),
             held_max: held_max(),
+            hold,
             swept: Instant::now(),
         }
     }
-}
 
-impl Opens {
     fn release(&mut self, fh: u64) {
         let Some((ino, through)) = self.handles.remove(&fh) else {
             return;
@@ -332,18 +342,17 @@ impl Opens {
         );
     }
 
-    /// Drops held backing files that have gone [`HELD_IDLE`] without an open and have no open
-    /// handle (checked every [`HELD_SWEEP`]).
+    /// Drops held backing files that have gone `hold` without an open and have no open handle
+    /// (checked every [`sweep_every`]).
     fn sweep(&mut self) {
         let now = Instant::now();
-        if now.duration_since(self.swept) < HELD_SWEEP {
+        if now.duration_since(self.swept) < sweep_every(self.hold) {
             return;
         }
         self.swept = now;
-        let by_ino = &self.by_ino;
-        self.held.retain(|ino, h| {
-            by_ino.get(ino).is_some_and(|e| e.passthrough > 0) || now.duration_since(h.used) < HELD_IDLE
-        });
+        let (by_ino, hold) = (&self.by_ino, self.hold);
+        self.held
+            .retain(|ino, h| by_ino.get(ino).is_some_and(|e| e.passthrough > 0) || now.duration_since(h.used) < hold);
     }
 }
 
