@@ -30,6 +30,12 @@
 //!   pages when they are all there, otherwise the missing 16 KiB pages around its bytes, which
 //!   the memory tier keeps. Column chunks of a Parquet or ORC file read with gaps between them
 //!   fetch what they read (rounded out to pages), not the gaps, and once.
+//! - Handles of one object read at the same time share the kernel's page cache: each is asked
+//!   only for what the others have not read yet, so its requests jump over theirs. While two or
+//!   more are open, the reader remembers what any of them read (`ObjectReads`); a jump over bytes
+//!   another handle read, or a hole that another handle has read since, is no skip. A random
+//!   read of an object that another handle is scanning, or of a block another reader is fetching
+//!   whole, takes whole blocks (joining that fetch) rather than fetching its bytes again.
 //! - An object of at most `SMALL_OBJECT_BLOCKS` blocks is read whole: its first read fetches
 //!   every block (those it needs at once, the others as prefetch) and every read goes through
 //!   the blocks, so a JAR whose central directory is read first (at the end) costs its blocks'
@@ -199,13 +205,15 @@ pub struct ReadHandle {
 impl Drop for ReadHandle {
     fn drop(&mut self) {
         if self.state.get_mut().unwrap().window > 0 {
-            self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
+            self.reader.scanning(&self.meta, false);
         }
+        self.reader.handle_opened(&self.meta, false);
     }
 }
 
 impl ReadHandle {
     pub(super) fn new(reader: Arc<BlockReader>, meta: ObjectMeta) -> ReadHandle {
+        reader.handle_opened(&meta, true);
         ReadHandle {
             reader,
             meta,
@@ -227,11 +235,28 @@ impl ReadHandle {
         if blocks <= SMALL_OBJECT_BLOCKS {
             return self.read_small(offset, len, blocks).await;
         }
+        let shared = self.reader.note_read(&self.meta, offset, end);
         let (scanning, prefetch, fast) = {
             let mut st = self.state.lock().unwrap();
-            let (step, skipped) = st.run.observe(offset, end);
+            // Other handles of the object read the bytes this read jumps over, or those of a
+            // hole it left (the kernel asked this handle only for what they had not read):
+            // the run goes on as if this handle had read them.
+            if shared {
+                let (reader, meta) = (&self.reader, &self.meta);
+                st.run.holes.retain(|&(a, b)| !reader.served(meta, a, b));
+            }
+            let from = if shared
+                && st.run.started
+                && offset > st.run.hi
+                && self.reader.served(&self.meta, st.run.hi, offset)
+            {
+                st.run.hi
+            } else {
+                offset
+            };
+            let (step, skipped) = st.run.observe(from, end);
             if (step == Step::NewRun || skipped) && st.window > 0 {
-                self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
+                self.reader.scanning(&self.meta, false);
                 st.window = 0;
                 st.prefetched_to = 0;
                 st.held = false;
@@ -247,7 +272,7 @@ impl ReadHandle {
             let grow = if st.window == 0 {
                 let scan = st.run.is_scan();
                 if scan {
-                    self.reader.sequential_handles.fetch_add(1, Ordering::Relaxed);
+                    self.reader.scanning(&self.meta, true);
                 }
                 scan
             } else {
@@ -384,6 +409,55 @@ mod tests {
         let meta = s.inner().head("obj").await.unwrap();
         let r = Arc::new(BlockReader::memory_only(s.clone(), BS, 64 << 20));
         (s, r, meta, d)
+    }
+
+    /// Two handles reading one object at once: the kernel's page cache, shared by both, sends
+    /// each only what the other has not read, so each handle's reads jump over the other's.
+    /// Those jumps are no skips: both keep scanning, and every block is fetched whole, once
+    /// (4 readers of one JAR set through one mount took 2.7 s instead of 7.4).
+    #[tokio::test]
+    async fn handles_reading_one_object_at_once_keep_scanning_across_each_others_reads() {
+        let (s, r, meta, d) = setup(128 * BS as usize).await;
+        let (a, b) = (r.handle(meta.clone()), r.handle(meta.clone()));
+        let chunk = 2 * BS;
+        // A reads chunks 0 and 2 (jumping over 1, which B reads next), then B reads 1 and 3
+        // (jumping over 2, which A read), and so on.
+        for k in 0..16 {
+            for (h, i) in [(&a, 4 * k), (&a, 4 * k + 2), (&b, 4 * k + 1), (&b, 4 * k + 3)] {
+                check(h, &d, i * chunk, chunk as u32).await;
+            }
+        }
+        let windows = (a.state.lock().unwrap().window, b.state.lock().unwrap().window);
+        assert!(windows.0 > 0 && windows.1 > 0, "both still scanning: {windows:?}");
+        assert_eq!(r.sequential_handles.load(Ordering::Relaxed), 2);
+        assert!(
+            s.inner().gets.load(Ordering::Relaxed) <= 128,
+            "whole blocks only, once each"
+        );
+        drop((a, b));
+        assert!(r.objects.lock().unwrap().is_empty(), "forgotten once both are released");
+    }
+
+    /// A random read of part of a block that another reader is fetching whole waits for that
+    /// fetch: one GET between them, not a second one for the part (4 readers of one JAR at once
+    /// fetched 1.04-1.07x its bytes before).
+    #[tokio::test]
+    async fn a_random_read_joins_the_fetch_of_its_block_under_way() {
+        let (s, r, meta, d) = setup(4 * BS as usize).await;
+        s.set_latency(Duration::from_millis(300));
+        let whole = {
+            let (r, meta) = (r.clone(), meta.clone());
+            tokio::spawn(async move { r.read(&meta, 0, BS as u32).await })
+        };
+        let block = r.chain.block(&meta, 0);
+        while !r.chain.fetching(&block) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let part = r.read_random(&meta, 1000, 5000).await.unwrap();
+        assert_eq!(&part[..], &d[1000..6000]);
+        assert_eq!(&whole.await.unwrap().unwrap()[..], &d[..BS as usize]);
+        assert_eq!(s.inner().gets.load(Ordering::Relaxed), 1, "one GET, the whole block's");
+        assert!(!r.chain.fetching(&block), "no longer under way");
     }
 
     async fn check(h: &ReadHandle, d: &[u8], off: u64, len: u32) {

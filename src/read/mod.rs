@@ -54,6 +54,51 @@ pub struct BlockReader {
     /// scanning at the same time (`sequential_handles`).
     max_window: u64,
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
+    /// The handles open on each object (key, ETag) and what they read (`ObjectReads`).
+    objects: std::sync::Mutex<std::collections::HashMap<ObjectKey, ObjectReads>>,
+}
+
+/// An object version: its key and ETag.
+type ObjectKey = (Arc<str>, Arc<str>);
+
+/// The handles open on one object. The kernel's page cache is shared by every handle of a file,
+/// so when several read it at once, each handle asks the daemon only for what the others have not
+/// read yet: its requests jump over what they did. Those jumps are no skips.
+#[derive(Default)]
+struct ObjectReads {
+    handles: u64,
+    /// Handles scanning it.
+    scans: u64,
+    /// Byte ranges read through any of its handles while two or more were open: sorted,
+    /// disjoint, merged, at most [`SERVED_MAX`] (the lowest dropped first).
+    served: Vec<(u64, u64)>,
+}
+
+/// Ranges remembered per object read by several handles at once.
+const SERVED_MAX: usize = 64;
+
+impl ObjectReads {
+    fn note(&mut self, offset: u64, end: u64) {
+        let (mut a, mut b) = (offset, end);
+        let mut kept = Vec::with_capacity(self.served.len() + 1);
+        for &(x, y) in &self.served {
+            if y < a || x > b {
+                kept.push((x, y));
+            } else {
+                (a, b) = (a.min(x), b.max(y));
+            }
+        }
+        let at = kept.partition_point(|&(x, _)| x < a);
+        kept.insert(at, (a, b));
+        if kept.len() > SERVED_MAX {
+            kept.remove(0);
+        }
+        self.served = kept;
+    }
+
+    fn covers(&self, offset: u64, end: u64) -> bool {
+        self.served.iter().any(|&(x, y)| x <= offset && end <= y)
+    }
 }
 
 /// Prefetch GETs in flight unless `with_prefetch_concurrency` says otherwise; also the default
@@ -76,7 +121,74 @@ impl BlockReader {
             in_flight,
             max_window,
             sequential_handles: Arc::default(),
+            objects: Default::default(),
         }
+    }
+
+    /// Runs `f` on what is known of `obj`'s handles, with the entry removed once none is open.
+    fn with_object<T>(&self, obj: &ObjectMeta, f: impl FnOnce(&mut ObjectReads) -> T) -> T {
+        let mut objects = self.objects.lock().unwrap();
+        let key = (obj.key.clone(), obj.etag.clone());
+        let entry = objects.entry(key.clone()).or_default();
+        let out = f(entry);
+        if entry.handles == 0 && entry.scans == 0 {
+            objects.remove(&key);
+        }
+        out
+    }
+
+    /// A handle of `obj` was opened (`true`) or released.
+    fn handle_opened(&self, obj: &ObjectMeta, open: bool) {
+        self.with_object(obj, |o| {
+            if open {
+                o.handles += 1;
+            } else {
+                o.handles = o.handles.saturating_sub(1);
+                if o.handles < 2 {
+                    o.served.clear();
+                }
+            }
+        });
+    }
+
+    /// A handle of `obj` started scanning it (`true`), or stopped (a skip, a new run, its
+    /// release).
+    fn scanning(&self, obj: &ObjectMeta, started: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if started {
+            self.sequential_handles.fetch_add(1, Relaxed);
+        } else {
+            self.sequential_handles.fetch_sub(1, Relaxed);
+        }
+        self.with_object(obj, |o| {
+            o.scans = if started {
+                o.scans + 1
+            } else {
+                o.scans.saturating_sub(1)
+            };
+        });
+    }
+
+    /// Whether some handle is scanning `obj` now: it fetches every block of it whole anyway.
+    fn scanned(&self, obj: &ObjectMeta) -> bool {
+        self.with_object(obj, |o| o.scans > 0)
+    }
+
+    /// Notes that a handle of `obj` read `[offset, end)`; whether other handles of it are open
+    /// (only then is the range remembered).
+    fn note_read(&self, obj: &ObjectMeta, offset: u64, end: u64) -> bool {
+        self.with_object(obj, |o| {
+            let shared = o.handles >= 2;
+            if shared {
+                o.note(offset, end);
+            }
+            shared
+        })
+    }
+
+    /// Whether the handles of `obj` have read all of `[offset, end)` while several were open.
+    fn served(&self, obj: &ObjectMeta, offset: u64, end: u64) -> bool {
+        self.with_object(obj, |o| o.covers(offset, end))
     }
 
     /// A reader whose only cache is a memory tier of `memory_bytes` (unit tests, embedding).
@@ -144,8 +256,13 @@ impl BlockReader {
         }
         let mut cached = Vec::new();
         for i in first..=last {
-            match self.chain.peek(&self.chain.block(obj, i)).await {
+            let block = self.chain.block(obj, i);
+            match self.chain.peek(&block).await {
                 Some(b) => cached.push(b),
+                // Another reader's fetch of the whole block (a scan, its prefetch) is under
+                // way, or another handle scans this object and will fetch the block whole:
+                // take the block (joining that fetch) rather than fetch these bytes twice.
+                None if self.chain.fetching(&block) || self.scanned(obj) => cached.push(self.chain.get(&block).await?),
                 None => break,
             }
         }

@@ -39,7 +39,25 @@ pub struct MemoryTier {
     /// Bounds blocks being fetched from below at once (demand and prefetch), and the exact
     /// ranges of random reads, which the read layer takes from here too.
     in_flight: Arc<Semaphore>,
+    /// The blocks a `get` is fetching from below now (see [`Tier::fetching`]).
+    fetching: Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>,
     metrics: MemoryTierMetrics,
+}
+
+/// Marks a block as being fetched while it lives.
+struct Fetching(Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>, BlockId);
+
+impl Fetching {
+    fn start(set: &Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>, id: &BlockId) -> Fetching {
+        set.lock().unwrap().insert(id.clone());
+        Fetching(set.clone(), id.clone())
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().remove(&self.1);
+    }
 }
 
 impl MemoryTier {
@@ -63,6 +81,7 @@ impl MemoryTier {
         MemoryTier {
             blocks,
             in_flight: Arc::new(Semaphore::new(in_flight as usize)),
+            fetching: Arc::default(),
             metrics: MemoryTierMetrics::default(),
         }
     }
@@ -137,6 +156,7 @@ impl Tier for MemoryTier {
             .blocks
             .entry(Key::Block(block.id.clone()))
             .or_try_insert_with(async {
+                let _fetching = Fetching::start(&self.fetching, &block.id);
                 self.metrics.misses.inc();
                 let _slot = self.in_flight.acquire().await.expect("semaphore is never closed");
                 let _counted = InFlight::count(&self.metrics);
@@ -154,6 +174,10 @@ impl Tier for MemoryTier {
 
     fn holds(&self, block: &BlockRef) -> bool {
         self.blocks.contains_key(&Key::Block(block.id.clone()))
+    }
+
+    fn fetching(&self, block: &BlockRef) -> bool {
+        self.fetching.lock().unwrap().contains(&block.id)
     }
 
     async fn page(&self, page: &PageRef) -> Option<super::PageHit> {

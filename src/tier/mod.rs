@@ -52,6 +52,13 @@ pub trait Tier: Send + Sync + 'static {
         false
     }
 
+    /// Whether this tier is fetching the block from below right now (a `get` of it is under
+    /// way), answered without waiting: a reader of part of the block then waits for that fetch
+    /// (its `get` joins it) rather than fetching the part again.
+    fn fetching(&self, _block: &BlockRef) -> bool {
+        false
+    }
+
     /// The page, if this tier keeps it: the page (exactly `page.len()` bytes), or the whole
     /// block holding it (exactly `page.block_len` bytes), which the tiers above then keep whole,
     /// so the block's other pages are read from them. Never reaches below. Tiers that keep no
@@ -202,6 +209,11 @@ impl TierChain {
     /// Whether some tier says, without I/O, that it holds the block.
     pub fn holds(&self, block: &BlockRef) -> bool {
         self.tiers.iter().any(|t| t.holds(block))
+    }
+
+    /// Whether some tier is fetching the block right now ([`Tier::fetching`]).
+    pub fn fetching(&self, block: &BlockRef) -> bool {
+        self.tiers.iter().any(|t| t.fetching(block))
     }
 
     /// (blocks, bytes) this chain fetched from the origin so far.
