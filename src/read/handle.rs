@@ -438,6 +438,27 @@ mod tests {
         assert!(r.objects.lock().unwrap().is_empty(), "forgotten once both are released");
     }
 
+    /// A random read of an object another handle is scanning takes whole blocks (that handle
+    /// fetches every block whole anyway), not pages of them.
+    #[tokio::test]
+    async fn a_random_read_of_an_object_another_handle_scans_takes_whole_blocks() {
+        let (_s, r, meta, d) = setup(64 * BS as usize).await;
+        let block = r.chain.block(&meta, 40);
+        let random = r.read_random(&meta, 30 * BS + 100, 1000).await.unwrap();
+        assert_eq!(&random[..], &d[(30 * BS + 100) as usize..(30 * BS + 1100) as usize]);
+        assert!(
+            !r.chain.holds(&r.chain.block(&meta, 30)),
+            "alone, a random read fetches pages"
+        );
+        let a = r.handle(meta.clone());
+        check(&a, &d, 0, (4 * BS) as u32).await;
+        assert!(a.state.lock().unwrap().window > 0, "a scans");
+        assert!(!r.chain.holds(&block) && !r.chain.fetching(&block), "beyond a's window");
+        let got = r.read_random(&meta, 40 * BS + 100, 1000).await.unwrap();
+        assert_eq!(&got[..], &d[(40 * BS + 100) as usize..(40 * BS + 1100) as usize]);
+        assert!(r.chain.holds(&block), "fetched whole");
+    }
+
     /// A random read of part of a block that another reader is fetching whole waits for that
     /// fetch: one GET between them, not a second one for the part (4 readers of one JAR at once
     /// fetched 1.04-1.07x its bytes before).
