@@ -215,20 +215,7 @@ fn random_reads_are_kept_on_disk_across_a_remount() {
     s.put(BUCKET, "table.parquet", body.clone());
     let cache = tempfile::tempdir().unwrap();
     let offsets = random_offsets(13, body.len() - (64 << 10));
-    let mount = || {
-        let port = free_port();
-        let m = Mount::new(
-            &s,
-            BUCKET,
-            &[
-                "--cache",
-                cache.path().to_str().unwrap(),
-                "--metrics-addr",
-                &format!("127.0.0.1:{port}"),
-            ],
-        );
-        (m, port)
-    };
+    let mount = || cached_mount(&s, cache.path());
     {
         let (m, port) = mount();
         s.reset_counts();
@@ -439,17 +426,9 @@ fn memory_stays_bounded_under_32_concurrent_readers() {
     );
 }
 
-/// A mount with a disk cache at `cache`, metrics on a port of its own, and `extra` flags.
-fn cached_mount_with(s: &TestServer, cache: &Path, extra: &[&str]) -> (Mount, u16) {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut flags = vec!["--cache", cache.to_str().unwrap(), "--metrics-addr", &addr];
-    flags.extend_from_slice(extra);
-    (Mount::new(s, BUCKET, &flags), port)
-}
-
+/// A mount with a disk cache at `cache` and metrics on a port of its own.
 fn cached_mount(s: &TestServer, cache: &Path) -> (Mount, u16) {
-    cached_mount_with(s, cache, &[])
+    Mount::with_cache_and_metrics(s, BUCKET, cache, &[])
 }
 
 /// The data file of the one assembled object in `cache`.
@@ -548,7 +527,7 @@ fn a_held_backing_file_is_let_go_after_the_hold() {
     let body = data(2 * MIB + 5, 25);
     s.put(BUCKET, "held.bin", body.clone());
     let cache = tempfile::tempdir().unwrap();
-    let (m, port) = cached_mount_with(&s, cache.path(), &["--passthrough-hold", "1"]);
+    let (m, port) = Mount::with_cache_and_metrics(&s, BUCKET, cache.path(), &["--passthrough-hold", "1"]);
     assert!(fs::read(m.join("held.bin")).unwrap() == body);
     wait_for("the assembled file", || full_files(cache.path()) == 1);
     wait_passthrough(&m, port, "held.bin");

@@ -62,17 +62,7 @@ fn warm_then_mount_reads_without_gets_and_warm_is_idempotent() {
     // A mount on the same cache reads everything without a GET, and without reading it itself:
     // `warm` wrote every block and stamped each file as verified, so each first open passes
     // through to the kernel.
-    let port = free_port();
-    let m = Mount::new(
-        &s,
-        BUCKET,
-        &[
-            "--cache",
-            cache.path().to_str().unwrap(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ],
-    );
+    let (m, port) = Mount::with_cache_and_metrics(&s, BUCKET, cache.path(), &[]);
     s.reset_counts();
     for (key, body) in &objects {
         assert!(fs::read(m.join(key)).unwrap() == *body);

@@ -676,7 +676,7 @@ impl DiskCache {
             return;
         }
         let renew = self.stamped(index, data);
-        super::touch(data);
+        super::record_access(data);
         if renew && let Some(stamp) = self.stamp_of(data) {
             self.write_stamp(index, &stamp);
         }

@@ -59,9 +59,14 @@ enum Before {
 /// not a metadata write, and eviction's order is that much coarser.
 pub(crate) fn touch(file: &std::fs::File) {
     if touch_due(file) {
-        let now = std::time::SystemTime::now();
-        let _ = file.set_times(std::fs::FileTimes::new().set_accessed(now).set_modified(now));
+        record_access(file);
     }
+}
+
+/// Sets `file`'s last access to now (its access and modification times).
+pub(crate) fn record_access(file: &std::fs::File) {
+    let now = std::time::SystemTime::now();
+    let _ = file.set_times(std::fs::FileTimes::new().set_accessed(now).set_modified(now));
 }
 
 /// Whether `file`'s recorded last access is older than [`TOUCH_INTERVAL`] (what [`touch`] would

@@ -46,7 +46,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::{BlockReader, ReadError};
+use super::{BlockReader, ObjectReads, ReadError};
 use crate::object::ObjectMeta;
 
 /// How far a request may land beyond (or before) the run and still be taken for the kernel's
@@ -200,25 +200,38 @@ pub struct ReadHandle {
     reader: Arc<BlockReader>,
     meta: ObjectMeta,
     state: Mutex<State>,
+    /// What the handles of this object read, shared with them (`BlockReader::open_object`).
+    object: Arc<Mutex<ObjectReads>>,
 }
 
 impl Drop for ReadHandle {
     fn drop(&mut self) {
         if self.state.get_mut().unwrap().window > 0 {
-            self.reader.scanning(&self.meta, false);
+            self.scanning(false);
         }
-        self.reader.handle_opened(&self.meta, false);
+        self.reader.close_object(&self.meta, &self.object);
     }
 }
 
 impl ReadHandle {
     pub(super) fn new(reader: Arc<BlockReader>, meta: ObjectMeta) -> ReadHandle {
-        reader.handle_opened(&meta, true);
+        let object = reader.open_object(&meta);
         ReadHandle {
             reader,
             meta,
             state: Mutex::new(State::default()),
+            object,
         }
+    }
+
+    /// This handle started scanning its object, or stopped (a skip, a new run, its release).
+    fn scanning(&self, started: bool) {
+        if started {
+            self.reader.sequential_handles.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.reader.sequential_handles.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.object.lock().unwrap().scanning(started);
     }
 
     pub fn meta(&self) -> &ObjectMeta {
@@ -235,28 +248,27 @@ impl ReadHandle {
         if blocks <= SMALL_OBJECT_BLOCKS {
             return self.read_small(offset, len, blocks).await;
         }
-        let shared = self.reader.note_read(&self.meta, offset, end);
         let (scanning, prefetch, fast) = {
             let mut st = self.state.lock().unwrap();
             // Other handles of the object read the bytes this read jumps over, or those of a
             // hole it left (the kernel asked this handle only for what they had not read):
             // the run goes on as if this handle had read them.
-            if shared {
-                let (reader, meta) = (&self.reader, &self.meta);
-                st.run.holes.retain(|&(a, b)| !reader.served(meta, a, b));
-            }
-            let from = if shared
-                && st.run.started
-                && offset > st.run.hi
-                && self.reader.served(&self.meta, st.run.hi, offset)
-            {
-                st.run.hi
-            } else {
-                offset
+            let from = {
+                let mut object = self.object.lock().unwrap();
+                if object.shared() {
+                    object.note(offset, end);
+                    st.run.holes.retain(|&(a, b)| !object.covers(a, b));
+                }
+                let run = &st.run;
+                if object.shared() && run.started && offset > run.hi && object.covers(run.hi, offset) {
+                    run.hi
+                } else {
+                    offset
+                }
             };
             let (step, skipped) = st.run.observe(from, end);
             if (step == Step::NewRun || skipped) && st.window > 0 {
-                self.reader.scanning(&self.meta, false);
+                self.scanning(false);
                 st.window = 0;
                 st.prefetched_to = 0;
                 st.held = false;
@@ -272,7 +284,7 @@ impl ReadHandle {
             let grow = if st.window == 0 {
                 let scan = st.run.is_scan();
                 if scan {
-                    self.reader.scanning(&self.meta, true);
+                    self.scanning(true);
                 }
                 scan
             } else {
@@ -309,7 +321,8 @@ impl ReadHandle {
         let got = if scanning {
             self.reader.read(&self.meta, offset, len).await
         } else {
-            self.reader.read_random(&self.meta, offset, len).await
+            let scanned = self.object.lock().unwrap().scanned();
+            self.reader.read_random_of(&self.meta, offset, len, scanned).await
         };
         if scanning && got.is_ok() {
             let done = self.done_with();
@@ -454,8 +467,11 @@ mod tests {
         check(&a, &d, 0, (4 * BS) as u32).await;
         assert!(a.state.lock().unwrap().window > 0, "a scans");
         assert!(!r.chain.holds(&block) && !r.chain.fetching(&block), "beyond a's window");
-        let got = r.read_random(&meta, 40 * BS + 100, 1000).await.unwrap();
+        // Another handle's first read there: not a scan, so a random read.
+        let b = r.handle(meta.clone());
+        let got = b.read(40 * BS + 100, 1000).await.unwrap();
         assert_eq!(&got[..], &d[(40 * BS + 100) as usize..(40 * BS + 1100) as usize]);
+        assert_eq!(b.state.lock().unwrap().window, 0, "b reads at random");
         assert!(r.chain.holds(&block), "fetched whole");
     }
 

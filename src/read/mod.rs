@@ -54,8 +54,9 @@ pub struct BlockReader {
     /// scanning at the same time (`sequential_handles`).
     max_window: u64,
     sequential_handles: Arc<std::sync::atomic::AtomicU64>,
-    /// The handles open on each object (key, ETag) and what they read (`ObjectReads`).
-    objects: std::sync::Mutex<std::collections::HashMap<ObjectKey, ObjectReads>>,
+    /// The objects with handles open (key, ETag), and what those handles read: each handle
+    /// holds its object's entry, so a read takes only that entry's lock.
+    objects: std::sync::Mutex<std::collections::HashMap<ObjectKey, Arc<std::sync::Mutex<ObjectReads>>>>,
 }
 
 /// An object version: its key and ETag.
@@ -65,7 +66,7 @@ type ObjectKey = (Arc<str>, Arc<str>);
 /// so when several read it at once, each handle asks the daemon only for what the others have not
 /// read yet: its requests jump over what they did. Those jumps are no skips.
 #[derive(Default)]
-struct ObjectReads {
+pub(super) struct ObjectReads {
     handles: u64,
     /// Handles scanning it.
     scans: u64,
@@ -78,7 +79,27 @@ struct ObjectReads {
 const SERVED_MAX: usize = 64;
 
 impl ObjectReads {
-    fn note(&mut self, offset: u64, end: u64) {
+    /// Whether other handles of the object are open (only then are reads remembered).
+    pub(super) fn shared(&self) -> bool {
+        self.handles >= 2
+    }
+
+    /// Whether a handle of the object is scanning it (it fetches every block whole anyway).
+    pub(super) fn scanned(&self) -> bool {
+        self.scans > 0
+    }
+
+    /// A handle started scanning the object, or stopped.
+    pub(super) fn scanning(&mut self, started: bool) {
+        self.scans = if started {
+            self.scans + 1
+        } else {
+            self.scans.saturating_sub(1)
+        };
+    }
+
+    /// Remembers that a handle read `[offset, end)`.
+    pub(super) fn note(&mut self, offset: u64, end: u64) {
         let (mut a, mut b) = (offset, end);
         let mut kept = Vec::with_capacity(self.served.len() + 1);
         for &(x, y) in &self.served {
@@ -96,7 +117,8 @@ impl ObjectReads {
         self.served = kept;
     }
 
-    fn covers(&self, offset: u64, end: u64) -> bool {
+    /// Whether the handles have read all of `[offset, end)` while several were open.
+    pub(super) fn covers(&self, offset: u64, end: u64) -> bool {
         self.served.iter().any(|&(x, y)| x <= offset && end <= y)
     }
 }
@@ -125,70 +147,26 @@ impl BlockReader {
         }
     }
 
-    /// Runs `f` on what is known of `obj`'s handles, with the entry removed once none is open.
-    fn with_object<T>(&self, obj: &ObjectMeta, f: impl FnOnce(&mut ObjectReads) -> T) -> T {
+    /// A handle of `obj` was opened: its object's entry, shared with the other handles of it.
+    fn open_object(&self, obj: &ObjectMeta) -> Arc<std::sync::Mutex<ObjectReads>> {
         let mut objects = self.objects.lock().unwrap();
-        let key = (obj.key.clone(), obj.etag.clone());
-        let entry = objects.entry(key.clone()).or_default();
-        let out = f(entry);
-        if entry.handles == 0 && entry.scans == 0 {
-            objects.remove(&key);
+        let entry = objects.entry((obj.key.clone(), obj.etag.clone())).or_default();
+        entry.lock().unwrap().handles += 1;
+        entry.clone()
+    }
+
+    /// A handle of `obj` holding `entry` (not scanning any more) was released; the entry goes
+    /// with the last one.
+    fn close_object(&self, obj: &ObjectMeta, entry: &std::sync::Mutex<ObjectReads>) {
+        let mut objects = self.objects.lock().unwrap();
+        let mut o = entry.lock().unwrap();
+        o.handles = o.handles.saturating_sub(1);
+        if o.handles < 2 {
+            o.served.clear();
         }
-        out
-    }
-
-    /// A handle of `obj` was opened (`true`) or released.
-    fn handle_opened(&self, obj: &ObjectMeta, open: bool) {
-        self.with_object(obj, |o| {
-            if open {
-                o.handles += 1;
-            } else {
-                o.handles = o.handles.saturating_sub(1);
-                if o.handles < 2 {
-                    o.served.clear();
-                }
-            }
-        });
-    }
-
-    /// A handle of `obj` started scanning it (`true`), or stopped (a skip, a new run, its
-    /// release).
-    fn scanning(&self, obj: &ObjectMeta, started: bool) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if started {
-            self.sequential_handles.fetch_add(1, Relaxed);
-        } else {
-            self.sequential_handles.fetch_sub(1, Relaxed);
+        if o.handles == 0 {
+            objects.remove(&(obj.key.clone(), obj.etag.clone()));
         }
-        self.with_object(obj, |o| {
-            o.scans = if started {
-                o.scans + 1
-            } else {
-                o.scans.saturating_sub(1)
-            };
-        });
-    }
-
-    /// Whether some handle is scanning `obj` now: it fetches every block of it whole anyway.
-    fn scanned(&self, obj: &ObjectMeta) -> bool {
-        self.with_object(obj, |o| o.scans > 0)
-    }
-
-    /// Notes that a handle of `obj` read `[offset, end)`; whether other handles of it are open
-    /// (only then is the range remembered).
-    fn note_read(&self, obj: &ObjectMeta, offset: u64, end: u64) -> bool {
-        self.with_object(obj, |o| {
-            let shared = o.handles >= 2;
-            if shared {
-                o.note(offset, end);
-            }
-            shared
-        })
-    }
-
-    /// Whether the handles of `obj` have read all of `[offset, end)` while several were open.
-    fn served(&self, obj: &ObjectMeta, offset: u64, end: u64) -> bool {
-        self.with_object(obj, |o| o.covers(offset, end))
     }
 
     /// A reader whose only cache is a memory tier of `memory_bytes` (unit tests, embedding).
@@ -244,6 +222,18 @@ impl BlockReader {
     /// run of them, pinned to the ETag) and kept by the memory tier: a random 64 KiB read costs
     /// at most 80 KiB, once, and not a 1 MiB block.
     pub async fn read_random(&self, obj: &ObjectMeta, offset: u64, len: u32) -> Result<Bytes, ReadError> {
+        self.read_random_of(obj, offset, len, false).await
+    }
+
+    /// [`BlockReader::read_random`], where `scanned` says that another handle is scanning
+    /// `obj` (and so fetches each of its blocks whole anyway).
+    pub(super) async fn read_random_of(
+        &self,
+        obj: &ObjectMeta,
+        offset: u64,
+        len: u32,
+        scanned: bool,
+    ) -> Result<Bytes, ReadError> {
         if offset >= obj.size || len == 0 {
             return Ok(Bytes::new());
         }
@@ -262,7 +252,7 @@ impl BlockReader {
                 // Another reader's fetch of the whole block (a scan, its prefetch) is under
                 // way, or another handle scans this object and will fetch the block whole:
                 // take the block (joining that fetch) rather than fetch these bytes twice.
-                None if self.chain.fetching(&block) || self.scanned(obj) => cached.push(self.chain.get(&block).await?),
+                None if scanned || self.chain.fetching(&block) => cached.push(self.chain.get(&block).await?),
                 None => break,
             }
         }

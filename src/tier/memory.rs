@@ -40,15 +40,17 @@ pub struct MemoryTier {
     /// ranges of random reads, which the read layer takes from here too.
     in_flight: Arc<Semaphore>,
     /// The blocks a `get` is fetching from below now (see [`Tier::fetching`]).
-    fetching: Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>,
+    fetching: FetchingSet,
     metrics: MemoryTierMetrics,
 }
 
+type FetchingSet = Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>;
+
 /// Marks a block as being fetched while it lives.
-struct Fetching(Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>, BlockId);
+struct Fetching(FetchingSet, BlockId);
 
 impl Fetching {
-    fn start(set: &Arc<std::sync::Mutex<std::collections::HashSet<BlockId>>>, id: &BlockId) -> Fetching {
+    fn start(set: &FetchingSet, id: &BlockId) -> Fetching {
         set.lock().unwrap().insert(id.clone());
         Fetching(set.clone(), id.clone())
     }

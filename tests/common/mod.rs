@@ -100,6 +100,16 @@ impl Mount {
         Mount::try_new(server, source, extra).unwrap_or_else(|e| panic!("mount failed: {e}"))
     }
 
+    /// [`Mount::new`] with a disk cache at `cache`, `/metrics` on a free port of its own (returned
+    /// with the mount), and `extra` flags.
+    pub fn with_cache_and_metrics(server: &TestServer, source: &str, cache: &Path, extra: &[&str]) -> (Mount, u16) {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut flags = vec!["--cache", cache.to_str().unwrap(), "--metrics-addr", &addr];
+        flags.extend_from_slice(extra);
+        (Mount::new(server, source, &flags), port)
+    }
+
     pub fn try_new(server: &TestServer, source: &str, extra: &[&str]) -> Result<Mount, String> {
         Mount::try_new_with_env(server, source, extra, &[])
     }
