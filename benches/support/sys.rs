@@ -74,7 +74,33 @@ pub fn machine_description(dir: &Path) -> Vec<(String, String)> {
             df,
         ),
         ("rustc".into(), rustc),
+        ("free page reporting (virtio-balloon)".into(), page_reporting()),
     ]
+}
+
+/// Whether the guest gives memory it frees back to its host (virtio-balloon free page reporting,
+/// feature bit 5): memory touched again after that is backed anew, about 3 s per GiB on the
+/// machine of docs/BENCHMARKS.md ("Memory given back to the host"), and whoever touches it first
+/// (the daemon copying into a reader's page cache, a page-cache write) pays for it.
+fn page_reporting() -> String {
+    let reporting = std::fs::read_dir("/sys/bus/virtio/drivers/virtio_balloon")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("features")).ok())
+        .any(|f| f.as_bytes().get(5) == Some(&b'1'));
+    if !reporting {
+        return "off (no balloon device reporting)".into();
+    }
+    // Pages of a smaller order than this are not reported; the buddy allocator has none above 10.
+    match std::fs::read_to_string("/sys/module/page_reporting/parameters/page_reporting_order") {
+        Ok(o) => match o.trim().parse::<u32>() {
+            Ok(o) if o > 10 => format!("off (page_reporting_order {o})"),
+            Ok(o) => format!("ON (page_reporting_order {o}): freed memory costs a new first touch, rows vary"),
+            Err(_) => "on".into(),
+        },
+        Err(_) => "on".into(),
+    }
 }
 
 /// CPU time in clock ticks: the whole machine's busy time, this process's (the bench, its

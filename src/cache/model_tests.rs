@@ -306,6 +306,9 @@ impl Model {
     /// `open_assembled` and a read of the whole file: the bytes expected, or `None`.
     fn open_assembled(&mut self, v: VKey) -> Option<Vec<u8>> {
         let version = self.version(v).clone();
+        let ranges: Vec<_> = (0..version.blocks())
+            .map(|i| block_range(i, BS, version.meta.size))
+            .collect();
         let (index_ok, complete) = (self.index_ok(v), self.complete(v));
         let held = self.held(v);
         let full = held.full.as_mut()?;
@@ -319,7 +322,13 @@ impl Model {
         if !full.verified {
             if full.stamped {
                 // Trusted without a read: verified earlier, not written since.
-            } else if full.data.any() {
+            } else if ranges
+                .iter()
+                .enumerate()
+                .any(|(i, r)| !full.checked.contains(&(i as u64)) && full.data.in_range(r.start, r.end))
+            {
+                // Verification reads the blocks this process has not checked (written or read
+                // them itself): damage done to a checked block since is not looked for.
                 held.full = None;
                 return None;
             }

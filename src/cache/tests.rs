@@ -849,7 +849,10 @@ async fn blocks_are_written_once_into_their_object_file() {
     let path = c.full_path(&hash);
     let m = fs::metadata(&path).unwrap();
     assert_eq!(m.len(), o.size);
-    assert!(m.blocks() * 512 < o.size, "sparse until every block is in");
+    assert!(
+        m.blocks() * 512 >= o.size,
+        "an object within one allocation group is allocated whole at its first block"
+    );
     assert!(
         c.open_assembled(&o).is_none(),
         "not handed out while blocks are missing"
@@ -879,6 +882,39 @@ async fn blocks_are_written_once_into_their_object_file() {
     let before = c.usage();
     c.scan_and_evict(u64::MAX);
     assert_eq!((before, c.usage()), (du(d.path()), du(d.path())));
+}
+
+/// The first block written into an aligned group of `full::ALLOC_GROUP` bytes allocates the
+/// whole group (the last group up to the object's end), later blocks of the group nothing more,
+/// and the ledger counts what is allocated.
+#[tokio::test]
+async fn the_first_block_of_a_group_allocates_the_group() {
+    let d = tempfile::tempdir().unwrap();
+    let c = DiskCache::open_for_test(objects_cfg(d.path(), None)).unwrap();
+    let fetches = AtomicUsize::new(0);
+    let per_group = full::ALLOC_GROUP / BS;
+    let o = obj("data/g.bin", "\"e\"", (2 * per_group + 44) * BS + 100);
+    let (hash, _) = c.assembled_hash(&o);
+    let path = c.full_path(&hash);
+    let allocated = || fs::metadata(&path).unwrap().blocks() * 512;
+    get(&c, &o, per_group + 2, &fetches).await;
+    assert_eq!(allocated(), full::ALLOC_GROUP, "the second group, whole");
+    assert_eq!(c.usage(), du(d.path()));
+    get(&c, &o, per_group + 3, &fetches).await;
+    get(&c, &o, 2 * per_group - 1, &fetches).await;
+    assert_eq!(allocated(), full::ALLOC_GROUP, "nothing more for blocks of that group");
+    get(&c, &o, 2 * per_group + 44, &fetches).await;
+    assert_eq!(
+        allocated(),
+        full::ALLOC_GROUP + (44 * BS + 4096),
+        "the last group up to the end of the object"
+    );
+    assert_eq!(c.usage(), du(d.path()));
+    for i in 0..o.size.div_ceil(BS) {
+        assert_eq!(get(&c, &o, i, &fetches).await, content(&o, i));
+    }
+    assert_eq!(allocated(), o.size.div_ceil(4096) * 4096);
+    assert_eq!(c.usage(), du(d.path()));
 }
 
 /// Several processes writing blocks of one object at once: the file ends complete and right,
