@@ -745,6 +745,27 @@ mod tests {
         assert!(helper(&["mount.fuse.s3cachefs", "b", "-o", "ro"]).unwrap().is_err());
     }
 
+    /// Without `--block-size`, a mount and `warm` use the documented default, the same for both:
+    /// a cache warmed with another block size would be cold for a default mount.
+    #[test]
+    fn mount_and_warm_default_to_the_same_block_size() {
+        let Command::Mount(m) = Cli::try_parse_from(["s3cachefs", "mount", "b", "/mnt"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a mount")
+        };
+        let Command::Warm(w) = Cli::try_parse_from(["s3cachefs", "warm", "--cache", "/c", "b"])
+            .unwrap()
+            .command
+        else {
+            panic!("not a warm")
+        };
+        for default in [&m.flags.block_size, &w.block_size] {
+            assert_eq!(config::parse_size(default), Ok(config::DEFAULT_BLOCK_SIZE));
+        }
+    }
+
     /// `-o shared_cache=...` (fstab, `mount -t fuse.s3cachefs`) reaches the shared tier's config.
     #[test]
     fn mount_helper_passes_the_shared_cache_options() {
