@@ -51,9 +51,10 @@ pub(super) type FileTag = (u64, u64, u64);
 /// them (`DiskCache::extent_to_allocate`). Blocks written one by one by several threads at once
 /// (a read-ahead window) each got an extent of their own, interleaved with the others': 248
 /// extents for a 300 MB file, which the kernel then read back at 2.4 GB/s, against 3.5 GB/s for
-/// the same bytes in a few extents (docs/BENCHMARKS.md, "Object files in one piece"). At most
-/// a group less one block is allocated and not written when a reader stops early; the ledger
-/// counts it until the file is evicted.
+/// the same bytes in a few extents (docs/BENCHMARKS.md, "Memory given back to the host, and
+/// object files in one piece"). Only a group that continues what the file holds is allocated
+/// whole, so at most a group less one block is allocated and not written when a scan stops
+/// early; the ledger counts it until the file is evicted.
 pub(super) const ALLOC_GROUP: u64 = 8 << 20;
 
 /// The most object files whose blocks this process tracks as checked (`checked_here`).
@@ -351,22 +352,24 @@ impl IndexFile {
         self.entries().is_some_and(|e| e.iter().all(Option::is_some))
     }
 
-    /// Whether no block of `blocks` is present (one read of their entries). False when they
-    /// cannot be read.
-    fn none_of(&self, blocks: std::ops::Range<u64>) -> bool {
-        let blocks = blocks.start.min(self.n)..blocks.end.min(self.n);
-        if self.head.version == 1 {
-            return blocks.into_iter().all(|i| self.head.crcs[i as usize].is_none());
-        }
-        let mut b = vec![0u8; 8 * (blocks.end - blocks.start) as usize];
-        if self
-            .file
-            .read_exact_at(&mut b, self.header_len + 16 + 8 * blocks.start)
-            .is_err()
-        {
-            return false;
-        }
-        b.chunks(8).zip(blocks).all(|(e, i)| entry_from(i, e).is_none())
+    /// Whether each block of `blocks` is present (one read of their entries); `None` when they
+    /// cannot be read. Blocks past the end are absent.
+    fn presence(&self, blocks: std::ops::Range<u64>) -> Option<Vec<bool>> {
+        let within = blocks.start.min(self.n)..blocks.end.min(self.n);
+        let mut out = if self.head.version == 1 {
+            within.clone().map(|i| self.head.crcs[i as usize].is_some()).collect()
+        } else {
+            let mut b = vec![0u8; 8 * (within.end - within.start) as usize];
+            self.file
+                .read_exact_at(&mut b, self.header_len + 16 + 8 * within.start)
+                .ok()?;
+            b.chunks(8)
+                .zip(within.clone())
+                .map(|(e, i)| entry_from(i, e).is_some())
+                .collect::<Vec<_>>()
+        };
+        out.resize((blocks.end - blocks.start) as usize, false);
+        Some(out)
     }
 
     /// The bytes of the data file the ledger counts (`u64::MAX`: not known).
@@ -623,13 +626,20 @@ impl DiskCache {
 
     /// The bytes of the object file (of `size` bytes) to allocate before block `i` is written
     /// into it: the whole aligned group of [`ALLOC_GROUP`] bytes around it when none of the
-    /// group's blocks is there yet, else the block alone (already allocated, unless a crash or
-    /// a failed allocation left it a hole).
+    /// group's blocks is there yet and the group continues what is there (it is the object's
+    /// first group, or the group before it holds a block: a scan), else the block alone (already
+    /// allocated, unless a crash or a failed allocation left it a hole). Blocks written far
+    /// from any other (a reader jumping through a large object) so never allocate a group each.
     fn extent_to_allocate(&self, index: &IndexFile, i: u64, size: u64) -> std::ops::Range<u64> {
         let bs = self.cfg.block_size;
         let per_group = (ALLOC_GROUP / bs).max(1);
         let group = i / per_group * per_group..((i / per_group + 1) * per_group).min(size.div_ceil(bs));
-        if index.none_of(group.clone()) {
+        let before = group.start.saturating_sub(per_group);
+        let whole = index.presence(before..group.end).is_some_and(|present| {
+            let (prev, this) = present.split_at((group.start - before) as usize);
+            !this.iter().any(|&p| p) && (group.start == 0 || prev.iter().any(|&p| p))
+        });
+        if whole {
             group.start * bs..(group.end * bs).min(size)
         } else {
             i * bs..((i + 1) * bs).min(size)
@@ -1095,8 +1105,8 @@ mod tests {
             );
             assert_eq!(f.accounted(), 8192);
             assert!(!f.complete());
-            assert!(f.none_of(1..2) && f.none_of(3..10));
-            assert!(!f.none_of(0..2) && !f.none_of(1..3));
+            assert_eq!(f.presence(0..5), Some(vec![true, false, true, false, false]));
+            assert_eq!(f.presence(1..2), Some(vec![false]));
             let mut longer = i.encode();
             longer.push(0);
             fs::write(&p, &longer).unwrap();
