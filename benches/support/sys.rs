@@ -92,7 +92,7 @@ fn page_reporting() -> String {
     if !reporting {
         return "off (no balloon device reporting)".into();
     }
-    // Pages of a smaller order than this are not reported; the buddy allocator has none above 10.
+    // Pages of a smaller order than this are not reported; x86-64's largest buddy order is 10.
     match std::fs::read_to_string("/sys/module/page_reporting/parameters/page_reporting_order") {
         Ok(o) => match o.trim().parse::<u32>() {
             Ok(o) if o > 10 => format!("off (page_reporting_order {o})"),
