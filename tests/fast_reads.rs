@@ -243,15 +243,8 @@ fn random_reads_are_kept_on_disk_across_a_remount() {
 fn fully_cached_files_pass_through_to_the_kernel() {
     let s = server();
     let body = data(5 * MIB + 17, 8);
-    s.put(BUCKET, "jars/app.jar", body.clone());
     let cache = tempfile::tempdir().unwrap();
-    let (m, port) = cached_mount(&s, cache.path());
-    assert!(fs::read(m.join("jars/app.jar")).unwrap() == body);
-    // Closing a completely read file assembles it in the cache (in the background).
-    wait_for("the assembled file", || full_files(cache.path()) == 1);
-    // Verified in the background (from the page cache) right after assembly.
-    wait_passthrough(&m, port, "jars/app.jar");
-    s.reset_counts();
+    let (m, port) = passing_through(&s, cache.path(), "jars/app.jar", &body, &[]);
     let reads_before = metric(port, "s3cachefs_fuse_operations_total{operation=\"read\"}");
     let opens = metric(port, "s3cachefs_passthrough_opens_total");
     let mut a = fs::File::open(m.join("jars/app.jar")).unwrap();
@@ -431,6 +424,19 @@ fn cached_mount(s: &TestServer, cache: &Path) -> (Mount, u16) {
     Mount::with_cache_and_metrics(s, BUCKET, cache, &[])
 }
 
+/// `key` put in the source with `body`, read whole once through a mount with `--cache` and
+/// `extra` (closing the file assembles it in the cache, and it is verified in the background),
+/// until the daemon hands it to the kernel; the request counts reset.
+fn passing_through(s: &TestServer, cache: &Path, key: &str, body: &[u8], extra: &[&str]) -> (Mount, u16) {
+    s.put(BUCKET, key, body.to_vec());
+    let (m, port) = Mount::with_cache_and_metrics(s, BUCKET, cache, extra);
+    assert!(fs::read(m.join(key)).unwrap() == body);
+    wait_for("the assembled file", || full_files(cache) == 1);
+    wait_passthrough(&m, port, key);
+    s.reset_counts();
+    (m, port)
+}
+
 /// The data file of the one assembled object in `cache`.
 fn the_full_file(cache: &Path) -> std::path::PathBuf {
     let shard = fs::read_dir(area_path(cache, Area::Full))
@@ -454,13 +460,8 @@ fn the_full_file(cache: &Path) -> std::path::PathBuf {
 fn warm_opens_reuse_one_backing_file() {
     let s = server();
     let body = data(3 * MIB + 11, 21);
-    s.put(BUCKET, "jars/lib.jar", body.clone());
     let cache = tempfile::tempdir().unwrap();
-    let (m, port) = cached_mount(&s, cache.path());
-    assert!(fs::read(m.join("jars/lib.jar")).unwrap() == body);
-    wait_for("the assembled file", || full_files(cache.path()) == 1);
-    wait_passthrough(&m, port, "jars/lib.jar");
-    s.reset_counts();
+    let (m, port) = passing_through(&s, cache.path(), "jars/lib.jar", &body, &[]);
     let hits = metric(port, "s3cachefs_cache_hits_total");
     let (opens, reuses) = (
         metric(port, "s3cachefs_passthrough_opens_total"),
@@ -525,13 +526,8 @@ fn descriptors_of(m: &Mount, file: &Path) -> usize {
 fn a_held_backing_file_is_let_go_after_the_hold() {
     let s = server();
     let body = data(2 * MIB + 5, 25);
-    s.put(BUCKET, "held.bin", body.clone());
     let cache = tempfile::tempdir().unwrap();
-    let (m, port) = Mount::with_cache_and_metrics(&s, BUCKET, cache.path(), &["--passthrough-hold", "1"]);
-    assert!(fs::read(m.join("held.bin")).unwrap() == body);
-    wait_for("the assembled file", || full_files(cache.path()) == 1);
-    wait_passthrough(&m, port, "held.bin");
-    s.reset_counts();
+    let (m, port) = passing_through(&s, cache.path(), "held.bin", &body, &["--passthrough-hold", "1"]);
     let full = the_full_file(cache.path());
     // The default hold is 5 minutes: only the flag lets it go within the wait.
     wait_for("the held file closed after the hold", || descriptors_of(&m, &full) == 0);

@@ -100,21 +100,19 @@ impl ObjectReads {
 
     /// Remembers that a handle read `[offset, end)`.
     pub(super) fn note(&mut self, offset: u64, end: u64) {
-        let (mut a, mut b) = (offset, end);
-        let mut kept = Vec::with_capacity(self.served.len() + 1);
-        for &(x, y) in &self.served {
-            if y < a || x > b {
-                kept.push((x, y));
-            } else {
-                (a, b) = (a.min(x), b.max(y));
-            }
+        // The ranges that touch `[offset, end]` lie next to each other in the sorted list: they
+        // and the new one become one range, in place.
+        let first = self.served.partition_point(|&(_, y)| y < offset);
+        let last = self.served.partition_point(|&(x, _)| x <= end);
+        let merged = if first < last {
+            (offset.min(self.served[first].0), end.max(self.served[last - 1].1))
+        } else {
+            (offset, end)
+        };
+        self.served.splice(first..last, [merged]);
+        if self.served.len() > SERVED_MAX {
+            self.served.remove(0);
         }
-        let at = kept.partition_point(|&(x, _)| x < a);
-        kept.insert(at, (a, b));
-        if kept.len() > SERVED_MAX {
-            kept.remove(0);
-        }
-        self.served = kept;
     }
 
     /// Whether the handles have read all of `[offset, end)` while several were open.
@@ -314,6 +312,27 @@ mod tests {
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// What several handles read is kept as sorted, disjoint ranges: a read that touches or
+    /// overlaps some merges with them, and past `SERVED_MAX` the lowest range goes.
+    #[test]
+    fn reads_of_an_object_are_kept_as_merged_ranges() {
+        let mut o = ObjectReads::default();
+        for (a, b) in [(100, 200), (400, 500), (300, 350), (0, 10)] {
+            o.note(a, b);
+        }
+        assert_eq!(o.served, [(0, 10), (100, 200), (300, 350), (400, 500)]);
+        o.note(200, 300);
+        assert_eq!(o.served, [(0, 10), (100, 350), (400, 500)], "touching both neighbours");
+        o.note(50, 450);
+        assert_eq!(o.served, [(0, 10), (50, 500)], "overlapping several");
+        assert!(o.covers(60, 500) && !o.covers(5, 60) && !o.covers(10, 50));
+        for i in 0..SERVED_MAX as u64 - 1 {
+            o.note(1000 + 10 * i, 1005 + 10 * i);
+        }
+        assert_eq!(o.served.len(), SERVED_MAX);
+        assert_eq!(o.served[0], (50, 500), "the lowest, (0, 10), went");
     }
 
     async fn setup(size: usize) -> (Arc<FaultStore<MemoryStore>>, ObjectMeta, Vec<u8>) {
