@@ -18,7 +18,9 @@
 //! written again.
 //!
 //! The usage counter is checked where it must be exact on any filesystem: after a scan, and
-//! across a read (which writes nothing and may only drop invalid files).
+//! across a read (which writes nothing and may only drop invalid files), each on a disk whose
+//! pages are written back (`settle`), as ext4 may change a file's size on disk by a block of its
+//! extent map when it writes them back.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -28,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, RngSeed};
 
-use super::tests::du;
+use super::tests::{du, settle};
 use super::*;
 use crate::object::block_range;
 
@@ -722,7 +724,8 @@ impl Harness {
                 (t, p, mtime)
             })
             .collect();
-        // Keep about `percent` of what can be evicted.
+        // Keep about `percent` of what can be evicted; the files that stay, as the scan counts them.
+        settle(self.dir.path());
         let evictable: u64 = self.model.targets().into_iter().map(|t| du(&self.path(t))).sum();
         let target = self.cache.usage() - evictable / 100 * (100 - percent);
         let (total, _) = {
@@ -754,8 +757,11 @@ impl Harness {
         Ok(())
     }
 
-    /// (usage counter, bytes on disk).
+    /// (usage counter, bytes on disk), the disk once its pages are written back (`settle`):
+    /// ext4 may add or free a block of a file's extent map when it writes pages back, whenever
+    /// that happens, and a step is checked on what the cache itself changed.
     fn space(&self) -> (u64, u64) {
+        settle(self.dir.path());
         (self.cache.usage(), du(self.dir.path()))
     }
 
